@@ -1,0 +1,28 @@
+# Set-up in two commands: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The tested versions; torch==2.13.0 is the CPU build (an unpinned torch pulls a multi-GB CUDA build).
+PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/charlm train --max-time 1.5 --out checkpoints/demo --sample-every 0
+	$(BIN)/charlm sample checkpoints/demo/best.ckpt --num-samples 3 --length 300 --temperature 0.8 --seed 1
+
+test: install
+	HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) checkpoints/demo

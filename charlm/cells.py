@@ -1,0 +1,325 @@
+"""Explicit recurrent cells: the lecture note's RNN, LSTM and GRU equations as readable modules.
+
+Each class is a drop-in replacement for torch's fused ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` built
+with ``batch_first=True``: the same constructor (input, hidden, layers, dropout), the same call
+``module(x, state) -> (out, state)`` and the *same parameter names, shapes and row layout*, so
+``explicit.load_state_dict(fused.state_dict())`` (and the reverse) is the whole weight mapping.
+For layer k, torch stacks the note's per-gate matrices row-wise, G blocks of H rows each:
+
+    weight_ih_l{k}  (G·H, I)   the x_t columns of the note's W·[h_{t-1}, x_t]  (I = H above layer 0)
+    weight_hh_l{k}  (G·H, H)   the h_{t-1} columns
+    bias_ih_l{k}, bias_hh_l{k}  (G·H,)   two biases; only their sum b matters (except GRU's n block)
+
+    RNN   G=1   [W_xh]                    and weight_hh = W_hh
+    LSTM  G=4   [W_i; W_f; W_C; W_o]      torch's order i, f, g, o (the note lists i, f, o, g)
+    GRU   G=3   [W_r; W_z; W_n]
+
+e.g. the note's W_f·[h_{t-1}, x_t] + b_f = weight_hh[H:2H] h + weight_ih[H:2H] x + (bias_ih + bias_hh)[H:2H].
+
+Speed: each layer projects its whole input sequence with one matmul, (B, T, G·H), then loops over
+time with one ``h @ W_hh.T`` per step. ``step`` runs one time step (two addmm per layer) for fast
+batch-1 generation; ``trace`` returns every gate's activations for inspection.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from charlm import model
+from charlm.model import State
+
+LayerState = tuple[Tensor, ...]  # one layer's state: (h,) or (h, c), each (B, H)
+
+
+# --- the note's equations, one function each; a_* are pre-activations W·[h_{t-1}, x_t] + b, (B, H)
+
+def rnn_hidden(a: Tensor) -> Tensor:
+    """h_t = tanh(W_hh h_{t-1} + W_xh x_t + b)."""
+    return torch.tanh(a)
+
+
+def input_gate(a_i: Tensor) -> Tensor:
+    """i_t = σ(W_i·[h_{t-1}, x_t] + b_i): whether to write to the cell."""
+    return torch.sigmoid(a_i)
+
+
+def forget_gate(a_f: Tensor) -> Tensor:
+    """f_t = σ(W_f·[h_{t-1}, x_t] + b_f): whether to erase the cell."""
+    return torch.sigmoid(a_f)
+
+
+def gate_gate(a_g: Tensor) -> Tensor:
+    """g_t = C̃_t = tanh(W_C·[h_{t-1}, x_t] + b_C): what to write to the cell."""
+    return torch.tanh(a_g)
+
+
+def output_gate(a_o: Tensor) -> Tensor:
+    """o_t = σ(W_o·[h_{t-1}, x_t] + b_o): how much of the cell to reveal."""
+    return torch.sigmoid(a_o)
+
+
+def cell_state(f: Tensor, c_prev: Tensor, i: Tensor, g: Tensor) -> Tensor:
+    """C_t = f_t * C_{t-1} + i_t * C̃_t."""
+    return torch.addcmul(f * c_prev, i, g)
+
+
+def lstm_hidden(o: Tensor, c: Tensor) -> Tensor:
+    """h_t = o_t * tanh(C_t)."""
+    return o * torch.tanh(c)
+
+
+def reset_gate(a_r: Tensor) -> Tensor:
+    """r_t = σ(W_r·[h_{t-1}, x_t] + b_r): how much of h_{t-1} the candidate may see."""
+    return torch.sigmoid(a_r)
+
+
+def update_gate(a_z: Tensor) -> Tensor:
+    """z_t = σ(W_z·[h_{t-1}, x_t] + b_z): how to mix h_{t-1} with the candidate."""
+    return torch.sigmoid(a_z)
+
+
+def candidate(x_n: Tensor, r: Tensor, h_n: Tensor) -> Tensor:
+    """torch's n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn)): r gates *after* W_hn."""
+    return torch.tanh(torch.addcmul(x_n, r, h_n))
+
+
+def gru_hidden(z: Tensor, n: Tensor, h_prev: Tensor) -> Tensor:
+    """torch's h_t = (1 − z_t) * n_t + z_t * h_{t-1}: z keeps the old state."""
+    return torch.lerp(n, h_prev, z)  # n + z (h − n), one kernel
+
+
+def note_candidate(x_n: Tensor, rh_n: Tensor) -> Tensor:
+    """The note's h̃_t = tanh(W·[r_t * h_{t-1}, x_t]), given rh_n = W_hn (r_t * h_{t-1}) + b_hn."""
+    return torch.tanh(x_n + rh_n)
+
+
+def note_gru_hidden(z: Tensor, h_prev: Tensor, h_tilde: Tensor) -> Tensor:
+    """The note's h_t = (1 − z_t) * h_{t-1} + z_t * h̃_t: z takes the candidate."""
+    return torch.lerp(h_prev, h_tilde, z)
+
+
+# --- the modules
+
+class _Explicit(nn.Module):
+    """torch's parameter layout and calling convention, with the layer and time loops written out."""
+
+    gate_blocks = 1                            # G: blocks of H rows in each weight
+    state_keys: tuple[str, ...] = ("h",)       # what a layer carries from step to step
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.num_layers, self.dropout, self.batch_first = num_layers, float(dropout), True
+        rows = self.gate_blocks * hidden_size
+        self._names = []  # per layer (weight_ih, weight_hh, bias_ih, bias_hh): saves f-strings per step
+        for k in range(num_layers):
+            cols = input_size if k == 0 else hidden_size
+            names = tuple(f"{w}_l{k}" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for name, shape in zip(names, ((rows, cols), (rows, hidden_size), (rows,), (rows,))):
+                self.register_parameter(name, nn.Parameter(torch.empty(shape)))
+            self._names.append(names)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch's initialisation: every weight and bias ~ U(−1/√H, 1/√H)."""
+        bound = self.hidden_size ** -0.5
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"dropout={self.dropout}, batch_first=True")
+
+    def _layer_params(self, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return tuple(self._parameters[n] for n in self._names[k])  # type: ignore[return-value]
+
+    def _project(self, x: Tensor, w_ih: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+        """The input's share of every gate's pre-activation, x W_ih^T + b_ih, for all steps at once."""
+        return F.linear(x, w_ih, b_ih)
+
+    def _cell(self, gx: Tensor, s: LayerState, w_hh: Tensor, b_hh: Tensor) -> dict[str, Tensor]:
+        """One layer, one step: gx (B, G·H) and the layer's state → its gates and new state."""
+        raise NotImplementedError
+
+    def _unpack(self, state: State | None, x: Tensor) -> list[LayerState]:
+        if state is None:
+            zeros = x.new_zeros(self.num_layers, x.shape[0], self.hidden_size)  # (L, B, H)
+            state = tuple(zeros for _ in self.state_keys)
+        elif isinstance(state, Tensor):
+            state = (state,)
+        return list(zip(*(s.unbind(0) for s in state)))
+
+    def _pack(self, layers: list[LayerState]) -> State:
+        packed = tuple(torch.stack(parts) for parts in zip(*layers))  # each (L, B, H)
+        return packed if len(packed) > 1 else packed[0]
+
+    def _between_layers(self, h: Tensor, k: int) -> Tensor:
+        # torch drops the output of every layer but the last, only while training
+        if self.training and self.dropout > 0 and k < self.num_layers - 1:
+            return F.dropout(h, self.dropout, training=True)
+        return h
+
+    def _run(self, x: Tensor, state: State | None) -> tuple[list[list[dict]], list[LayerState]]:
+        layer_states, per_layer_gates = self._unpack(state, x), []
+        for k in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = self._layer_params(k)
+            gx = self._project(x, w_ih, b_ih, b_hh)     # (B, T, G·H): every step in one matmul
+            s, steps = layer_states[k], []
+            for t in range(x.shape[1]):
+                gates = self._cell(gx[:, t], s, w_hh, b_hh)
+                s = tuple(gates[key] for key in self.state_keys)
+                steps.append(gates)
+            layer_states[k] = s
+            per_layer_gates.append(steps)
+            x = self._between_layers(torch.stack([g["h"] for g in steps], 1), k)  # (B, T, H)
+        return per_layer_gates, layer_states
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """x (B, T, I) → out (B, T, H), the top layer's h at every step, and the final state."""
+        per_layer_gates, layer_states = self._run(x, state)
+        return torch.stack([g["h"] for g in per_layer_gates[-1]], 1), self._pack(layer_states)
+
+    def step(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """One time step: x_t (B, I) → the top layer's h (B, H) and the new state."""
+        layer_states = self._unpack(state, x_t)
+        for k in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = self._layer_params(k)
+            gates = self._cell(self._project(x_t, w_ih, b_ih, b_hh), layer_states[k], w_hh, b_hh)
+            layer_states[k] = tuple(gates[key] for key in self.state_keys)
+            x_t = self._between_layers(gates["h"], k)
+        return x_t, self._pack(layer_states)
+
+    def trace(self, x: Tensor, state: State | None = None) -> dict[str, Tensor]:
+        """Every gate's activation at every layer and step: name → (L, B, T, H)."""
+        per_layer_gates, _ = self._run(x, state)
+        return {key: torch.stack([torch.stack([g[key] for g in steps], 1)
+                                  for steps in per_layer_gates])
+                for key in per_layer_gates[0][0]}
+
+
+class _SummedBias(_Explicit):
+    """Cells whose two biases only ever appear summed: fold b_hh into the input projection."""
+
+    def _project(self, x: Tensor, w_ih: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+        return F.linear(x, w_ih, b_ih + b_hh)  # so each step needs just one addmm for h
+
+
+class ExplicitRNN(_SummedBias):
+    """The note's Elman RNN, h_t = tanh(W_hh h_{t-1} + W_xh x_t + b); drop-in for ``nn.RNN``."""
+
+    def _cell(self, gx: Tensor, s: LayerState, w_hh: Tensor, b_hh: Tensor) -> dict[str, Tensor]:
+        (h,) = s
+        return {"h": rnn_hidden(torch.addmm(gx, h, w_hh.t()))}  # (B, H)
+
+
+class ExplicitLSTM(_SummedBias):
+    """The note's LSTM, gates in torch's row order i, f, g, o; drop-in for ``nn.LSTM``.
+
+    State is ``(h, c)``; ``trace`` gives i, f, g, o, c, h.
+    """
+
+    gate_blocks, state_keys = 4, ("h", "c")
+
+    def _cell(self, gx: Tensor, s: LayerState, w_hh: Tensor, b_hh: Tensor) -> dict[str, Tensor]:
+        h, c = s
+        a_i, a_f, a_g, a_o = torch.addmm(gx, h, w_hh.t()).chunk(4, 1)  # each (B, H)
+        i, f, g, o = input_gate(a_i), forget_gate(a_f), gate_gate(a_g), output_gate(a_o)
+        c = cell_state(f, c, i, g)
+        return {"i": i, "f": f, "g": g, "o": o, "c": c, "h": lstm_hidden(o, c)}
+
+
+class ExplicitGRU(_Explicit):
+    """torch's GRU (rows r, z, n), a variant of the note's; drop-in for ``nn.GRU``.
+
+    n_t = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h_t = (1 − z) * n_t + z * h_{t-1}.
+    ``trace`` gives r, z, n, h.
+    """
+
+    gate_blocks = 3
+
+    def _cell(self, gx: Tensor, s: LayerState, w_hh: Tensor, b_hh: Tensor) -> dict[str, Tensor]:
+        (h,) = s
+        gh = torch.addmm(b_hh, h, w_hh.t())  # (B, 3H): r gates after W_hn, so one matmul serves all
+        x_r, x_z, x_n = gx.chunk(3, 1)
+        h_r, h_z, h_n = gh.chunk(3, 1)
+        r, z = reset_gate(x_r + h_r), update_gate(x_z + h_z)
+        n = candidate(x_n, r, h_n)
+        return {"r": r, "z": z, "n": n, "h": gru_hidden(z, n, h)}
+
+
+class NoteGRU(_Explicit):
+    """The note's GRU (Cho et al. 2014), in torch's GRU parameter layout (rows r, z, n).
+
+        z_t = σ(W_z·[h_{t-1}, x_t]),  r_t = σ(W_r·[h_{t-1}, x_t])
+        h̃_t = tanh(W·[r_t * h_{t-1}, x_t]),  h_t = (1 − z_t) * h_{t-1} + z_t * h̃_t
+
+    It differs from torch's ``nn.GRU`` in two places:
+
+    1. Where r acts. Here r scales h *before* the recurrent matmul, W_hn (r * h) + b_hn; torch
+       scales the product, r * (W_hn h + b_hn). So the candidate needs its own matmul each step
+       (torch reuses one W_hh h for all three gates), and b_hn is not gated by r. With r ≡ 1 the
+       two agree.
+    2. What z keeps. Here z takes the candidate and 1 − z keeps h_{t-1}; torch swaps them.
+       Since 1 − σ(a) = σ(−a), negating the z rows of the weights and biases swaps them back.
+
+    The same weights therefore give a different model: a torch GRU's state_dict loads, but does
+    not compute the same function. ``trace`` gives r, z, n (= h̃), h.
+    """
+
+    gate_blocks = 3
+
+    def _cell(self, gx: Tensor, s: LayerState, w_hh: Tensor, b_hh: Tensor) -> dict[str, Tensor]:
+        (h,) = s
+        hs = self.hidden_size
+        x_r, x_z, x_n = gx.chunk(3, 1)
+        h_r, h_z = torch.addmm(b_hh[:2 * hs], h, w_hh[:2 * hs].t()).chunk(2, 1)  # (B, H) each
+        r, z = reset_gate(x_r + h_r), update_gate(x_z + h_z)
+        rh_n = torch.addmm(b_hh[2 * hs:], r * h, w_hh[2 * hs:].t())  # W_hn (r * h) + b_hn, (B, H)
+        h_tilde = note_candidate(x_n, rh_n)
+        return {"r": r, "z": z, "n": h_tilde, "h": note_gru_hidden(z, h, h_tilde)}
+
+
+# --- converting between torch's fused modules and these
+
+_EXPLICIT: dict[type[nn.RNNBase], type[_Explicit]] = {
+    nn.RNN: ExplicitRNN, nn.LSTM: ExplicitLSTM, nn.GRU: ExplicitGRU}
+_FUSED = {explicit: fused for fused, explicit in _EXPLICIT.items()}
+
+
+def _copy_into(src: nn.Module, dst: nn.Module) -> nn.Module:
+    p = next(src.parameters())
+    dst.to(device=p.device, dtype=p.dtype).load_state_dict(src.state_dict())  # same names: no mapping
+    return dst.train(src.training)
+
+
+def to_explicit(fused: nn.RNNBase) -> _Explicit:
+    """An explicit module computing the same function as a batch-first torch RNN/LSTM/GRU."""
+    kind = _EXPLICIT.get(type(fused))
+    if kind is None or not fused.batch_first or fused.bidirectional or not fused.bias \
+            or getattr(fused, "proj_size", 0) or getattr(fused, "nonlinearity", "tanh") != "tanh":
+        raise ValueError(f"no explicit equivalent of {fused!r}: need a uni-directional, "
+                         "batch-first nn.RNN (tanh), nn.LSTM (no proj_size) or nn.GRU with biases")
+    return _copy_into(fused, kind(fused.input_size, fused.hidden_size, fused.num_layers,
+                                  fused.dropout))
+
+
+def to_fused(explicit: _Explicit) -> nn.RNNBase:
+    """torch's fused batch-first module with the same weights as an explicit one."""
+    kind = _FUSED.get(type(explicit))
+    if kind is None:
+        raise TypeError(f"{type(explicit).__name__} has no fused torch equivalent")
+    dropout = explicit.dropout if explicit.num_layers > 1 else 0.0  # torch warns on 1 layer
+    return _copy_into(explicit, kind(explicit.input_size, explicit.hidden_size,
+                                     explicit.num_layers, batch_first=True, dropout=dropout))
+
+
+# --- registration: the explicit twins of model.py's cells, and the note's GRU on its own
+
+for _name, _kind in (("rnn", ExplicitRNN), ("lstm", ExplicitLSTM), ("gru", ExplicitGRU)):
+    model.register_cell(_name, model._CELLS[_name].fused, explicit=_kind)
+model.register_cell("gru-note", None, explicit=NoteGRU)  # type: ignore[arg-type]  # explicit only
+
+__all__ = ["ExplicitGRU", "ExplicitLSTM", "ExplicitRNN", "NoteGRU", "to_explicit", "to_fused"]

@@ -1,0 +1,110 @@
+"""Loading and exporting trained models, safely.
+
+``load(path)`` accepts a training checkpoint (``.ckpt``) or an exported folder and returns a ready
+CharRNN on the CPU, its vocabulary and what is known about it. Checkpoints are opened with
+``torch.load(weights_only=True)``: they hold plain data only, so opening one can never run code.
+An export is pickle-free: ``model.safetensors`` + ``config.json`` (config and vocab) + a model card,
+written by huggingface_hub's ``PyTorchModelHubMixin`` (which also gives ``push_to_hub``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from .errors import CharlmError
+from .model import CharRNN, ModelConfig
+from .vocab import CharVocab
+
+CHECKPOINT_FORMAT = 1  # the newest checkpoint format this version reads
+
+
+class ExportedModel(nn.Module, PyTorchModelHubMixin, library_name="charlm",
+                    tags=["character-level", "language-model", "rnn"],
+                    repo_url="https://github.com/charlm/charlm"):
+    """A CharRNN with its vocabulary, as the Hub mixin saves and loads it."""
+
+    def __init__(self, model: dict, vocab: list[str], info: dict | None = None):
+        super().__init__()
+        self.model = CharRNN(ModelConfig(**model))
+        self.vocab = list(vocab)
+        self.info = info or {}
+
+
+def _read_ckpt(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
+        raise CharlmError(f"{path} was refused: it holds something other than plain data, and "
+                          f"opening a checkpoint must never run code"
+                          f"{' (' + why[0][:160] + ')' if why else ''}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CharlmError(f"{path} is not a readable charlm checkpoint (truncated or another "
+                          f"format): {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CharlmError(f"{path} is not a charlm checkpoint (no state_dict / hyper_parameters)")
+    fmt = ckpt.get("charlm", {}).get("format", 1)
+    if fmt > CHECKPOINT_FORMAT:
+        raise CharlmError(f"{path} was written by a newer charlm "
+                          f"({ckpt['charlm'].get('version')}); upgrade charlm to read it")
+    return ckpt
+
+
+def _from_ckpt(path: Path) -> tuple[CharRNN, CharVocab, dict]:
+    ckpt = _read_ckpt(path)
+    hp = ckpt["hyper_parameters"]
+    try:
+        model = CharRNN(ModelConfig(**hp["model"]))
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()
+                 if k.startswith("model.")}
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CharlmError(f"{path} does not hold a model this charlm can build: "
+                          f"{str(e).splitlines()[0][:200]}") from None
+    info = {"path": str(path), "step": ckpt.get("global_step"), "data": hp.get("data"),
+            "optim": hp.get("optim"), "charlm": {k: v for k, v in ckpt.get("charlm", {}).items()
+                                                 if k in ("version", "torch", "elapsed_s")}}
+    return model.eval(), CharVocab(hp["vocab"]), info
+
+
+def _from_export(path: Path) -> tuple[CharRNN, CharVocab, dict]:
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise CharlmError(f"{path} is a directory but not a charlm export "
+                          f"(it needs config.json and model.safetensors)")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the mixin prints where it loads from
+            exported = ExportedModel.from_pretrained(str(path))
+    except Exception as e:  # a broken export can fail in json, safetensors or the constructor
+        raise CharlmError(f"{path} is not a readable charlm export: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+    info = {"path": str(path), **exported.info}
+    return exported.model.eval(), CharVocab(exported.vocab), info
+
+
+def load(path: str | Path) -> tuple[CharRNN, CharVocab, dict]:
+    """A checkpoint or export → (model on CPU in eval mode, vocab, info)."""
+    path = Path(path)
+    if not path.exists():
+        raise CharlmError(f"no such checkpoint: {path}")
+    return _from_export(path) if path.is_dir() else _from_ckpt(path)
+
+
+def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write ``out_dir`` with model.safetensors, config.json and a model card."""
+    model, vocab, info = load(checkpoint)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").exists():
+        raise CharlmError(f"{out} exists and is not an export; choose an empty or new folder")
+    exported = ExportedModel(model.config.to_dict(), vocab.chars,
+                             info={k: info.get(k) for k in ("step", "data")})
+    exported.model.load_state_dict(model.state_dict())
+    exported.save_pretrained(str(out))
+    return out

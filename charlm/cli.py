@@ -1,0 +1,247 @@
+"""The ``charlm`` command: thin click wrappers that parse, call the library, and print."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+
+import click
+
+from . import __version__
+from .errors import CharlmError
+
+
+def user_errors(fn):
+    """Turn a user's mistake into one clear sentence and exit code 1, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CharlmError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted") from None
+    return wrapper
+
+
+def data_options(fn=None, *, split_flag: str = "--split"):
+    """--data and the options that say how to read it (train, eval, data, compare)."""
+    if fn is None:
+        return functools.partial(data_options, split_flag=split_flag)
+    for decorator in reversed([
+        click.option("--data", "data", multiple=True, metavar="SOURCE",
+                     help="Text file, directory, glob, save_to_disk folder, hf:NAME or stdlib "
+                          "(repeatable; default: stdlib, the Python standard library)."),
+        click.option("--encoding", default="utf-8", show_default=True, help="Text file encoding."),
+        click.option("--text-column", default="text", show_default=True,
+                     help="Column of a dataset that holds the text."),
+        click.option(split_flag, "hf_split", default="train", show_default=True,
+                     help="Split of a Hugging Face / save_to_disk dataset."),
+        click.option("--streaming", is_flag=True, help="Stream an hf: dataset instead of downloading it whole."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+def emit_json(obj: dict) -> None:
+    click.echo(json.dumps(obj))
+
+
+@click.group()
+@click.version_option(__version__, prog_name="charlm")
+def cli():
+    """Train character-level RNN, LSTM and GRU language models, generate text, compare cells."""
+
+
+@cli.command()
+@data_options
+@click.option("--cell", default="lstm", show_default=True, help="Recurrent cell (rnn, lstm, gru, or a registered one).")
+@click.option("--impl", default="fused", show_default=True, type=click.Choice(["fused", "explicit"]),
+              help="fused torch kernels, or the explicit cells written as the lecture note's equations.")
+@click.option("--hidden-size", default=256, show_default=True)
+@click.option("--num-layers", default=1, show_default=True)
+@click.option("--embedding-dim", default=64, show_default=True)
+@click.option("--dropout", default=0.0, show_default=True)
+@click.option("--seq-len", default=128, show_default=True, help="Characters per window (BPTT length).")
+@click.option("--batch-size", default=16, show_default=True, help="Parallel streams per process.")
+@click.option("--lr", default=4e-3, show_default=True)
+@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option("--grad-clip", default=1.0, show_default=True)
+@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "constant"]))
+@click.option("--max-steps", type=int, default=None)
+@click.option("--max-epochs", type=int, default=None)
+@click.option("--max-time", type=float, default=None, help="Wall-clock budget in minutes.")
+@click.option("--val-fraction", default=0.1, show_default=True)
+@click.option("--test-fraction", default=0.0, show_default=True)
+@click.option("--seed", default=1337, show_default=True)
+@click.option("--out", default="checkpoints/run", show_default=True, help="Run folder.")
+@click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.ckpt.")
+@click.option("--eval-every", default=250, show_default=True, help="Validate and checkpoint every N steps (0: only at the end).")
+@click.option("--sample-every", default=0, show_default=True, help="Write samples every N steps (0: never).")
+@click.option("--window", default="stream", show_default=True, type=click.Choice(["stream", "random"]))
+@click.option("--accelerator", default="auto", show_default=True)
+@click.option("--devices", default="auto", show_default=True)
+@click.option("--strategy", default="auto", show_default=True)
+@click.option("--num-nodes", default=1, show_default=True)
+@click.option("--precision", default="32-true", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@user_errors
+def train(data, hf_split, as_json, **options):
+    """Train a model; the run folder gets best.ckpt, last.ckpt, metrics.csv, samples.txt, run.json."""
+    from .train import TrainConfig, fit
+    if options["devices"].isdigit():
+        options["devices"] = int(options["devices"])
+    config = TrainConfig(data=list(data), split=hf_split, progress=not as_json, **options)
+    results = fit(config)
+    if as_json:
+        emit_json({k: v for k, v in results.items() if k != "history"})
+    else:
+        click.echo(f"best val loss {results['val_loss']:.4f} nats ({results['val_bpc']:.4f} bpc) "
+                   f"at step {results['best_step']}; {results['steps']} steps, "
+                   f"{results['train_chars_per_s']:,.0f} train chars/s; "
+                   f"checkpoints in {config.out}")
+
+
+@cli.command()
+@click.argument("checkpoint")
+@click.option("--prompt", default="", help="Text to start from (default: the start of a line).")
+@click.option("--length", default=500, show_default=True, help="New characters per sample.")
+@click.option("--temperature", default=0.8, show_default=True, help="0 means greedy.")
+@click.option("--top-k", type=int, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--greedy", is_flag=True, help="Always take the most likely character.")
+@click.option("--num-samples", default=1, show_default=True, help="Samples, generated as one batch.")
+@click.option("--seed", type=int, default=None, help="Same seed, same text.")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def sample(checkpoint, prompt, length, temperature, top_k, top_p, greedy, num_samples, seed, as_json):
+    """Generate text from a checkpoint or an exported folder, streamed as it is written."""
+    from .checkpoint import load
+    from .sampling import SampleSettings, generate, prompt_ids
+    settings = SampleSettings(temperature, top_k, top_p, greedy)
+    if length < 0:
+        raise CharlmError(f"--length must be at least 0, not {length}")
+    model, vocab, _ = load(checkpoint)
+    prompt_ids(vocab, prompt)  # an unknown character is an error before anything is printed
+    stream = not as_json and num_samples == 1
+    if stream:
+        click.echo(prompt, nl=False)
+    on_chars = (lambda chars: (sys.stdout.write(chars[0]), sys.stdout.flush())) if stream else None
+    t0 = time.perf_counter()
+    texts = generate(model, vocab, prompt, length, settings, num_samples, seed, on_chars)
+    seconds = time.perf_counter() - t0
+    if as_json:
+        emit_json({"samples": texts, "chars_per_s": num_samples * length / max(seconds, 1e-9)})
+    elif stream:
+        click.echo()
+    else:
+        for i, text in enumerate(texts):
+            click.echo(f"--- sample {i + 1} ---\n{text}")
+
+
+@cli.command("eval")
+@click.argument("checkpoint")
+@data_options(split_flag="--hf-split")
+@click.option("--split", "which", default=None, type=click.Choice(["train", "val", "test", "all"]),
+              help="Which part to score, with the training run's fractions "
+                   "[default: val of the training data; all of new --data].")
+@click.option("--seq-len", default=256, show_default=True, help="Window length of the pass (the state is carried).")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def eval_(checkpoint, data, hf_split, which, seq_len, as_json, encoding, text_column, streaming):
+    """Full-pass loss (nats/char), bpc and perplexity of a checkpoint on a split or new text."""
+    from .evaluation import evaluate_checkpoint
+    which = which or ("all" if data else "val")
+    result = evaluate_checkpoint(checkpoint, list(data), which, seq_len=seq_len, encoding=encoding,
+                                 text_column=text_column, hf_split=hf_split, streaming=streaming)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"{result['split']}: loss {result['loss']:.4f} nats/char, bpc {result['bpc']:.4f}, "
+               f"perplexity {result['perplexity']:.3f} over {result['chars']:,} characters")
+    if result.get("unknown_chars"):
+        click.echo(f"skipped {result['unknown_chars']:,} characters outside the model's vocabulary: "
+                   f"{result['unknown']}")
+
+
+@cli.command()
+@click.argument("checkpoint")
+@click.argument("out_dir")
+@user_errors
+def export(checkpoint, out_dir):
+    """Write a pickle-free folder: model.safetensors + config.json (+ a model card)."""
+    from .checkpoint import export as export_
+    click.echo(f"exported to {export_(checkpoint, out_dir)}")
+
+
+@cli.group()
+def data():
+    """Inspect, prepare and download corpora."""
+
+
+@data.command("info")
+@click.argument("source", nargs=-1)
+@click.option("--val-fraction", default=0.1, show_default=True)
+@click.option("--test-fraction", default=0.0, show_default=True)
+@click.option("--encoding", default="utf-8", show_default=True)
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--split", "hf_split", default="train", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def data_info(source, val_fraction, test_fraction, encoding, text_column, hf_split, as_json):
+    """Characters, vocabulary, split sizes and cache path of SOURCE (encoding it if needed)."""
+    from .data import load_corpus
+    from .vocab import printable
+    corpus = load_corpus(list(source) or None, encoding=encoding, text_column=text_column,
+                         split=hf_split)
+    splits = corpus.split(val_fraction, test_fraction)
+    info = {"sources": corpus.meta["sources"], "chars": len(corpus.ids),
+            "vocab_size": len(corpus.vocab), "vocab": "".join(corpus.vocab.chars),
+            "dtype": str(corpus.ids.dtype), "splits": {k: len(v) for k, v in splits.items()},
+            "cache": corpus.meta["cache"]}
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"sources:    {info['sources']}\ncharacters: {info['chars']:,}\n"
+               f"vocab:      {info['vocab_size']} ({info['dtype']} ids)\n"
+               f"            {corpus.vocab.describe()}\n"
+               f"splits:     " + ", ".join(f"{k} {v:,}" for k, v in info["splits"].items()) +
+               f"\ncache:      {info['cache']}")
+    _ = printable
+
+
+@data.command("prepare")
+@click.argument("source", nargs=-1)
+@click.option("--encoding", default="utf-8", show_default=True)
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--split", "hf_split", default="train", show_default=True)
+@user_errors
+def data_prepare(source, encoding, text_column, hf_split):
+    """Encode SOURCE into the cache now (train does it on demand)."""
+    from .data import load_corpus
+    t0 = time.perf_counter()
+    corpus = load_corpus(list(source) or None, encoding=encoding, text_column=text_column,
+                         split=hf_split)
+    click.echo(f"{len(corpus.ids):,} characters, vocab {len(corpus.vocab)}: "
+               f"{corpus.vocab.describe()}\ncached at {corpus.meta['cache']} "
+               f"({time.perf_counter() - t0:.1f} s)")
+
+
+@data.command("get")
+@click.argument("name")
+@click.option("--dir", "data_dir", default="data", show_default=True, help="Where to put it.")
+@user_errors
+def data_get(name, data_dir):
+    """Download a classic corpus (tinyshakespeare, warpeace, enwik8, text8), checksum-verified."""
+    from . import corpora
+    try:
+        path = corpora.get_corpus(name, data_dir)
+    except (ValueError, corpora.DownloadError) as e:
+        raise CharlmError(str(e)) from None
+    click.echo(f"{name}: {path}")
+
+
+def main() -> None:  # pragma: no cover
+    cli()

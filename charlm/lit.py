@@ -1,0 +1,205 @@
+"""CharLM, the LightningModule that trains a CharRNN, and the DataModule that feeds it.
+
+The plain ``nn.Module`` (charlm.model) knows nothing of Lightning. Here: one shared step for
+training and evaluation, the hidden state carried across windows and detached (stateful
+truncated BPTT; Lightning 2 has no automatic TBPTT), AdamW with warm-up and cosine decay driven
+by whichever budget (steps or wall-clock) runs out first.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import metrics
+from .data import StepBatches, TrainStreams, eval_batches, load_corpus
+from .model import CharRNN, ModelConfig, State, detach_state
+from .vocab import CharVocab
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule; the budget decides how far along the schedule a step is."""
+
+    lr: float = 4e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.05
+    schedule: str = "cosine"  # "cosine" | "constant"
+    total_steps: int | None = None   # the step budget, when there is one
+    max_time_s: float | None = None  # the wall-clock budget, when there is one
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive, not {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"--schedule must be cosine or constant, not {self.schedule!r}")
+
+    def lr_at(self, step: int, elapsed_s: float) -> float:
+        """Linear warm-up, then cosine decay to min_lr_ratio × lr over the budget."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        progress = 0.0
+        if self.total_steps:
+            progress = max(progress, step / self.total_steps)
+        if self.max_time_s:
+            progress = max(progress, elapsed_s / self.max_time_s)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine)
+
+
+class CharLM(L.LightningModule):
+    """Trains a CharRNN with stateful truncated BPTT; checkpoints hold only plain data."""
+
+    def __init__(self, model: dict, optim: dict, vocab: list[str], data: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()  # plain dicts: load_from_checkpoint needs nothing else
+        self.model = CharRNN(ModelConfig(**model))
+        self.optim = OptimConfig(**optim)
+        self.vocab = CharVocab(vocab)
+        self.carried: State | None = None  # the training state carried from window to window
+        self.elapsed_s = 0.0       # wall-clock of the run so far, validation included
+        self.train_s = 0.0         # time inside training steps only
+        self.train_chars = 0
+        self._clock: float | None = None
+        self._batch_t0 = 0.0
+
+    # -- the one step ---------------------------------------------------------------------
+    def _shared_step(self, x: Tensor, y: Tensor, state: State | None):
+        return metrics.sequence_loss(self.model, x, y, state)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, y, reset = batch
+        if reset:
+            self.carried = None
+        loss_sum, count, state = self._shared_step(x, y, self.carried)
+        self.carried = detach_state(state)
+        loss = loss_sum / count
+        self.log("train_loss", loss, prog_bar=False)
+        self.log("bpc", loss / metrics.LN2, prog_bar=True)
+        return loss
+
+    @torch.no_grad()
+    def evaluate_split(self, ids: np.ndarray, seq_len: int) -> dict:
+        """Full-pass loss over a split, summed over every process (exact under DDP)."""
+        world = self.trainer.world_size if self._trainer else 1
+        rank = self.trainer.global_rank if self._trainer else 0
+        reduce = (lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")) if world > 1 else None
+        return metrics.evaluate(self.model, ids, seq_len, rank=rank, world=world,
+                                device=self.device, reduce=reduce)
+
+    # -- optimiser, schedule, clocks -----------------------------------------------------------
+    def configure_optimizers(self):
+        decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+        rest = [p for n, p in self.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": self.optim.weight_decay},
+                                  {"params": rest, "weight_decay": 0.0}],
+                                 lr=self.optim.lr, betas=(0.9, 0.99))
+
+    def on_train_start(self) -> None:
+        self._clock = time.monotonic() - self.elapsed_s
+
+    def tick(self) -> float:
+        """Seconds of this run so far (resumed runs continue their clock)."""
+        if self._clock is not None:
+            self.elapsed_s = time.monotonic() - self._clock
+        return self.elapsed_s
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        lr = self.optim.lr_at(self.global_step, self.tick())
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = lr
+        self._batch_t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.train_s += time.perf_counter() - self._batch_t0
+        self.train_chars += batch[0].numel() * (self.trainer.world_size if self._trainer else 1)
+        if self.train_s > 0:
+            self.log("chars/s", self.train_chars / self.train_s, prog_bar=True, logger=False)
+
+    # -- checkpoints: plain data only, so torch.load(weights_only=True) opens them ----------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["charlm"] = {
+            "format": 1,
+            "version": _version(),
+            "torch": str(torch.__version__),
+            "elapsed_s": self.tick(), "train_s": self.train_s, "train_chars": self.train_chars,
+            "carried": detach_state(self.carried),
+            "cpu_rng": torch.get_rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        info = checkpoint.get("charlm", {})
+        self.elapsed_s = info.get("elapsed_s", 0.0)
+        self.train_s = info.get("train_s", 0.0)
+        self.train_chars = info.get("train_chars", 0)
+        self.carried = info.get("carried")
+        if info.get("cpu_rng") is not None:
+            torch.set_rng_state(info["cpu_rng"])
+
+    def on_fit_start(self) -> None:
+        if self.carried is not None:  # a resumed state travels to the training device
+            from .model import map_state
+            self.carried = map_state(lambda t: t.to(self.device), self.carried)
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+class CharDataModule(L.LightningDataModule):
+    """Loads (or encodes once) the corpus, splits it, and serves training steps from a position.
+
+    The batch of step s is a pure function of s, and the loader starts at the trainer's global
+    step, so a resumed run reads exactly the batches an uninterrupted one would have.
+    """
+
+    def __init__(self, sources: list[str] | None, *, batch_size: int, seq_len: int,
+                 val_fraction: float = 0.1, test_fraction: float = 0.0, window: str = "stream",
+                 seed: int = 0, eval_seq_len: int = 256, corpus_options: dict | None = None,
+                 max_steps: int | None = None):
+        super().__init__()
+        self.sources, self.batch_size, self.seq_len = sources, batch_size, seq_len
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.window, self.seed, self.eval_seq_len = window, seed, eval_seq_len
+        self.corpus_options = corpus_options or {}
+        self.max_steps = max_steps
+        self.corpus = None
+        self.splits: dict[str, np.ndarray] = {}
+        self.streams: TrainStreams | None = None
+
+    def load(self) -> None:
+        """Encode or open the cached corpus and cut the splits (idempotent)."""
+        if self.corpus is None:
+            self.corpus = load_corpus(self.sources, **self.corpus_options)
+            self.splits = self.corpus.split(self.val_fraction, self.test_fraction)
+
+    def make_streams(self, rank: int = 0, world: int = 1) -> TrainStreams:
+        self.load()
+        return TrainStreams(self.splits["train"], self.batch_size, self.seq_len, self.window,
+                            self.seed, rank, world)
+
+    def setup(self, stage: str) -> None:
+        self.load()
+        self.streams = self.make_streams(self.trainer.global_rank, self.trainer.world_size)
+
+    def train_dataloader(self):
+        # Called after a checkpoint is restored, so global_step is the resumed position.
+        start = self.trainer.global_step
+        return torch.utils.data.DataLoader(StepBatches(self.streams, start, self.max_steps),
+                                           batch_size=None)
+
+    def val_batches(self, rank: int = 0, world: int = 1):
+        return eval_batches(self.splits["val"], self.eval_seq_len, rank=rank, world=world)
+
+
+__all__ = ["CharLM", "CharDataModule", "OptimConfig"]

@@ -1,0 +1,175 @@
+"""The character model: embedding → stacked recurrent cell → dropout → linear, and its cell registry.
+
+A cell is a registry entry: a name mapped to a factory that builds a multi-layer, batch-first
+recurrent module with torch's calling convention, ``module(x, state) -> (out, state)``:
+
+    x     (B, T, I)  inputs
+    out   (B, T, H)  the top layer's hidden state at every step
+    state            (L, B, H) tensor, or a tuple of them (LSTM's (h, c)); None means zeros
+
+Every place that touches a state goes through ``map_state``, so no caller branches on the cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+State = Tensor | tuple[Tensor, ...]
+CellFactory = Callable[[int, int, int, float], nn.Module]  # (input, hidden, layers, dropout)
+
+
+@dataclass
+class _Cell:
+    fused: CellFactory
+    explicit: CellFactory | None = None
+
+
+_CELLS: dict[str, _Cell] = {}
+
+
+def register_cell(name: str, factory: CellFactory, explicit: CellFactory | None = None) -> None:
+    """Register a recurrent cell under ``name`` (``factory(input, hidden, layers, dropout)``)."""
+    _CELLS[name] = _Cell(factory, explicit)
+
+
+def cell_names() -> list[str]:
+    """Names of every registered cell."""
+    return sorted(_CELLS)
+
+
+def _cell(name: str) -> _Cell:
+    if name not in _CELLS:
+        raise ValueError(f"unknown cell {name!r}; choose one of: {', '.join(cell_names())}")
+    return _CELLS[name]
+
+
+def _torch_rnn(kind: type[nn.RNNBase]) -> CellFactory:
+    def build(input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+        return kind(input_size, hidden_size, num_layers, batch_first=True,
+                    dropout=dropout if num_layers > 1 else 0.0)
+    return build
+
+
+register_cell("rnn", _torch_rnn(nn.RNN))
+register_cell("lstm", _torch_rnn(nn.LSTM))
+register_cell("gru", _torch_rnn(nn.GRU))
+
+
+def map_state(fn: Callable[[Tensor], Tensor], state: State | None) -> State | None:
+    """Apply ``fn`` to every tensor of a state (a tensor or a tuple of tensors)."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(fn(s) for s in state)
+    return fn(state)
+
+
+def detach_state(state: State | None) -> State | None:
+    """Cut the graph behind a carried state (truncated BPTT)."""
+    return map_state(Tensor.detach, state)
+
+
+def state_hidden(state: State) -> Tensor:
+    """The hidden state h (L, B, H) of any cell's state (LSTM: the first of (h, c))."""
+    return state[0] if isinstance(state, tuple) else state
+
+
+IMPLS = ("fused", "explicit")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a CharRNN: plain data, stored in every checkpoint."""
+
+    vocab_size: int
+    cell: str = "lstm"
+    hidden_size: int = 256
+    num_layers: int = 1
+    embedding_dim: int = 64
+    dropout: float = 0.0
+    impl: str = "fused"
+    extra: dict = field(default_factory=dict)  # room for a plugged-in cell's own settings
+
+    def __post_init__(self) -> None:
+        _cell(self.cell)  # raises with the list of valid names
+        if self.impl not in IMPLS:
+            raise ValueError(f"--impl must be one of {', '.join(IMPLS)}, not {self.impl!r}")
+        if self.impl == "fused" and _CELLS[self.cell].fused is None:
+            raise ValueError(f"cell {self.cell!r} has no fused implementation; use --impl explicit")
+        if self.impl == "explicit" and _CELLS[self.cell].explicit is None:
+            raise ValueError(f"cell {self.cell!r} has no explicit implementation; use --impl fused")
+        for flag, value in (("--hidden-size", self.hidden_size), ("--num-layers", self.num_layers),
+                            ("--embedding-dim", self.embedding_dim), ("vocab size", self.vocab_size)):
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, not {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), not {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_cell(config: ModelConfig, impl: str | None = None) -> nn.Module:
+    """Build the recurrent stack of ``config`` in the given implementation."""
+    entry = _cell(config.cell)
+    factory = entry.explicit if (impl or config.impl) == "explicit" else entry.fused
+    if factory is None:
+        raise ValueError(f"cell {config.cell!r} has no {impl or config.impl} implementation")
+    return factory(config.embedding_dim, config.hidden_size, config.num_layers, config.dropout)
+
+
+class CharRNN(nn.Module):
+    """Embedding → recurrent stack → dropout → linear head over the vocabulary."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
+        self.rnn = build_cell(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # LSTM forget-gate bias 1 (Jozefowicz et al. 2015): the cell remembers by default.
+        # torch lays LSTM gates out as (i, f, g, o), so f is the second quarter.
+        if self.config.cell == "lstm":
+            h = self.config.hidden_size
+            for name, p in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    with torch.no_grad():
+                        p[h:2 * h].fill_(1.0)
+                elif name.startswith("bias_hh"):
+                    with torch.no_grad():
+                        p[h:2 * h].zero_()
+
+    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """ids (B, T) → logits (B, T, V) and the state after the last step."""
+        x = self.embedding(ids)                 # (B, T, E)
+        out, state = self.rnn(x, state)         # (B, T, H)
+        return self.head(self.drop(out)), state  # (B, T, V)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def hidden_size_for_params(config: ModelConfig, target: int) -> int:
+    """The hidden size whose model has the parameter count closest to ``target``."""
+    def count(h: int) -> int:
+        return CharRNN(ModelConfig(**{**config.to_dict(), "hidden_size": h})).num_params()
+
+    lo, hi = 1, 2
+    while count(hi) < target:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # count grows with h: bisect for the crossing
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid) < target else (lo, mid)
+    return min((lo, hi), key=lambda h: abs(count(h) - target))
+
+
+__all__ = ["CharRNN", "ModelConfig", "State", "cell_names", "detach_state", "map_state",
+           "register_cell", "state_hidden", "hidden_size_for_params", "build_cell"]

@@ -1,0 +1,177 @@
+"""Corpus sources: what ``--data`` may name, read as text through Hugging Face ``datasets``.
+
+A source is a text file, a directory (its text files, recursively), a glob, a dataset saved with
+``save_to_disk``, ``hf:NAME`` on the Hub, or ``stdlib`` (this interpreter's standard library,
+the built-in corpus that exists on every machine). Text files are read whole, one row per file
+(``sample_by="document"``), so line breaks survive: the line-based default would drop them.
+Rows are joined with a newline where a row does not already end with one.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CharlmError
+
+STDLIB = "stdlib"
+HF_PREFIX = "hf:"
+_SKIP_PARTS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+_CHUNK = 1 << 22  # characters handed on at a time, so a huge document never sits in memory twice
+
+
+@dataclass
+class Source:
+    """One resolved ``--data`` value."""
+
+    spec: str                                   # what the user typed
+    kind: str                                   # "files" | "disk" | "hub"
+    files: list[Path] = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # hub: split, text_column, streaming
+
+    def identity(self) -> list:
+        """What the cache fingerprint needs to know: names, sizes and mtimes, or the dataset id."""
+        if self.kind == "files":
+            return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in self.files]
+        if self.kind == "disk":
+            state = Path(self.spec) / "state.json"
+            return [str(Path(self.spec).resolve()), state.read_text() if state.exists() else ""]
+        return [self.spec, sorted(self.options.items())]
+
+
+def stdlib_files() -> list[Path]:
+    """The built-in corpus: this interpreter's standard-library sources, sorted, tests excluded."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return [f for f in sorted(root.rglob("*.py"))
+            if not _SKIP_PARTS & set(f.relative_to(root).parts[:-1])]
+
+
+def looks_binary(path: Path) -> bool:
+    """A file with a NUL byte in its first 8 KiB is not text."""
+    with open(path, "rb") as f:
+        return b"\0" in f.read(8192)
+
+
+def _text_files(directory: Path) -> list[Path]:
+    files = [f for f in sorted(directory.rglob("*"))
+             if f.is_file() and not any(p.startswith(".") for p in f.relative_to(directory).parts)]
+    return [f for f in files if f.stat().st_size > 0 and not looks_binary(f)]
+
+
+def resolve(spec: str, *, split: str = "train", text_column: str = "text",
+            streaming: bool = False) -> Source:
+    """Turn one ``--data`` value into a Source, or say clearly why it cannot be read."""
+    if spec == STDLIB:
+        return Source(spec, "files", stdlib_files())
+    if spec.startswith(HF_PREFIX):
+        name = spec[len(HF_PREFIX):]
+        if not name or name.startswith(("/", ".")) or ".." in name.split("/"):
+            raise CharlmError(f"{spec!r} is not a Hugging Face dataset name (expected hf:OWNER/NAME)")
+        return Source(spec, "hub", options={"split": split, "text_column": text_column,
+                                            "streaming": streaming})
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+            return Source(spec, "disk", options={"split": split, "text_column": text_column})
+        files = _text_files(path)
+        if not files:
+            raise CharlmError(f"the directory {spec} holds no text files")
+        return Source(spec, "files", files)
+    if path.is_file():
+        if looks_binary(path):
+            raise CharlmError(f"{spec} looks like a binary file (it contains NUL bytes), not text")
+        return Source(spec, "files", [path])
+    if globlib.has_magic(spec):
+        files = [Path(f) for f in sorted(globlib.glob(spec, recursive=True)) if Path(f).is_file()]
+        if not files:
+            raise CharlmError(f"the pattern {spec!r} matches no files")
+        return Source(spec, "files", [f for f in files if not looks_binary(f)])
+    raise CharlmError(f"no such file or directory: {spec}")
+
+
+def _decode_error(files: list[Path], encoding: str) -> CharlmError:
+    """Find the first file that does not decode, and say at which byte."""
+    for f in files:
+        try:
+            f.read_bytes().decode(encoding)
+        except UnicodeDecodeError as e:
+            return CharlmError(
+                f"{f} is not valid {encoding}: byte 0x{e.object[e.start]:02x} at offset {e.start} "
+                f"does not decode; pass --encoding (for example --encoding latin-1)")
+    return CharlmError(f"the files could not be decoded as {encoding}; pass --encoding")
+
+
+def _rows(source: Source, encoding: str) -> Iterator[str]:
+    import datasets  # heavy: imported only when a corpus is actually read
+
+    datasets.disable_progress_bars()
+    if source.kind == "files":
+        if not source.files:
+            return
+        try:
+            ds = datasets.load_dataset("text", data_files=[str(f) for f in source.files],
+                                       sample_by="document", keep_linebreaks=True,
+                                       encoding=encoding, split="train")
+        except Exception as e:  # datasets wraps the decode error; find it for a clear message
+            cause = e
+            while cause is not None and not isinstance(cause, UnicodeDecodeError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is not None:
+                raise _decode_error(source.files, encoding) from None
+            if isinstance(e, LookupError):
+                raise CharlmError(f"unknown --encoding {encoding!r}") from None
+            raise
+        column = "text"
+    elif source.kind == "disk":
+        ds = datasets.load_from_disk(source.spec)
+        if isinstance(ds, datasets.DatasetDict):
+            split = source.options["split"]
+            if split not in ds:
+                raise CharlmError(f"{source.spec} has no split {split!r}; it has {', '.join(ds)}")
+            ds = ds[split]
+        column = source.options["text_column"]
+    else:
+        opts = source.options
+        try:
+            ds = datasets.load_dataset(source.spec[len(HF_PREFIX):], split=opts["split"],
+                                       streaming=opts["streaming"])
+        except Exception as e:
+            raise CharlmError(f"could not load {source.spec} from the Hugging Face Hub: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        column = opts["text_column"]
+    names = ds.column_names
+    if names is not None and column not in names:
+        raise CharlmError(f"{source.spec} has no column {column!r}; pass --text-column "
+                          f"(columns: {', '.join(names)})")
+    for row in ds if source.kind == "hub" and source.options["streaming"] else ds.iter(1000):
+        texts = [row[column]] if isinstance(row[column], str) else row[column]
+        yield from texts
+
+
+def read_chunks(sources: list[Source], encoding: str = "utf-8") -> Iterator[str]:
+    """The text of every source, in order, as chunks of at most ~4M characters."""
+    separate = False
+    for source in sources:
+        for row in _rows(source, encoding):
+            if not row:
+                continue
+            if separate:
+                yield "\n"
+            for i in range(0, len(row), _CHUNK):
+                yield row[i:i + _CHUNK]
+            separate = not row.endswith("\n")
+
+
+def describe(sources: list[Source]) -> str:
+    """One line naming the sources, for reports."""
+    parts = []
+    for s in sources:
+        parts.append(f"{s.spec} ({len(s.files)} files)" if s.kind == "files" and len(s.files) > 1
+                     else s.spec)
+    return ", ".join(parts)
+
+
+__all__ = ["Source", "resolve", "read_chunks", "describe", "stdlib_files", "STDLIB"]

@@ -1,0 +1,300 @@
+"""TrainConfig and fit(): a Lightning Trainer with charlm's run folder, no click here.
+
+A run folder holds best.ckpt (lowest val loss), last.ckpt (exact resume), metrics.csv,
+samples.txt and run.json. Validation is one full pass over the val split every ``eval_every``
+steps and at the end of the run; every checkpoint is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from .errors import CharlmError
+from .lit import CharDataModule, CharLM, OptimConfig
+from .model import ModelConfig
+from .sampling import SampleSettings, generate
+
+DEFAULT_EPOCHS = 10  # when no budget is given at all
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (the CLI flags, one to one)."""
+
+    data: list[str] = field(default_factory=list)
+    cell: str = "lstm"
+    hidden_size: int = 256
+    num_layers: int = 1
+    embedding_dim: int = 64
+    dropout: float = 0.0
+    impl: str = "fused"
+    seq_len: int = 128
+    batch_size: int = 16
+    lr: float = 4e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    schedule: str = "cosine"
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    max_time: float | None = None  # minutes
+    val_fraction: float = 0.1
+    test_fraction: float = 0.0
+    seed: int = 1337
+    out: str = "checkpoints/run"
+    resume: bool = False
+    eval_every: int = 250
+    sample_every: int = 0
+    window: str = "stream"
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    encoding: str = "utf-8"
+    text_column: str = "text"
+    split: str = "train"
+    streaming: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--seq-len", self.seq_len), ("--batch-size", self.batch_size),
+                            ("--num-nodes", self.num_nodes)):
+            if value < 1:
+                raise CharlmError(f"{flag} must be at least 1, not {value}")
+        for flag, value in (("--max-steps", self.max_steps), ("--max-epochs", self.max_epochs)):
+            if value is not None and value < 1:
+                raise CharlmError(f"{flag} must be at least 1, not {value}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise CharlmError(f"--max-time must be a positive number of minutes, not {self.max_time}")
+        if self.eval_every < 0 or self.sample_every < 0:
+            raise CharlmError("--eval-every and --sample-every must be >= 0 (0 means only at the end)")
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        try:
+            return ModelConfig(vocab_size, self.cell, self.hidden_size, self.num_layers,
+                               self.embedding_dim, self.dropout, self.impl)
+        except ValueError as e:
+            raise CharlmError(str(e)) from None
+
+
+def atomic_save(trainer: L.Trainer, path: Path) -> None:
+    """trainer.save_checkpoint to a temporary file, fsync, rename: whole or not at all."""
+    tmp = path.with_name(path.name + ".tmp")
+    trainer.save_checkpoint(tmp, weights_only=False)
+    if trainer.is_global_zero:
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    trainer.strategy.barrier()
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+
+
+class RunFolder(Callback):
+    """Validation, checkpoints, samples and the time budget, every so many steps and at the end."""
+
+    def __init__(self, out: Path, dm: CharDataModule, config: TrainConfig, total_steps: int | None):
+        self.out, self.dm, self.config, self.total_steps = out, dm, config, total_steps
+        self.best_val_loss = float("inf")
+        self.best_step = -1
+        self.last_eval_step = -1
+        self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"best_val_loss": self.best_val_loss, "best_step": self.best_step,
+                "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_val_loss = state["best_val_loss"]
+        self.best_step = state["best_step"]
+        self.history = state.get("history", [])
+
+    def on_train_batch_end(self, trainer, pl_module: CharLM, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
+        if not torch.isfinite(torch.tensor(loss)):
+            raise CharlmError(f"the training loss became {loss} at step {step}; best.ckpt is "
+                              f"untouched (try a lower --lr or --grad-clip)")
+        out_of_time = (self.config.max_time is not None
+                       and pl_module.tick() >= self.config.max_time * 60)
+        out_of_time = bool(trainer.strategy.broadcast(out_of_time, src=0))
+        final = out_of_time or (self.total_steps is not None and step >= self.total_steps)
+        if out_of_time:
+            trainer.should_stop = True
+        if self.config.sample_every and step % self.config.sample_every == 0:
+            self.write_samples(trainer, pl_module, step)
+        if final or (self.config.eval_every and step % self.config.eval_every == 0):
+            self.validate(trainer, pl_module, step)
+
+    def on_train_end(self, trainer, pl_module: CharLM) -> None:
+        # A run that stopped for another reason (end of epochs) still validates and saves.
+        if self.last_eval_step != trainer.global_step:
+            self.validate(trainer, pl_module, trainer.global_step)
+
+    def validate(self, trainer, pl_module: CharLM, step: int) -> None:
+        val = pl_module.evaluate_split(self.dm.splits["val"], self.dm.eval_seq_len)
+        self.last_eval_step = step
+        record = {"step": step, "elapsed_s": round(pl_module.tick(), 2),
+                  "val_loss": val["loss"], "val_bpc": val["bpc"]}
+        self.history.append(record)
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({"val_loss": val["loss"], "val_bpc": val["bpc"],
+                                        "elapsed_s": record["elapsed_s"]}, step=step)
+        pl_module.log("val_bpc", val["bpc"], prog_bar=True, logger=False, rank_zero_only=True)
+        improved = val["loss"] < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_step = val["loss"], step
+        atomic_save(trainer, self.out / "last.ckpt")
+        if improved and trainer.is_global_zero:
+            atomic_copy(self.out / "last.ckpt", self.out / "best.ckpt")
+        if trainer.is_global_zero and self.config.progress:
+            _say(trainer, f"step {step}: val loss {val['loss']:.4f} nats, {val['bpc']:.4f} bpc"
+                          f"{' (best)' if improved else ''}")
+
+    def write_samples(self, trainer, pl_module: CharLM, step: int) -> None:
+        if not trainer.is_global_zero:
+            return
+        model = pl_module.model
+        lines = [f"=== step {step} ==="]
+        for temperature in (0.5, 0.8, 1.0):
+            text = generate(model, pl_module.vocab, "", 200, SampleSettings(temperature), seed=step)[0]
+            lines.append(f"--- temperature {temperature} ---\n{text}")
+        model.train()
+        block = "\n".join(lines) + "\n"
+        with open(self.out / "samples.txt", "a", encoding="utf-8") as f:
+            f.write(block)
+        if self.config.progress:
+            _say(trainer, block)
+
+
+def _say(trainer, text: str) -> None:
+    from tqdm.auto import tqdm
+    tqdm.write(text)
+
+
+def _total_steps(config: TrainConfig, windows_per_epoch: int) -> int | None:
+    if config.max_steps is not None:
+        return config.max_steps
+    if config.max_epochs is not None:
+        return config.max_epochs * windows_per_epoch
+    if config.max_time is not None:
+        return None
+    return DEFAULT_EPOCHS * windows_per_epoch
+
+
+def fit(config: TrainConfig) -> dict:
+    """Train as ``config`` says; returns the results that also go to run.json."""
+    out = Path(config.out)
+    last = out / "last.ckpt"
+    if config.resume and not last.exists():
+        raise CharlmError(f"--resume: there is no {last} to resume from")
+    if not config.resume and last.exists():
+        raise CharlmError(f"{out} already holds a run; pass --resume to continue it, "
+                          f"or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    dm = CharDataModule(config.data or None, batch_size=config.batch_size, seq_len=config.seq_len,
+                        val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                        window=config.window, seed=config.seed,
+                        corpus_options={"encoding": config.encoding, "split": config.split,
+                                        "text_column": config.text_column,
+                                        "streaming": config.streaming})
+    dm.load()
+    corpus = dm.corpus
+    model_config = config.model_config(len(corpus.vocab))
+    trainer_kwargs = dict(accelerator=config.accelerator, devices=config.devices,
+                          strategy=config.strategy, num_nodes=config.num_nodes,
+                          precision=config.precision)
+    probe = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      **trainer_kwargs)
+    world = probe.world_size
+    streams = dm.make_streams(0, world)
+    total = _total_steps(config, streams.windows_per_epoch)
+    dm.max_steps = total
+    if config.progress:
+        _report_data(corpus, dm, streams, world)
+    optim = OptimConfig(lr=config.lr, weight_decay=config.weight_decay,
+                        warmup_steps=config.warmup_steps, schedule=config.schedule,
+                        total_steps=total,
+                        max_time_s=config.max_time * 60 if config.max_time else None)
+    module = CharLM(model_config.to_dict(), asdict(optim), corpus.vocab.chars,
+                    data={"sources": config.data or ["stdlib"],
+                          "fingerprint": corpus.meta.get("fingerprint"),
+                          "val_fraction": config.val_fraction,
+                          "test_fraction": config.test_fraction, "seq_len": config.seq_len})
+    run_folder = RunFolder(out, dm, config, total)
+    callbacks: list[Callback] = [run_folder]
+    if config.progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    trainer = L.Trainer(
+        max_steps=total if total is not None else -1,
+        max_epochs=-1 if total is None else None,
+        limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=config.grad_clip or None,
+        logger=CSVLogger(out, name="", version=""), callbacks=callbacks,
+        enable_checkpointing=False, enable_progress_bar=config.progress,
+        enable_model_summary=False, log_every_n_steps=10, use_distributed_sampler=False,
+        deterministic=False, **trainer_kwargs)
+    # StepBatches has a length so the bar can show it; one process reads it, so it is exact.
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if config.resume else None,
+                weights_only=True)
+    results = {
+        "checkpoint": str(last), "best_checkpoint": str(out / "best.ckpt"),
+        "val_loss": run_folder.best_val_loss, "val_bpc": run_folder.best_val_loss / 0.6931471805599453,
+        "best_step": run_folder.best_step, "steps": trainer.global_step,
+        "params": module.model.num_params(),
+        "train_chars_per_s": module.train_chars / module.train_s if module.train_s else 0.0,
+        "elapsed_s": module.elapsed_s, "wall_s_this_session": time.time() - t0,
+        "history": run_folder.history,
+    }
+    if config.test_fraction and trainer.is_global_zero:
+        results.update(_test_metrics(out / "best.ckpt", dm))
+    if trainer.is_global_zero:
+        run = {"config": asdict(config), "model": model_config.to_dict(),
+               "data": module.hparams["data"], "results": results}
+        (out / "run.json").write_text(json.dumps(run, indent=2))
+    return results
+
+
+def _test_metrics(best: Path, dm: CharDataModule) -> dict:
+    from .checkpoint import load
+    from .metrics import evaluate
+    model, _, _ = load(best)
+    test = evaluate(model, dm.splits["test"], dm.eval_seq_len)
+    return {"test_loss": test["loss"], "test_bpc": test["bpc"]}
+
+
+def _report_data(corpus, dm: CharDataModule, streams, world: int) -> None:
+    """Tell the user what the data preparation did."""
+    from .vocab import printable
+    meta = corpus.meta
+    lines = [f"data: {meta.get('sources', '?')}: {len(corpus.ids):,} characters, "
+             f"vocab {len(corpus.vocab)}, cache {meta.get('cache')}",
+             f"vocab: {corpus.vocab.describe()}",
+             "splits: " + ", ".join(f"{k} {len(v):,}" for k, v in dm.splits.items() if len(v)),
+             f"batches: {streams.batch_size * world} streams x {streams.seq_len} chars, "
+             f"{streams.windows_per_epoch} steps per epoch, tail of {streams.tail:,} train "
+             f"characters unused per epoch"]
+    if meta.get("unknown"):
+        lines.append("skipped characters outside the vocabulary: " +
+                     ", ".join(f"{printable(c)}×{n}" for c, n in meta["unknown"].items()))
+    print("\n".join(lines), flush=True)
