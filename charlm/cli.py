@@ -53,6 +53,8 @@ def emit_json(obj: dict) -> None:
 @click.version_option(__version__, prog_name="charlm")
 def cli():
     """Train character-level RNN, LSTM and GRU language models, generate text, compare cells."""
+    import logging
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no tips or banners
 
 
 @cli.command()

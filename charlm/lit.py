@@ -194,9 +194,11 @@ class CharDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         # Called after a checkpoint is restored, so global_step is the resumed position.
+        # Its own generator: creating the iterator must not draw from the global RNG, which
+        # drives dropout and is restored on resume.
         start = self.trainer.global_step
         return torch.utils.data.DataLoader(StepBatches(self.streams, start, self.max_steps),
-                                           batch_size=None)
+                                           batch_size=None, generator=torch.Generator())
 
     def val_batches(self, rank: int = 0, world: int = 1):
         return eval_batches(self.splits["val"], self.eval_seq_len, rank=rank, world=world)

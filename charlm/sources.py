@@ -4,7 +4,8 @@ A source is a text file, a directory (its text files, recursively), a glob, a da
 ``save_to_disk``, ``hf:NAME`` on the Hub, or ``stdlib`` (this interpreter's standard library,
 the built-in corpus that exists on every machine). Text files are read whole, one row per file
 (``sample_by="document"``), so line breaks survive: the line-based default would drop them.
-Rows are joined with a newline where a row does not already end with one.
+Rows are joined with a newline where a row does not already end with one. Files are read with
+Python's universal newlines, so Windows line endings (\r\n) arrive as \n.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class Source:
             return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in self.files]
         if self.kind == "disk":
             state = Path(self.spec) / "state.json"
-            return [str(Path(self.spec).resolve()), state.read_text() if state.exists() else ""]
+            return [str(Path(self.spec).resolve()), state.read_text() if state.exists() else "",
+                    sorted(self.options.items())]
         return [self.spec, sorted(self.options.items())]
 
 

@@ -254,9 +254,16 @@ def fit(config: TrainConfig) -> dict:
         deterministic=False, **trainer_kwargs)
     # StepBatches has a length so the bar can show it; one process reads it, so it is exact.
     warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
+    previous = _set_aside_metrics(out) if config.resume else None
+    resumed_at = (torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+                  if config.resume else 0)
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if config.resume else None,
-                weights_only=True)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if config.resume else None,
+                    weights_only=True)
+    finally:
+        if previous is not None and trainer.is_global_zero:
+            _merge_metrics(out / "metrics.csv", previous, resumed_at)
     results = {
         "checkpoint": str(last), "best_checkpoint": str(out / "best.ckpt"),
         "val_loss": run_folder.best_val_loss, "val_bpc": run_folder.best_val_loss / 0.6931471805599453,
@@ -273,6 +280,38 @@ def fit(config: TrainConfig) -> dict:
                "data": module.hparams["data"], "results": results}
         (out / "run.json").write_text(json.dumps(run, indent=2))
     return results
+
+
+def _set_aside_metrics(out: Path) -> Path | None:
+    """Lightning's CSVLogger deletes an existing metrics.csv; keep it to merge after the run."""
+    metrics = out / "metrics.csv"
+    if not metrics.exists():
+        return None
+    kept = out / "metrics.resumed.csv"
+    if kept.exists():  # an earlier resume was interrupted before merging: merge that first
+        _merge_metrics(metrics, kept, None)
+    os.replace(metrics, kept)
+    return kept
+
+
+def _merge_metrics(metrics: Path, previous: Path, upto: int | None) -> None:
+    """metrics.csv = the earlier session's rows up to the resumed step + this session's rows."""
+    import csv
+    with open(previous, newline="") as f:
+        old = list(csv.DictReader(f))
+    new = []
+    if metrics.exists():
+        with open(metrics, newline="") as f:
+            new = list(csv.DictReader(f))
+    rows = [r for r in old if upto is None or int(r["step"]) <= upto] + new
+    fields = sorted({k for r in rows for k in r})
+    tmp = metrics.with_name(metrics.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, metrics)
+    previous.unlink()
 
 
 def _test_metrics(best: Path, dm: CharDataModule) -> dict:

@@ -1,0 +1,182 @@
+import json
+
+import numpy as np
+import pytest
+
+from charlm.data import TrainStreams, eval_batches, load_corpus, split_bounds
+from charlm.errors import CharlmError
+
+
+def test_line_breaks_and_exact_text_survive(tmp_path):
+    text = "first line\n\n  indented\tthird\nno newline at end"
+    (tmp_path / "a.txt").write_bytes(text.encode())
+    corpus = load_corpus([str(tmp_path / "a.txt")])
+    assert corpus.vocab.decode(corpus.ids) == text
+
+
+def test_windows_line_endings_read_as_newlines(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"one\r\ntwo\r\n")  # documented: universal newlines
+    corpus = load_corpus([str(tmp_path / "a.txt")])
+    assert corpus.vocab.decode(corpus.ids) == "one\ntwo\n"
+
+
+def test_several_sources_directory_and_glob(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "1.txt").write_text("one\n")
+    (tmp_path / "d" / "2.txt").write_text("two")
+    (tmp_path / "d" / "blob.bin").write_bytes(b"\0\1\2binary")
+    (tmp_path / "x.md").write_text("three\n")
+    joined = load_corpus([str(tmp_path / "d"), str(tmp_path / "x.md")])
+    assert joined.vocab.decode(joined.ids) == "one\ntwo\nthree\n"  # binary file skipped
+    globbed = load_corpus([str(tmp_path / "d" / "*.txt")])
+    assert globbed.vocab.decode(globbed.ids) == "one\ntwo"
+
+
+def test_save_to_disk_dataset(tmp_path):
+    import datasets
+    datasets.Dataset.from_dict({"body": ["hello", "world\n", "!"]}).save_to_disk(tmp_path / "ds")
+    corpus = load_corpus([str(tmp_path / "ds")], text_column="body")
+    assert corpus.vocab.decode(corpus.ids) == "hello\nworld\n!"
+    with pytest.raises(CharlmError, match="no column 'text'"):
+        load_corpus([str(tmp_path / "ds")])
+
+
+def test_second_load_comes_from_the_cache(text_file, monkeypatch):
+    first = load_corpus([str(text_file)])
+    import charlm.data as data
+    monkeypatch.setattr(data, "_encode", lambda *a, **k: pytest.fail("encoded twice"))
+    second = load_corpus([str(text_file)])
+    assert isinstance(second.ids, np.memmap) or second.ids.base is not None
+    assert np.array_equal(first.ids, second.ids)
+
+
+def test_corrupt_cache_is_detected_and_rebuilt(text_file):
+    corpus = load_corpus([str(text_file)])
+    cache = corpus.meta["cache"]
+    raw = bytearray(open(cache, "rb").read())
+    raw[-1] ^= 0xFF  # flip the last id
+    open(cache, "wb").write(bytes(raw))
+    again = load_corpus([str(text_file)])
+    assert again.vocab.decode(again.ids) == text_file.read_text()
+    with open(cache, "r+b") as f:  # truncate
+        f.truncate(200)
+    rebuilt = load_corpus([str(text_file)])
+    assert rebuilt.vocab.decode(rebuilt.ids) == text_file.read_text()
+
+
+def test_vocab_given_skips_and_counts_unknown(tmp_path):
+    from charlm.vocab import CharVocab
+    p = tmp_path / "t.txt"
+    p.write_text("abcxxd")
+    corpus = load_corpus([str(p)], vocab=CharVocab("abcd"))
+    assert corpus.vocab.decode(corpus.ids) == "abcd"
+    assert corpus.meta["unknown"] == {"x": 2}
+
+
+def test_split_sizes_match_nanogpt():
+    n = 1_115_394
+    b = split_bounds(n, 0.1, 0.0)
+    assert b["train"] == (0, int(n * 0.9)) and b["val"] == (int(n * 0.9), n)
+    b = split_bounds(1000, 0.1, 0.05)
+    assert b == {"train": (0, 850), "val": (850, 950), "test": (950, 1000)}
+    with pytest.raises(CharlmError, match="--val-fraction"):
+        split_bounds(10, 0.01, 0.0)  # leaves val with 0 characters
+    with pytest.raises(CharlmError, match="leave some text"):
+        split_bounds(10, 0.5, 0.5)
+
+
+def test_window_k_plus_1_continues_window_k():
+    ids = np.arange(1000) % 251
+    s = TrainStreams(ids.astype(np.int64), batch_size=4, seq_len=10)
+    x0, y0, reset0 = s.batch(0)
+    x1, y1, reset1 = s.batch(1)
+    assert reset0 and not reset1
+    assert x0.shape == (4, 10)
+    assert (y0[:, :-1] == x0[:, 1:]).all()           # targets are the next characters
+    assert (x1[:, 0] == y0[:, -1]).all()             # the next window picks up where it ended
+    assert (x0[1, 0] - x0[0, 0]) % 251 == s.stream_len % 251  # rows are far-apart streams
+    assert s.batch(s.windows_per_epoch)[2]           # a new epoch resets the state
+
+
+def test_stream_batching_never_duplicates_and_reports_tail():
+    ids = np.arange(10_007, dtype=np.int64)
+    s = TrainStreams(ids, batch_size=3, seq_len=7)
+    seen = np.concatenate([s.batch(k)[0].reshape(-1).numpy() for k in range(s.windows_per_epoch)])
+    assert len(np.unique(seen)) == len(seen)          # no character fed twice in an epoch
+    assert len(ids) - len(seen) == s.tail              # what is not fed is the reported tail
+    assert s.tail < 3 * 7 + 3 + 1
+
+
+def test_ddp_ranks_own_disjoint_streams():
+    ids = np.arange(5000, dtype=np.int64)
+    r0 = TrainStreams(ids, 2, 8, rank=0, world=2).batch(3)[0]
+    r1 = TrainStreams(ids, 2, 8, rank=1, world=2).batch(3)[0]
+    single = TrainStreams(ids, 4, 8).batch(3)[0]
+    assert np.array_equal(np.concatenate([r0, r1]), single)
+
+
+def test_random_windows_are_reproducible():
+    ids = np.arange(5000, dtype=np.int64)
+    a = TrainStreams(ids, 4, 8, window="random", seed=3)
+    b = TrainStreams(ids, 4, 8, window="random", seed=3)
+    assert np.array_equal(a.batch(17)[0], b.batch(17)[0])
+    assert not np.array_equal(a.batch(17)[0], a.batch(18)[0])
+
+
+@pytest.mark.parametrize("n,world", [(50, 1), (5000, 1), (5000, 3), (20000, 2)])
+def test_full_pass_scores_every_character_after_the_first_once(n, world):
+    ids = np.arange(n, dtype=np.int64)
+    targets = []
+    for rank in range(world):
+        for x, y, _ in eval_batches(ids, seq_len=16, rank=rank, world=world):
+            targets.append(y[y >= 0].numpy())
+    assert sorted(np.concatenate(targets).tolist()) == list(range(1, n))
+
+
+def test_too_short_corpus_says_how_long_it_must_be():
+    with pytest.raises(CharlmError, match="fewer than one batch needs"):
+        TrainStreams(np.arange(100), batch_size=16, seq_len=128)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "is empty"),
+    (b"  \n\t \n", "only whitespace"),
+    (b"caf\xe9 au lait\n", "byte 0xe9 at offset 3"),
+    (b"\x00\x01binary\x00", "binary"),
+])
+def test_bad_files_get_a_clear_message(tmp_path, content, message):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(content)
+    with pytest.raises(CharlmError, match=message):
+        load_corpus([str(p)])
+
+
+def test_other_encodings_with_flag(tmp_path):
+    p = tmp_path / "latin.txt"
+    p.write_bytes("café\n".encode("latin-1"))
+    assert load_corpus([str(p)], encoding="latin-1").vocab.decode(
+        load_corpus([str(p)], encoding="latin-1").ids) == "café\n"
+
+
+def test_missing_sources(tmp_path):
+    with pytest.raises(CharlmError, match="no such file"):
+        load_corpus([str(tmp_path / "nope.txt")])
+    with pytest.raises(CharlmError, match="matches no files"):
+        load_corpus([str(tmp_path / "*.nothing")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CharlmError, match="no text files"):
+        load_corpus([str(tmp_path / "empty")])
+    with pytest.raises(CharlmError, match="dataset name"):
+        load_corpus(["hf:../../etc"])
+
+
+def test_builtin_stdlib_corpus_is_deterministic():
+    from charlm.sources import stdlib_files
+    files = stdlib_files()
+    assert files == sorted(files) and len(files) > 100
+    assert not any("test" in f.parts[:-1] for f in files)
+
+
+def test_meta_is_plain_json(text_file):
+    corpus = load_corpus([str(text_file)])
+    json.dumps(corpus.meta)

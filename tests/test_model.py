@@ -1,0 +1,65 @@
+import pytest
+import torch
+from torch import nn
+
+from charlm.model import (CharRNN, ModelConfig, cell_names, detach_state, hidden_size_for_params,
+                          register_cell)
+
+N, T, E, H, V = 2, 3, 4, 5, 6
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_forward_backward_and_carried_state(cell, layers):
+    model = CharRNN(ModelConfig(V, cell, H, layers, E))
+    ids = torch.randint(0, V, (N, T))
+    logits, state = model(ids)
+    assert logits.shape == (N, T, V)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    # feeding two halves with the carried state equals feeding the whole sequence
+    whole, _ = model(torch.cat([ids, ids], 1))
+    _, s1 = model(ids)
+    second, _ = model(ids, detach_state(s1))
+    assert torch.allclose(whole[:, T:], second, atol=1e-6)
+
+
+def test_unknown_cell_lists_valid_names():
+    with pytest.raises(ValueError, match="choose one of: .*gru.*lstm.*rnn"):
+        ModelConfig(V, "transformer")
+
+
+def test_register_a_new_cell_without_touching_charlm():
+    class Tanh2(nn.Module):  # a user's own cell: same calling convention as nn.RNN
+        def __init__(self, i, h, layers, dropout):
+            super().__init__()
+            self.inner = nn.RNN(i, h, layers, batch_first=True, nonlinearity="relu")
+
+        def forward(self, x, state=None):
+            return self.inner(x, state)
+
+    register_cell("relu-rnn", Tanh2)
+    assert "relu-rnn" in cell_names()
+    model = CharRNN(ModelConfig(V, "relu-rnn", H, 2, E))
+    assert model(torch.randint(0, V, (N, T)))[0].shape == (N, T, V)
+
+
+def test_lstm_forget_gate_bias_starts_at_one():
+    model = CharRNN(ModelConfig(V, "lstm", H, 1, E))
+    b = model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0
+    assert torch.allclose(b[H:2 * H], torch.ones(H))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_params_solver_is_close(cell):
+    base = ModelConfig(65, cell, 1, 2, 64)
+    h = hidden_size_for_params(base, 250_000)
+    n = CharRNN(ModelConfig(65, cell, h, 2, 64)).num_params()
+    assert abs(n - 250_000) / 250_000 < 0.02
+
+
+def test_bad_config_names_the_flag():
+    with pytest.raises(ValueError, match="--hidden-size"):
+        ModelConfig(V, "lstm", 0)
+    with pytest.raises(ValueError, match="--dropout"):
+        ModelConfig(V, "lstm", 4, dropout=1.5)

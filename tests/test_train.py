@@ -1,0 +1,86 @@
+import json
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+from charlm import load
+from charlm.errors import CharlmError
+from charlm.train import RunFolder, TrainConfig, fit
+
+TINY = dict(hidden_size=32, embedding_dim=16, batch_size=8, seq_len=32, lr=1e-2, warmup_steps=5,
+            progress=False)
+
+
+def unigram_entropy(text: str) -> float:
+    counts = Counter(text)
+    n = len(text)
+    return -sum(c / n * math.log(c / n) for c in counts.values())
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_loss_falls_well_below_unigram_entropy(cell, text_file, tmp_path):
+    results = fit(TrainConfig(data=[str(text_file)], cell=cell, max_steps=150, eval_every=0,
+                              out=str(tmp_path / "run"), **TINY))
+    h1 = unigram_entropy(text_file.read_text())
+    assert results["val_loss"] < h1 - 1.0, (results["val_loss"], h1)
+    run = tmp_path / "run"
+    for name in ("best.ckpt", "last.ckpt", "metrics.csv", "run.json"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "run.json").read_text())["results"]["steps"] == 150
+
+
+def test_checkpoint_is_plain_data(text_file, tmp_path):
+    fit(TrainConfig(data=[str(text_file)], max_steps=5, out=str(tmp_path / "r"), **TINY))
+    ckpt = torch.load(tmp_path / "r" / "last.ckpt", weights_only=True)  # never runs code
+    assert ckpt["hyper_parameters"]["vocab"] and ckpt["global_step"] == 5
+    model, vocab, info = load(tmp_path / "r" / "best.ckpt")
+    assert next(model.parameters()).device.type == "cpu" and len(vocab) > 5
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("window", ["stream", "random"])
+def test_resume_equals_an_uninterrupted_run(text_file, tmp_path, monkeypatch, window):
+    settings = dict(data=[str(text_file)], max_steps=24, eval_every=8, num_layers=2, dropout=0.1,
+                    window=window, **TINY)
+    whole = fit(TrainConfig(out=str(tmp_path / "whole"), **settings))
+
+    original = RunFolder.validate
+
+    def validate_then_die(self, trainer, module, step):
+        original(self, trainer, module, step)
+        if step == 16 and not self.config.resume:
+            raise Interrupted
+
+    monkeypatch.setattr(RunFolder, "validate", validate_then_die)
+    with pytest.raises(Interrupted):
+        fit(TrainConfig(out=str(tmp_path / "split"), **settings))
+    resumed = fit(TrainConfig(out=str(tmp_path / "split"), resume=True, **settings))
+
+    a = torch.load(tmp_path / "whole" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "split" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["val_loss"] == whole["val_loss"] and resumed["steps"] == 24
+    import csv
+    with open(tmp_path / "split" / "metrics.csv") as f:  # the log spans both sessions
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r["val_loss"]]
+    assert steps == [8, 16, 24]
+
+
+def test_refuses_to_overwrite_a_run_and_needs_a_run_to_resume(text_file, tmp_path):
+    out = str(tmp_path / "r")
+    with pytest.raises(CharlmError, match="no .*last.ckpt"):
+        fit(TrainConfig(data=[str(text_file)], out=out, resume=True, max_steps=2, **TINY))
+    fit(TrainConfig(data=[str(text_file)], out=out, max_steps=2, **TINY))
+    with pytest.raises(CharlmError, match="already holds a run"):
+        fit(TrainConfig(data=[str(text_file)], out=out, max_steps=2, **TINY))
+
+
+def test_test_split_is_reported(text_file, tmp_path):
+    results = fit(TrainConfig(data=[str(text_file)], max_steps=5, test_fraction=0.1,
+                              out=str(tmp_path / "r"), **TINY))
+    assert results["test_bpc"] == pytest.approx(results["test_loss"] / math.log(2))
