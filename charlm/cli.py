@@ -53,15 +53,15 @@ def emit_json(obj: dict) -> None:
 @click.version_option(__version__, prog_name="charlm")
 def cli():
     """Train character-level RNN, LSTM and GRU language models, generate text, compare cells."""
-    import logging
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no tips or banners
 
 
 @cli.command()
 @data_options
 @click.option("--cell", default="lstm", show_default=True, help="Recurrent cell (rnn, lstm, gru, or a registered one).")
-@click.option("--impl", default="fused", show_default=True, type=click.Choice(["fused", "explicit"]),
-              help="fused torch kernels, or the explicit cells written as the lecture note's equations.")
+@click.option("--impl", default="auto", show_default=True,
+              type=click.Choice(["auto", "fused", "explicit"]),
+              help="fused torch kernels, or the explicit cells written as the lecture note's "
+                   "equations (auto: fused where the cell has it).")
 @click.option("--hidden-size", default=256, show_default=True)
 @click.option("--num-layers", default=1, show_default=True)
 @click.option("--embedding-dim", default=64, show_default=True)

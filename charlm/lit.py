@@ -67,10 +67,9 @@ class CharLM(L.LightningModule):
         self.vocab = CharVocab(vocab)
         self.carried: State | None = None  # the training state carried from window to window
         self.elapsed_s = 0.0       # wall-clock of the run so far, validation included
-        self.train_s = 0.0         # time inside training steps only
+        self.aside_s = 0.0         # of which validation, samples and checkpoints
         self.train_chars = 0
         self._clock: float | None = None
-        self._batch_t0 = 0.0
 
     # -- the one step ---------------------------------------------------------------------
     def _shared_step(self, x: Tensor, y: Tensor, state: State | None):
@@ -113,14 +112,18 @@ class CharLM(L.LightningModule):
             self.elapsed_s = time.monotonic() - self._clock
         return self.elapsed_s
 
+    @property
+    def train_s(self) -> float:
+        """Training time: the run's wall-clock less validation, samples and checkpoints
+        (data loading and Lightning's own overhead count as training)."""
+        return self.tick() - self.aside_s
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         lr = self.optim.lr_at(self.global_step, self.tick())
         for group in self.trainer.optimizers[0].param_groups:
             group["lr"] = lr
-        self._batch_t0 = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.train_s += time.perf_counter() - self._batch_t0
         self.train_chars += batch[0].numel() * (self.trainer.world_size if self._trainer else 1)
         if self.train_s > 0:
             self.log("chars/s", self.train_chars / self.train_s, prog_bar=True, logger=False)
@@ -131,7 +134,7 @@ class CharLM(L.LightningModule):
             "format": 1,
             "version": _version(),
             "torch": str(torch.__version__),
-            "elapsed_s": self.tick(), "train_s": self.train_s, "train_chars": self.train_chars,
+            "elapsed_s": self.tick(), "aside_s": self.aside_s, "train_chars": self.train_chars,
             "carried": detach_state(self.carried),
             "cpu_rng": torch.get_rng_state(),
         }
@@ -139,7 +142,7 @@ class CharLM(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         info = checkpoint.get("charlm", {})
         self.elapsed_s = info.get("elapsed_s", 0.0)
-        self.train_s = info.get("train_s", 0.0)
+        self.aside_s = info.get("aside_s", 0.0)
         self.train_chars = info.get("train_chars", 0)
         self.carried = info.get("carried")
         if info.get("cpu_rng") is not None:

@@ -24,15 +24,22 @@ CellFactory = Callable[[int, int, int, float], nn.Module]  # (input, hidden, lay
 
 @dataclass
 class _Cell:
-    fused: CellFactory
+    fused: CellFactory | None
     explicit: CellFactory | None = None
 
 
 _CELLS: dict[str, _Cell] = {}
 
 
-def register_cell(name: str, factory: CellFactory, explicit: CellFactory | None = None) -> None:
-    """Register a recurrent cell under ``name`` (``factory(input, hidden, layers, dropout)``)."""
+def register_cell(name: str, factory: CellFactory | None,
+                  explicit: CellFactory | None = None) -> None:
+    """Register (or replace) the cell ``name``: ``factory(input, hidden, layers, dropout)``.
+
+    ``factory`` is the fast implementation; ``explicit`` optionally the same cell written out
+    step by step with the same parameters (used by ``--impl explicit`` and fast sampling).
+    """
+    if factory is None and explicit is None:
+        raise ValueError(f"cell {name!r} needs at least one implementation")
     _CELLS[name] = _Cell(factory, explicit)
 
 
@@ -78,7 +85,7 @@ def state_hidden(state: State) -> Tensor:
     return state[0] if isinstance(state, tuple) else state
 
 
-IMPLS = ("fused", "explicit")
+IMPLS = ("auto", "fused", "explicit")
 
 
 @dataclass
@@ -91,13 +98,15 @@ class ModelConfig:
     num_layers: int = 1
     embedding_dim: int = 64
     dropout: float = 0.0
-    impl: str = "fused"
+    impl: str = "auto"  # auto: fused where the cell has it, else explicit
     extra: dict = field(default_factory=dict)  # room for a plugged-in cell's own settings
 
     def __post_init__(self) -> None:
         _cell(self.cell)  # raises with the list of valid names
         if self.impl not in IMPLS:
             raise ValueError(f"--impl must be one of {', '.join(IMPLS)}, not {self.impl!r}")
+        if self.impl == "auto":
+            self.impl = "fused" if _CELLS[self.cell].fused is not None else "explicit"
         if self.impl == "fused" and _CELLS[self.cell].fused is None:
             raise ValueError(f"cell {self.cell!r} has no fused implementation; use --impl explicit")
         if self.impl == "explicit" and _CELLS[self.cell].explicit is None:

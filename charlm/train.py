@@ -8,6 +8,7 @@ steps and at the end of the run; every checkpoint is written whole or not at all
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -38,7 +39,7 @@ class TrainConfig:
     num_layers: int = 1
     embedding_dim: int = 64
     dropout: float = 0.0
-    impl: str = "fused"
+    impl: str = "auto"
     seq_len: int = 128
     batch_size: int = 16
     lr: float = 4e-3
@@ -150,6 +151,13 @@ class RunFolder(Callback):
             self.validate(trainer, pl_module, trainer.global_step)
 
     def validate(self, trainer, pl_module: CharLM, step: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._validate(trainer, pl_module, step)
+        finally:
+            pl_module.aside_s += time.perf_counter() - t0
+
+    def _validate(self, trainer, pl_module: CharLM, step: int) -> None:
         val = pl_module.evaluate_split(self.dm.splits["val"], self.dm.eval_seq_len)
         self.last_eval_step = step
         record = {"step": step, "elapsed_s": round(pl_module.tick(), 2),
@@ -172,6 +180,13 @@ class RunFolder(Callback):
     def write_samples(self, trainer, pl_module: CharLM, step: int) -> None:
         if not trainer.is_global_zero:
             return
+        t0 = time.perf_counter()
+        try:
+            self._write_samples(trainer, pl_module, step)
+        finally:
+            pl_module.aside_s += time.perf_counter() - t0
+
+    def _write_samples(self, trainer, pl_module: CharLM, step: int) -> None:
         model = pl_module.model
         lines = [f"=== step {step} ==="]
         for temperature in (0.5, 0.8, 1.0):
@@ -200,8 +215,11 @@ def _total_steps(config: TrainConfig, windows_per_epoch: int) -> int | None:
     return DEFAULT_EPOCHS * windows_per_epoch
 
 
-def fit(config: TrainConfig) -> dict:
-    """Train as ``config`` says; returns the results that also go to run.json."""
+def fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
+    """Train as ``config`` says; returns the results that also go to run.json.
+
+    ``callbacks`` are added to the Trainer's (e.g. ``charlm compare``'s progress reporting).
+    """
     out = Path(config.out)
     last = out / "last.ckpt"
     if config.resume and not last.exists():
@@ -210,6 +228,7 @@ def fit(config: TrainConfig) -> dict:
         raise CharlmError(f"{out} already holds a run; pass --resume to continue it, "
                           f"or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no tips and banners
     L.seed_everything(config.seed, workers=True, verbose=False)
     dm = CharDataModule(config.data or None, batch_size=config.batch_size, seq_len=config.seq_len,
                         val_fraction=config.val_fraction, test_fraction=config.test_fraction,
@@ -241,7 +260,7 @@ def fit(config: TrainConfig) -> dict:
                           "val_fraction": config.val_fraction,
                           "test_fraction": config.test_fraction, "seq_len": config.seq_len})
     run_folder = RunFolder(out, dm, config, total)
-    callbacks: list[Callback] = [run_folder]
+    callbacks = [run_folder, *(callbacks or [])]
     if config.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     trainer = L.Trainer(
@@ -254,6 +273,7 @@ def fit(config: TrainConfig) -> dict:
         deterministic=False, **trainer_kwargs)
     # StepBatches has a length so the bar can show it; one process reads it, so it is exact.
     warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning, not ours
     previous = _set_aside_metrics(out) if config.resume else None
     resumed_at = (torch.load(last, map_location="cpu", weights_only=True)["global_step"]
                   if config.resume else 0)

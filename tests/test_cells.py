@@ -206,7 +206,7 @@ def test_gru_note_is_registered_as_explicit_only():
 
 @pytest.mark.parametrize("cell", sorted(FUSED))
 def test_fused_checkpoint_loads_into_explicit_model(cell):
-    config = dict(vocab_size=7, cell=cell, hidden_size=5, num_layers=2, embedding_dim=4)
+    config = {"vocab_size": 7, "cell": cell, "hidden_size": 5, "num_layers": 2, "embedding_dim": 4}
     fused = CharRNN(ModelConfig(**config, impl="fused")).eval()
     explicit = CharRNN(ModelConfig(**config, impl="explicit")).eval()
     explicit.load_state_dict(fused.state_dict())

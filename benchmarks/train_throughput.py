@@ -1,0 +1,94 @@
+"""Training throughput: charlm's real path (Lightning, DataModule, callbacks) vs a plain PyTorch
+loop on the same model, batches and optimiser, interleaved in one process.
+
+    .venv/bin/python benchmarks/train_throughput.py [--steps 60] [--repeats 3] [--data FILE]
+
+Prints one JSON line per figure, then a table. The ratio charlm/plain is what matters: the
+machine is shared, so absolute chars/s move from minute to minute; the two runs of each pair
+are measured back to back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from charlm.data import TrainStreams, load_corpus
+from charlm.model import CharRNN, ModelConfig, detach_state
+from charlm.train import TrainConfig, fit
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+CONFIGS = [  # (cell, hidden, layers, steps scale): batch 64 x 128 chars as the issue asks
+    ("lstm", 128, 2, 1.0), ("lstm", 512, 2, 0.25), ("gru", 256, 2, 0.5), ("rnn", 256, 2, 1.0)]
+
+
+def plain_loop(ids, cell, hidden, layers, batch, seq, steps, lr=2e-3) -> float:
+    """A 30-line PyTorch loop: stateful TBPTT, AdamW, clipping. Returns chars/s."""
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(int(ids.max()) + 1, cell, hidden, layers, 64))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    streams = TrainStreams(ids, batch, seq)
+    state = None
+    t0 = time.perf_counter()
+    for step in range(steps):
+        x, y, reset = streams.batch(step)
+        if reset:
+            state = None
+        logits, state = model(x, state)
+        state = detach_state(state)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return batch * seq * steps / (time.perf_counter() - t0)
+
+
+def charlm_run(data, cell, hidden, layers, batch, seq, steps) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        results = fit(TrainConfig(data=[data], cell=cell, hidden_size=hidden, num_layers=layers,
+                                  batch_size=batch, seq_len=seq, max_steps=steps, eval_every=0,
+                                  out=out + "/run", progress=False, lr=2e-3))
+    return results["train_chars_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(SHAKESPEARE))
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=128)
+    args = parser.parse_args()
+    corpus = load_corpus([args.data])
+    ids = corpus.split(0.1, 0.0)["train"]
+    rows = []
+    for cell, hidden, layers, scale in CONFIGS:
+        steps = max(5, int(args.steps * scale))
+        plain, ours = [], []
+        for _ in range(args.repeats):  # interleaved pairs, so drift hits both alike
+            plain.append(plain_loop(ids, cell, hidden, layers, args.batch_size, args.seq_len, steps))
+            ours.append(charlm_run(args.data, cell, hidden, layers, args.batch_size, args.seq_len,
+                                   steps))
+        row = {"figure": "train_chars_per_s", "cell": cell, "hidden": hidden, "layers": layers,
+               "batch": args.batch_size, "seq_len": args.seq_len, "steps": steps,
+               "threads": torch.get_num_threads(),
+               "plain": round(statistics.median(plain)), "charlm": round(statistics.median(ours)),
+               "ratio": round(statistics.median(o / p for o, p in zip(ours, plain)), 3)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(f"\n{'config':<14}{'plain chars/s':>15}{'charlm chars/s':>16}{'ratio':>8}")
+    for r in rows:
+        print(f"{r['cell']} {r['layers']}x{r['hidden']:<7}{r['plain']:>15,}{r['charlm']:>16,}"
+              f"{r['ratio']:>8.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Files written whole or not at all, and what to tell the user when the disk says no.
+
+The recipe everywhere (checkpoints, the data cache, run.json): write a temporary file next to the
+target, fsync it, ``os.replace`` it onto the target, fsync the directory so the rename itself
+survives a power cut. A reader (or a run resumed after SIGKILL) sees the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+from pathlib import Path
+
+from .errors import CharlmError
+
+_TMP_PID = re.compile(r"\.tmp(\d+)")  # temporary files named with their writer's pid
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Make a rename in ``directory`` durable (not possible on every platform: then a no-op)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_error(path: str | Path, error: OSError) -> CharlmError:
+    """The one sentence for a failed write of ``path``; the previous file is still whole."""
+    name = Path(path).name
+    if error.errno == errno.ENOSPC:
+        why = "no space left on the device"
+    elif error.errno == errno.EDQUOT:
+        why = "the disk quota is exceeded"
+    else:
+        why = error.strerror or str(error) or type(error).__name__
+    return CharlmError(f"could not write {path}: {why}; the previous {name}, if there was one, "
+                       f"is intact")
+
+
+def sweep_stale_temporaries(directory: Path) -> None:
+    """Delete ``*.tmp<pid>*`` files whose writer is dead (left by a killed run); keep live ones."""
+    from .runlock import pid_alive
+    for path in directory.glob("*.tmp*"):
+        match = _TMP_PID.search(path.name)
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)

@@ -1,0 +1,245 @@
+"""The cell comparison harness: RNN, LSTM and GRU (any registered cell) trained and measured fairly.
+
+Fair by construction: every run gets one shared ``TrainConfig`` (same corpus, splits, vocabulary,
+optimiser, schedule and step or wall-clock budget) and changes only the cell, its hidden size and
+the seed. With ``stream`` windows the batch of step s does not depend on the seed, so every run
+reads the same batches in the same order. Runs go seed by seed, each seed through every cell, so
+a machine that slows down part-way hurts all cells alike. A character n-gram model (interpolated
+modified Kneser–Ney, order picked on val) on the same split gives every number its context.
+
+    OUT/runs/<cell>-s<seed>/   one run folder each (checkpoints, run.json); finished ones are reused
+    OUT/ngram.json             the baseline, reused when the corpus and split are the same
+    OUT/report.md, results.json, learning_curves.png, gradient_flow.png
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import compare_report
+from .compare_run import MeasureSettings, run_isolated, train_and_measure
+from .data import Corpus, atomic_write_bytes, load_corpus
+from .errors import CharlmError
+from .metrics import LN2
+from .model import CharRNN, ModelConfig, cell_names, hidden_size_for_params
+from .ngram import fit_best_order
+from .train import TrainConfig
+
+DEFAULT_PARAMS = 250_000
+DEFAULT_STEPS = 500
+# Settings that may differ between an earlier session's run and this one without changing it.
+_NOT_COMPARED = ("out", "resume", "progress")
+
+
+@dataclass
+class CompareConfig:
+    """A comparison: the shared training settings, the cells, how to size them, how many seeds."""
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(progress=False))
+    cells: list[str] = field(default_factory=lambda: ["rnn", "lstm", "gru"])
+    checkpoints: list[str] = field(default_factory=list)  # trained elsewhere: evaluated only
+    params: int | None = None        # match every cell to this many parameters...
+    hidden_size: int | None = None   # ...or give every cell this hidden size
+    seeds: int = 1
+    out: str = "checkpoints/compare"
+    resume: bool = False             # continue unfinished runs from last.ckpt (else restart them)
+    isolate: bool = True             # each training run in its own process (honest peak memory)
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
+    ngram_max_order: int = 10
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.params is not None and self.hidden_size is not None:
+            raise CharlmError("give --params or --hidden-size, not both")
+        if self.params is None and self.hidden_size is None:
+            self.params = DEFAULT_PARAMS
+        if self.params is not None and self.params < 1:
+            raise CharlmError(f"--params must be at least 1, not {self.params}")
+        if self.seeds < 1:
+            raise CharlmError(f"--seeds must be at least 1, not {self.seeds}")
+        unknown = [c for c in self.cells if c not in cell_names()]
+        if unknown:
+            raise CharlmError(f"unknown cell {unknown[0]!r} in --cells; choose from "
+                              f"{', '.join(cell_names())}")
+        if len(set(self.cells)) != len(self.cells):
+            raise CharlmError("--cells names a cell twice")
+        if not self.cells and not self.checkpoints:
+            raise CharlmError("nothing to compare: give --cells or checkpoints")
+        if self.train.max_steps is None and self.train.max_time is None:
+            self.train = replace(self.train, max_steps=DEFAULT_STEPS)
+        self.train.max_epochs = None  # the budget is steps or time, the same for every cell
+
+    @property
+    def budget(self) -> tuple[float, str]:
+        """The per-run budget in the unit the progress bars count (steps, else seconds)."""
+        t = self.train
+        return (t.max_steps, "step") if t.max_steps else (t.max_time * 60, "s")
+
+
+def default_eval_every(max_steps: int | None) -> int:
+    """About ten validation points per run, so the learning curves have a shape."""
+    return max(1, max_steps // 10) if max_steps else 100
+
+
+def _model_config(c: CompareConfig, vocab_size: int, cell: str, hidden: int) -> ModelConfig:
+    t = c.train
+    try:
+        return ModelConfig(vocab_size, cell, hidden, t.num_layers, t.embedding_dim, t.dropout, t.impl)
+    except ValueError as e:
+        raise CharlmError(str(e)) from None
+
+
+def hidden_sizes(c: CompareConfig, vocab_size: int) -> dict[str, tuple[int, int]]:
+    """cell → (hidden size, exact parameter count), matched to ``c.params`` when it is set."""
+    sizes = {}
+    for cell in c.cells:
+        hidden = c.hidden_size or hidden_size_for_params(_model_config(c, vocab_size, cell, 1),
+                                                         c.params)
+        sizes[cell] = (hidden, CharRNN(_model_config(c, vocab_size, cell, hidden)).num_params())
+    return sizes
+
+
+def ngram_baseline(c: CompareConfig, corpus: Corpus, out: Path) -> dict:
+    """The best-order Kneser–Ney model on the same split, computed once per corpus and split."""
+    t = c.train
+    key = {"fingerprint": corpus.meta.get("fingerprint"), "val_fraction": t.val_fraction,
+           "test_fraction": t.test_fraction, "max_order": c.ngram_max_order}
+    cached = out / "ngram.json"
+    if cached.exists():
+        saved = json.loads(cached.read_text())
+        if saved.get("key") == key:
+            return saved["ngram"]
+    splits = corpus.split(t.val_fraction, t.test_fraction)
+    train, val = np.asarray(splits["train"]), np.asarray(splits["val"])
+    model, val_nats = fit_best_order(train, val, len(corpus.vocab),
+                                     range(1, c.ngram_max_order + 1))
+    result = {"order": model.order, "val_loss": val_nats[model.order],
+              "val_bpc": val_nats[model.order] / LN2,
+              "val_bpc_by_order": {str(k): v / LN2 for k, v in val_nats.items()}}
+    if len(splits["test"]):
+        result["test_loss"] = model.cross_entropy(np.asarray(splits["test"]))
+        result["test_bpc"] = result["test_loss"] / LN2
+    atomic_write_bytes(cached, json.dumps({"key": key, "ngram": result}, indent=2).encode())
+    return result
+
+
+def _finished(run_dir: Path, expected: dict) -> dict | None:
+    """The recorded results of a finished run, None when it has to (re)run; refuses a changed one."""
+    run_json = run_dir / "run.json"
+    if not run_json.exists():
+        return None
+    record = json.loads(run_json.read_text())
+    recorded = record.get("config", {})
+    for key, value in expected.items():
+        if key not in _NOT_COMPARED and recorded.get(key, value) != value:
+            raise CharlmError(f"{run_dir} was trained with {key}={recorded.get(key)!r}, not "
+                              f"{value!r}; use another --out to compare different settings")
+    return record.get("compare")
+
+
+def _train_runs(c: CompareConfig, corpus: Corpus, out: Path, overall: tqdm) -> list[dict]:
+    sizes = hidden_sizes(c, len(corpus.vocab))
+    budget, unit = c.budget
+    runs: list[dict] = []
+    for seed in range(c.train.seed, c.train.seed + c.seeds):
+        for cell in c.cells:
+            start = len(runs) * budget  # where this run's share of the overall bar begins
+            label = f"{cell}-s{seed}"
+            run_dir = out / "runs" / label
+            train = replace(c.train, cell=cell, hidden_size=sizes[cell][0], seed=seed,
+                            out=str(run_dir), resume=False, progress=False)
+            record = _finished(run_dir, asdict(train))
+            if record is None:
+                if not c.resume and run_dir.exists() and not (run_dir / "run.json").exists():
+                    shutil.rmtree(run_dir)  # an interrupted run, restarted from scratch
+                spec = {"label": label, "train": asdict(train), "measure": asdict(c.measure),
+                        "resume": c.resume, "threads": torch.get_num_threads()}
+                run_dir.mkdir(parents=True, exist_ok=True)
+                bar = tqdm(total=budget, unit=unit, desc=label, leave=False, position=1,
+                           disable=not c.progress)
+
+                def report(step: int, elapsed: float) -> None:
+                    done = min(step if unit == "step" else elapsed, budget)
+                    bar.update(done - bar.n)
+                    overall.update(start + done - overall.n)
+
+                execute = run_isolated if c.isolate else train_and_measure
+                with bar:
+                    record = execute(spec, run_dir, report)
+            overall.update(start + budget - overall.n)
+            runs.append(record)
+    return runs
+
+
+def _checkpoint_run(path: str, c: CompareConfig, data: list[str]) -> dict:
+    """Evaluate a checkpoint trained elsewhere on the comparison's split, and measure it."""
+    from .checkpoint import load
+    from .compare_run import measure
+    from .metrics import evaluate
+    model, vocab, info = load(path)
+    t = c.train
+    corpus = load_corpus(data, vocab=vocab, encoding=t.encoding, split=t.split,
+                         text_column=t.text_column, streaming=t.streaming)
+    splits = corpus.split(t.val_fraction, t.test_fraction)
+    val = evaluate(model, splits["val"])
+    record = {"label": str(Path(path).parent.name + "/" + Path(path).name), "checkpoint": path,
+              "cell": model.config.cell, "seed": None, "impl": model.config.impl,
+              "params": model.num_params(), "hidden_size": model.config.hidden_size,
+              "val_loss": val["loss"], "val_bpc": val["bpc"], "steps": info.get("step")}
+    if len(splits["test"]):
+        test = evaluate(model, splits["test"])
+        record.update(test_loss=test["loss"], test_bpc=test["bpc"])
+    trained_on = info.get("data") or {}
+    other_split = (trained_on.get("val_fraction"), trained_on.get("test_fraction")) != \
+        (t.val_fraction, t.test_fraction)
+    if trained_on and (other_split or trained_on.get("sources") != (data or ["stdlib"])):
+        record["note"] = "trained on other data or splits: its val text may be text it trained on"
+    if corpus.meta.get("unknown"):
+        record["unknown_chars"] = sum(corpus.meta["unknown"].values())
+    record.update(measure(model, vocab, splits["val"], c.measure, t.seed))
+    return record
+
+
+def _checkpoint_data(c: CompareConfig) -> list[str]:
+    if c.train.data or c.cells:
+        return c.train.data
+    recorded = []
+    for path in c.checkpoints:
+        from .checkpoint import load
+        recorded.append(((load(path)[2].get("data") or {}).get("sources")))
+    if recorded and all(r == recorded[0] for r in recorded) and recorded[0]:
+        return list(recorded[0])
+    raise CharlmError("the checkpoints do not record the same training data; pass --data")
+
+
+def run_compare(c: CompareConfig) -> dict:
+    """Train and measure every cell × seed (reusing finished runs), add checkpoints, write OUT."""
+    out = Path(c.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = _checkpoint_data(c)
+    t = replace(c.train, data=data)
+    c = replace(c, train=t)
+    corpus = load_corpus(data or None, encoding=t.encoding, split=t.split,
+                         text_column=t.text_column, streaming=t.streaming)
+    corpus.split(t.val_fraction, t.test_fraction)  # a bad fraction fails before anything trains
+    budget, unit = c.budget
+    n_train = len(c.cells) * c.seeds
+    with tqdm(total=budget * n_train, unit=unit, desc="compare", position=0,
+              disable=not c.progress or not n_train) as overall:
+        overall.set_postfix_str("n-gram baseline")
+        ngram = ngram_baseline(c, corpus, out)
+        runs = _train_runs(c, corpus, out, overall)
+    runs += [_checkpoint_run(p, c, data) for p in c.checkpoints]
+    results = compare_report.summarise(runs, ngram, c)
+    compare_report.write_outputs(results, out)
+    return results
+
+
+__all__ = ["CompareConfig", "default_eval_every", "hidden_sizes", "ngram_baseline", "run_compare"]

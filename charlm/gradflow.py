@@ -1,0 +1,81 @@
+"""How far back the gradient reaches: ||∂L_t / ∂h_{t−k}|| against k, the vanishing gradient made visible.
+
+The lecture note's claim is that the plain RNN's gradient vanishes through time while the gated
+cells' additive updates (LSTM's C_t = f·C_{t−1} + i·C̃_t, GRU's h_t = (1−z)·h_{t−1} + z·h̃_t) let it
+through. This module measures it on a model and a text:
+
+    window:  [ warm-up (no grad) ........ | t−K ... t−1  t ] → loss L_t on the character after t
+                      state burned in ───▶ h_{t−K} ... h_t   (the state of every step is kept)
+    norms[k] = mean over windows of ||∂L_t / ∂h_{t−k}||      (h of every layer, per window)
+
+Windows run as one batch: rows are independent and the loss is summed over rows, so row b's
+gradient is exactly the gradient of row b's own loss. The model is stepped one character at a time
+through ``model.rnn(x[:, t:t+1], state)``, which every registered cell supports, and the loss is
+read from the top layer of the *state* (not the ``out`` tensor), so that h_t itself is in the graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import CharlmError
+from .model import CharRNN, detach_state, state_hidden
+
+
+def window_starts(n: int, span: int, windows: int) -> np.ndarray:
+    """``windows`` start positions spread evenly over a text of ``n`` ids, each with ``span`` ids."""
+    if n < span:
+        raise CharlmError(f"the gradient-flow probe needs {span} characters per window and the "
+                          f"split has {n}; use a smaller --probe-k or more text")
+    return np.linspace(0, n - span, num=windows).round().astype(np.int64)
+
+
+def gradient_flow(model: CharRNN, ids: np.ndarray, max_k: int = 64, windows: int = 32,
+                  warmup: int = 128) -> np.ndarray:
+    """Mean ||∂L_t/∂h_{t−k}|| for k = 0..max_k over ``windows`` windows of ``ids``; shape (max_k+1,).
+
+    ``warmup`` characters are read first without gradients, so h_{t−K} is a realistic state rather
+    than zeros. Dropout is off (eval mode); the model's mode is restored afterwards.
+    """
+    if max_k < 0 or windows < 1:
+        raise CharlmError(f"the probe needs max_k >= 0 and windows >= 1, not {max_k}, {windows}")
+    warmup = max(0, min(warmup, len(ids) - max_k - 2))  # a short split gets a shorter warm-up
+    span = warmup + max_k + 2  # + the last input's target
+    starts = window_starts(len(ids), span, windows)
+    device = next(model.parameters()).device
+    rows = np.asarray(ids)[starts[:, None] + np.arange(span)]  # (W, span)
+    x = torch.from_numpy(rows.astype(np.int64)).to(device)  # (W, span)
+    was_training = model.training
+    model.eval()
+    # cuDNN's fused RNN refuses backward in eval mode; the probe needs no cuDNN speed.
+    with torch.backends.cudnn.flags(enabled=False):
+        with torch.no_grad():
+            state = model.rnn(model.embedding(x[:, :warmup]), None)[1] if warmup else None
+        state = detach_state(state)
+        hidden = []  # h_{t−K} ... h_t, each (L, W, H), all in one graph
+        for t in range(warmup, warmup + max_k + 1):
+            _, state = model.rnn(model.embedding(x[:, t:t + 1]), state)  # (W, 1, E) → state
+            hidden.append(state_hidden(state))
+        top = hidden[-1][-1]  # (W, H): the top layer's h_t, what the head reads
+        loss = F.cross_entropy(model.head(top).float(), x[:, -1], reduction="sum")
+        grads = torch.autograd.grad(loss, hidden, allow_unused=True)
+    model.train(was_training)
+    norms = [torch.zeros(len(starts)) if g is None else g.transpose(0, 1).flatten(1).norm(dim=1).cpu()
+             for g in grads]  # per step: (W,) norm over layers × hidden
+    return torch.stack(norms[::-1]).mean(dim=1).double().numpy()  # index k: h_{t−k}
+
+
+def decay_k(norms: np.ndarray, ratio: float = 0.1) -> int:
+    """The first k with norms[k] < ratio · norms[0]; ``len(norms)`` (i.e. > K) when it never falls."""
+    below = np.flatnonzero(np.asarray(norms) < ratio * norms[0])
+    return int(below[0]) if len(below) else len(norms)
+
+
+def format_decay(k: int, max_k: int) -> str:
+    """``decay_k`` for a table: the number, or ">K" when the norm never fell that far."""
+    return f">{max_k}" if k > max_k else str(k)
+
+
+__all__ = ["decay_k", "format_decay", "gradient_flow", "window_starts"]
