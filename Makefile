@@ -18,7 +18,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/charlm train --max-time 1.5 --out checkpoints/demo --sample-every 0
+	rm -rf checkpoints/demo
+	$(BIN)/charlm train --max-time 1.5 --out checkpoints/demo
 	$(BIN)/charlm sample checkpoints/demo/best.ckpt --num-samples 3 --length 300 --temperature 0.8 --seed 1
 
 test: install

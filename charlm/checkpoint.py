@@ -46,14 +46,16 @@ def _read_ckpt(path: Path) -> dict:
                           f"opening a checkpoint must never run code"
                           f"{' (' + why[0][:160] + ')' if why else ''}") from None
     except Exception as e:  # torch.load fails in many ways on a file that is not a checkpoint
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise CharlmError(f"{path} is not a readable charlm checkpoint (truncated or another "
-                          f"format): {str(e).splitlines()[0][:200]}") from None
+                          f"format): {first}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise CharlmError(f"{path} is not a charlm checkpoint (no state_dict / hyper_parameters)")
-    fmt = ckpt.get("charlm", {}).get("format", 1)
-    if fmt > CHECKPOINT_FORMAT:
+    meta = ckpt.get("charlm") if isinstance(ckpt.get("charlm"), dict) else {}
+    fmt = meta.get("format", 1)
+    if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
         raise CharlmError(f"{path} was written by a newer charlm "
-                          f"({ckpt['charlm'].get('version')}); upgrade charlm to read it")
+                          f"({meta.get('version')}); upgrade charlm to read it")
     return ckpt
 
 
@@ -65,13 +67,25 @@ def _from_ckpt(path: Path) -> tuple[CharRNN, CharVocab, dict]:
         state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()
                  if k.startswith("model.")}
         model.load_state_dict(state)
+        vocab = CharVocab(hp["vocab"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CharlmError(f"{path} does not hold a model this charlm can build: "
                           f"{str(e).splitlines()[0][:200]}") from None
+    _check_vocab(path, model, vocab, hp["vocab"])
     info = {"path": str(path), "step": ckpt.get("global_step"), "data": hp.get("data"),
             "optim": hp.get("optim"), "charlm": {k: v for k, v in ckpt.get("charlm", {}).items()
                                                  if k in ("version", "torch", "elapsed_s")}}
-    return model.eval(), CharVocab(hp["vocab"]), info
+    return model.eval(), vocab, info
+
+
+def _check_vocab(path: Path, model: CharRNN, vocab: CharVocab, saved: list) -> None:
+    """The model's output rows and the vocabulary must be the same characters, in the same order."""
+    if list(saved) != vocab.chars:
+        raise CharlmError(f"{path} has a damaged vocabulary (not distinct characters in code-point "
+                          f"order), so its ids cannot be trusted")
+    if model.config.vocab_size != len(vocab):
+        raise CharlmError(f"{path} is inconsistent: the model has {model.config.vocab_size} "
+                          f"outputs but the vocabulary {len(vocab)} characters")
 
 
 def _from_export(path: Path) -> tuple[CharRNN, CharVocab, dict]:
@@ -85,7 +99,12 @@ def _from_export(path: Path) -> tuple[CharRNN, CharVocab, dict]:
         raise CharlmError(f"{path} is not a readable charlm export: "
                           f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
     info = {"path": str(path), **exported.info}
-    return exported.model.eval(), CharVocab(exported.vocab), info
+    try:
+        vocab = CharVocab(exported.vocab)
+    except (TypeError, ValueError) as e:
+        raise CharlmError(f"{path} is not a readable charlm export: {e}") from None
+    _check_vocab(path, exported.model, vocab, exported.vocab)
+    return exported.model.eval(), vocab, info
 
 
 def load(path: str | Path) -> tuple[CharRNN, CharVocab, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -23,6 +24,11 @@ def user_errors(fn):
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted") from None
+        except OSError as e:  # a full disk is the user's to fix, not a bug: say which file
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" while writing {e.filename}" if e.filename else ""
+            raise click.ClickException(f"no space left on the device{where}") from None
     return wrapper
 
 
@@ -176,6 +182,77 @@ def export(checkpoint, out_dir):
     """Write a pickle-free folder: model.safetensors + config.json (+ a model card)."""
     from .checkpoint import export as export_
     click.echo(f"exported to {export_(checkpoint, out_dir)}")
+
+
+@cli.command()
+@click.argument("checkpoints", nargs=-1)
+@data_options
+@click.option("--cells", default=None,
+              help="Comma-separated cells to train [default: rnn,lstm,gru; none when CHECKPOINTS "
+                   "are given].")
+@click.option("--params", type=int, default=None,
+              help="Solve each cell's hidden size for this many parameters [default: 250000].")
+@click.option("--hidden-size", type=int, default=None, help="The same hidden size for every cell instead.")
+@click.option("--num-layers", default=1, show_default=True)
+@click.option("--embedding-dim", default=64, show_default=True)
+@click.option("--dropout", default=0.0, show_default=True)
+@click.option("--impl", default="auto", show_default=True,
+              type=click.Choice(["auto", "fused", "explicit"]),
+              help="fused torch kernels or the explicit cells (auto: fused where the cell has it).")
+@click.option("--seq-len", default=128, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--lr", default=4e-3, show_default=True)
+@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option("--warmup-steps", default=20, show_default=True)
+@click.option("--grad-clip", default=1.0, show_default=True)
+@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "constant"]))
+@click.option("--max-steps", type=int, default=None, help="Steps per run [default: 500 unless --max-time].")
+@click.option("--max-time", type=float, default=None, help="Wall-clock minutes per run.")
+@click.option("--seeds", default=1, show_default=True, help="Runs per cell, seeds SEED, SEED+1, ...")
+@click.option("--seed", default=1337, show_default=True, help="The first seed.")
+@click.option("--val-fraction", default=0.1, show_default=True)
+@click.option("--test-fraction", default=0.0, show_default=True)
+@click.option("--eval-every", type=int, default=None,
+              help="Validate every N steps [default: a tenth of --max-steps].")
+@click.option("--window", default="stream", show_default=True, type=click.Choice(["stream", "random"]))
+@click.option("--accelerator", default="auto", show_default=True)
+@click.option("--precision", default="32-true", show_default=True)
+@click.option("--probe-k", default=64, show_default=True, help="Gradient flow: steps back to measure.")
+@click.option("--probe-windows", default=64, show_default=True, help="Gradient flow: windows averaged.")
+@click.option("--prompt", default="", help="Prompt of every cell's sample (default: start of a line).")
+@click.option("--out", default="checkpoints/compare", show_default=True, help="Comparison folder.")
+@click.option("--resume", is_flag=True, help="Continue unfinished runs from their last.ckpt.")
+@click.option("--in-process", is_flag=True,
+              help="Train in this process (starts faster; peak memory is then not measured).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@user_errors
+def compare(checkpoints, data, hf_split, cells, params, hidden_size, seeds, out, resume, in_process,
+            probe_k, probe_windows, prompt, as_json, eval_every, **options):
+    """Compare cells fairly (same data, batches, budget) against an n-gram baseline; or CHECKPOINTS.
+
+    Writes OUT/report.md, results.json, learning_curves.png, gradient_flow.png and one folder per
+    run under OUT/runs; a rerun with the same --out reuses the finished runs.
+    """
+    from .compare import CompareConfig, default_eval_every, run_compare
+    from .compare_report import json_line, summary_table
+    from .compare_run import MeasureSettings
+    from .train import TrainConfig
+    names = [c.strip() for c in cells.split(",") if c.strip()] if cells is not None else \
+        ([] if checkpoints else ["rnn", "lstm", "gru"])
+    if eval_every is None:
+        eval_every = default_eval_every(options["max_steps"] if options["max_time"] is None else None)
+    train = TrainConfig(data=list(data), split=hf_split, eval_every=eval_every, devices=1,
+                        progress=False, **options)
+    config = CompareConfig(train=train, cells=names, checkpoints=list(checkpoints), params=params,
+                           hidden_size=hidden_size, seeds=seeds, out=out, resume=resume,
+                           isolate=not in_process,
+                           measure=MeasureSettings(probe_k=probe_k, probe_windows=probe_windows,
+                                                   prompt=prompt))
+    results = run_compare(config)
+    click.echo(summary_table(results))
+    click.echo(f"\nreport: {out}/report.md")
+    if as_json:
+        emit_json(json_line(results))
 
 
 @cli.group()

@@ -27,9 +27,11 @@ from . import compare_report
 from .compare_run import MeasureSettings, run_isolated, train_and_measure
 from .data import Corpus, atomic_write_bytes, load_corpus
 from .errors import CharlmError
+from .gradflow import window_starts
 from .metrics import LN2
 from .model import CharRNN, ModelConfig, cell_names, hidden_size_for_params
 from .ngram import fit_best_order
+from .sampling import prompt_ids
 from .train import TrainConfig
 
 DEFAULT_PARAMS = 250_000
@@ -130,18 +132,30 @@ def ngram_baseline(c: CompareConfig, corpus: Corpus, out: Path) -> dict:
     return result
 
 
-def _finished(run_dir: Path, expected: dict) -> dict | None:
-    """The recorded results of a finished run, None when it has to (re)run; refuses a changed one."""
-    run_json = run_dir / "run.json"
-    if not run_json.exists():
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # missing, or cut short by an interruption
         return None
-    record = json.loads(run_json.read_text())
-    recorded = record.get("config", {})
+
+
+def _status(run_dir: Path, expected: dict) -> tuple[str, dict | None]:
+    """("measured", results) | ("trained" | "partial" | "absent", None); refuses a changed run.
+
+    A run's settings are in its run.json once trained, in its spec.json from the moment it starts.
+    """
+    record = _read_json(run_dir / "run.json") or {}
+    spec = _read_json(run_dir / "spec.json") or {}
+    recorded = record.get("config") or spec.get("train")
     for key, value in expected.items():
-        if key not in _NOT_COMPARED and recorded.get(key, value) != value:
+        if recorded and key not in _NOT_COMPARED and recorded.get(key, value) != value:
             raise CharlmError(f"{run_dir} was trained with {key}={recorded.get(key)!r}, not "
                               f"{value!r}; use another --out to compare different settings")
-    return record.get("compare")
+    if "compare" in record:
+        return "measured", record["compare"]
+    if "results" in record:
+        return "trained", None  # only the measurements are missing
+    return ("partial" if run_dir.exists() else "absent"), None
 
 
 def _train_runs(c: CompareConfig, corpus: Corpus, out: Path, overall: tqdm) -> list[dict]:
@@ -155,13 +169,15 @@ def _train_runs(c: CompareConfig, corpus: Corpus, out: Path, overall: tqdm) -> l
             run_dir = out / "runs" / label
             train = replace(c.train, cell=cell, hidden_size=sizes[cell][0], seed=seed,
                             out=str(run_dir), resume=False, progress=False)
-            record = _finished(run_dir, asdict(train))
-            if record is None:
-                if not c.resume and run_dir.exists() and not (run_dir / "run.json").exists():
+            status, record = _status(run_dir, asdict(train))
+            if status != "measured":
+                if status == "partial" and not c.resume:
                     shutil.rmtree(run_dir)  # an interrupted run, restarted from scratch
                 spec = {"label": label, "train": asdict(train), "measure": asdict(c.measure),
-                        "resume": c.resume, "threads": torch.get_num_threads()}
+                        "resume": c.resume, "trained": status == "trained",
+                        "threads": torch.get_num_threads()}
                 run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(run_dir / "spec.json", json.dumps(spec, indent=2).encode())
                 bar = tqdm(total=budget, unit=unit, desc=label, leave=False, position=1,
                            disable=not c.progress)
 
@@ -228,13 +244,17 @@ def run_compare(c: CompareConfig) -> dict:
     c = replace(c, train=t)
     corpus = load_corpus(data or None, encoding=t.encoding, split=t.split,
                          text_column=t.text_column, streaming=t.streaming)
-    corpus.split(t.val_fraction, t.test_fraction)  # a bad fraction fails before anything trains
+    # Mistakes that would otherwise surface only after the first run has trained:
+    val = corpus.split(t.val_fraction, t.test_fraction)["val"]  # a bad fraction
+    prompt_ids(corpus.vocab, c.measure.prompt)  # a prompt character the text never has
+    window_starts(len(val), c.measure.probe_k + 2, 1)  # a val split too short for the probe
     budget, unit = c.budget
     n_train = len(c.cells) * c.seeds
     with tqdm(total=budget * n_train, unit=unit, desc="compare", position=0,
               disable=not c.progress or not n_train) as overall:
         overall.set_postfix_str("n-gram baseline")
         ngram = ngram_baseline(c, corpus, out)
+        overall.set_postfix_str("")
         runs = _train_runs(c, corpus, out, overall)
     runs += [_checkpoint_run(p, c, data) for p in c.checkpoints]
     results = compare_report.summarise(runs, ngram, c)

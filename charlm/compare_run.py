@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback
 
 from .data import atomic_write_bytes, load_corpus
 from .errors import CharlmError
-from .gradflow import decay_k, gradient_flow
+from .gradflow import decay_k, gradient_flow, steps_per_decade
 from .model import CharRNN, ModelConfig
 from .sampling import SampleSettings, generate
 from .train import TrainConfig, fit
@@ -66,6 +66,8 @@ def measure(model: CharRNN, vocab: CharVocab, val_ids: np.ndarray, settings: Mea
     return {"grad_norms": norms.tolist(), "grad_norms_init": norms_init.tolist(),
             "grad_decay_k": decay_k(norms), "grad_decay_k_init": decay_k(norms_init),
             "grad_ratio_K": float(norms[-1] / norms[0]) if norms[0] > 0 else 0.0,
+            "grad_steps_per_decade": steps_per_decade(norms),
+            "grad_steps_per_decade_init": steps_per_decade(norms_init),
             "sample_chars_per_s": s.sample_length / max(sample_s, 1e-9), "sample": text}
 
 
@@ -90,8 +92,7 @@ def train_and_measure(spec: dict, run_dir: Path, report: Progress | None = None)
     run_json = run_dir / "run.json"
     config = TrainConfig(**{**spec["train"], "out": str(run_dir), "progress": False})
     memory: dict = {}
-    done = run_json.exists() and "results" in json.loads(run_json.read_text())
-    if not done:
+    if not spec.get("trained"):
         resume = spec.get("resume", False) and (run_dir / "last.ckpt").exists()
         config.resume = resume
         if spec.get("isolated"):
@@ -125,22 +126,27 @@ def train_and_measure(spec: dict, run_dir: Path, report: Progress | None = None)
 
 def run_isolated(spec: dict, run_dir: Path, report: Progress | None = None) -> dict:
     """``train_and_measure`` in a child process; its CharlmError comes back as one."""
-    (run_dir / "spec.json").write_text(json.dumps({**spec, "isolated": True}))
+    (run_dir / "spec.json").write_text(json.dumps({**spec, "isolated": True}, indent=2))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run_dir / "train.log", "ab") as log:
         child = subprocess.Popen([sys.executable, "-m", "charlm.compare_run", str(run_dir)],
                                  stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         error = None
-        for line in child.stdout:  # one JSON object per line; anything else is ignored
-            try:
-                message = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(message, dict):
-                continue
-            if "step" in message and report:
-                report(message["step"], message["elapsed_s"])
-            error = message.get("error", error)
+        try:
+            for line in child.stdout:  # one JSON object per line; anything else is ignored
+                try:
+                    message = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if not isinstance(message, dict):
+                    continue
+                if "step" in message and report:
+                    report(message["step"], message["elapsed_s"])
+                error = message.get("error", error)
+        except BaseException:  # Ctrl-C or an error here: the child must not train on alone
+            child.terminate()
+            child.wait()
+            raise
         code = child.wait()
     if error:
         raise CharlmError(error)

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import sources as src
+from .atomic import fsync_dir, sweep_stale_temporaries
 from .errors import CharlmError
 from .vocab import CharVocab, codepoints
 
@@ -39,6 +40,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 @dataclass
@@ -100,6 +102,7 @@ def _encode(sources: list[src.Source], vocab: CharVocab | None, encoding: str,
     """Two passes in chunks, so memory does not grow with the corpus: code points to a scratch
     file (counting them for the vocabulary), then ids straight into the memory-mapped cache."""
     entry.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(entry)  # what a killed run left; a live writer's files are kept
     scratch = entry / f"codepoints.tmp{os.getpid()}"
     counts = np.zeros(0, dtype=np.int64)
     try:

@@ -73,9 +73,24 @@ def decay_k(norms: np.ndarray, ratio: float = 0.1) -> int:
     return int(below[0]) if len(below) else len(norms)
 
 
+def steps_per_decade(norms: np.ndarray) -> float | None:
+    """Steps back for the norm to fall tenfold, from a least-squares line through log10 norms[1:].
+
+    ``decay_k`` measures against k = 0, the direct path through the output layer; this slope
+    measures the recurrence alone. None when the norm does not fall at all.
+    """
+    k = np.arange(1, len(norms))
+    norms = np.asarray(norms[1:], dtype=float)
+    keep = norms > 0  # a norm that underflowed to 0 has no logarithm
+    if keep.sum() < 2:
+        return 1.0 if len(norms) else None  # it fell to 0 within a step or two
+    slope = np.polyfit(k[keep], np.log10(norms[keep]), 1)[0]
+    return float(-1.0 / slope) if slope < 0 else None
+
+
 def format_decay(k: int, max_k: int) -> str:
     """``decay_k`` for a table: the number, or ">K" when the norm never fell that far."""
     return f">{max_k}" if k > max_k else str(k)
 
 
-__all__ = ["decay_k", "format_decay", "gradient_flow", "window_starts"]
+__all__ = ["decay_k", "format_decay", "gradient_flow", "steps_per_decade", "window_starts"]

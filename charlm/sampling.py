@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import CharlmError
 from .model import CharRNN, State, build_cell
@@ -43,7 +43,9 @@ def pick(logits: Tensor, s: SampleSettings, generator: torch.Generator | None) -
     """Choose the next id of every row from logits (B, V) → ids (B,)."""
     if s.greedy or s.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / s.temperature
+    logits = logits.float()
+    if s.temperature != 1.0:
+        logits = logits / s.temperature
     if s.top_k is not None and s.top_k < logits.size(-1):
         kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -56,29 +58,66 @@ def pick(logits: Tensor, s: SampleSettings, generator: torch.Generator | None) -
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def stepper(model: CharRNN) -> Step:
-    """One-character steps for ``model``: the explicit cell's matmuls where the cell has one.
+def _explicit_twin(model: CharRNN) -> nn.Module | None:
+    """The model's cell written out (same weights, device and dtype), or None if it has none."""
+    if hasattr(model.rnn, "step"):
+        return model.rnn
+    try:
+        p = next(model.rnn.parameters())
+        twin = build_cell(model.config, impl="explicit").to(device=p.device, dtype=p.dtype)
+        twin.load_state_dict(model.rnn.state_dict())
+    except (ValueError, AttributeError, RuntimeError):
+        return None
+    return twin.eval()
+
+
+class Stepper:
+    """One character at a time through ``model``, with what every step would redo done once.
 
     On the CPU, calling a fused nn.LSTM per character re-lays its weights every call; the explicit
     cells hold the same parameters (same names and layout) and step with two matmuls per layer.
+    Layer 0's input share of every character, embedding → W_ih, is one (V, G·H) table, so a step
+    starts with a row lookup instead of an embedding and a matmul. Between steps the state stays
+    a list of per-layer states; ``pack`` gives the model's (L, B, H) layout back.
     """
-    rnn = model.rnn
-    try:
-        explicit = build_cell(model.config, impl="explicit")
-        explicit.load_state_dict(model.rnn.state_dict())
-        explicit.eval()
-        rnn = explicit
-    except (ValueError, AttributeError, RuntimeError):
-        explicit = None
+
+    @torch.no_grad()
+    def __init__(self, model: CharRNN):
+        self.model, self.cell = model, _explicit_twin(model)
+        if self.cell is not None:
+            self.layers = [self.cell._layer_params(k) for k in range(self.cell.num_layers)]
+            w_ih, _, b_ih, b_hh = self.layers[0]
+            self.table = self.cell._project(model.embedding.weight, w_ih, b_ih, b_hh)  # (V, G·H)
+
+    def unpack(self, state: State) -> list | State:
+        return state if self.cell is None else self.cell._unpack(state, self.table)
+
+    def pack(self, layers: list | State) -> State:
+        return layers if self.cell is None else self.cell._pack(layers)
+
+    def step(self, ids: Tensor, layers: list | State) -> tuple[Tensor, list | State]:
+        """ids (B,) and the unpacked state → logits (B, V) and the next unpacked state."""
+        cell, model = self.cell, self.model
+        if cell is None:  # a cell with no explicit twin: its own module, one step long
+            out, state = model.rnn(model.embedding(ids)[:, None], layers)  # (B, 1, H)
+            return model.head(out[:, 0]), state
+        gx = self.table.index_select(0, ids)  # (B, G·H)
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
+            if k:  # dropout between layers is off: generation runs in eval mode
+                gx = cell._project(h, w_ih, b_ih, b_hh)  # (B, G·H)
+            gates = cell._cell(gx, layers[k], w_hh, b_hh)
+            layers[k] = tuple(gates[key] for key in cell.state_keys)
+            h = gates["h"]  # (B, H)
+        return model.head(h), layers  # (B, V)
+
+
+def stepper(model: CharRNN) -> Step:
+    """One-character steps for ``model`` on its own state layout: (ids (B,), state) → logits, state."""
+    s = Stepper(model)
 
     def step(ids: Tensor, state: State) -> tuple[Tensor, State]:
-        x = model.embedding(ids)  # (B, E)
-        if explicit is not None and hasattr(explicit, "step"):
-            h, state = explicit.step(x, state)  # (B, H)
-        else:
-            out, state = rnn(x[:, None], state)  # (B, 1, H)
-            h = out[:, 0]
-        return model.head(h), state  # (B, V)
+        logits, layers = s.step(ids, s.unpack(state))
+        return logits, s.pack(layers)
 
     return step
 
@@ -92,7 +131,7 @@ def prompt_ids(vocab: CharVocab, prompt: str) -> list[int]:
     return vocab.encode(prompt).tolist()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model: CharRNN, vocab: CharVocab, prompt: str = "", length: int = 500,
              settings: SampleSettings | None = None, num_samples: int = 1, seed: int | None = None,
              on_chars: Callable[[list[str]], None] | None = None) -> list[str]:
@@ -115,13 +154,15 @@ def generate(model: CharRNN, vocab: CharVocab, prompt: str = "", length: int = 5
     ids = torch.tensor(prime, device=device).repeat(num_samples, 1)  # (B, P)
     logits, state = model(ids, None)  # prime once: (B, P, V)
     logits = logits[:, -1]            # (B, V)
-    step = stepper(model)
-    out = torch.empty(num_samples, length, dtype=torch.long, device=device)
+    stepper_ = Stepper(model)
+    layers = stepper_.unpack(state)
+    out = []  # one (B,) tensor per step: no Python list of characters unless streaming
     for t in range(length):
         nxt = pick(logits, settings, generator)  # (B,)
-        out[:, t] = nxt
+        out.append(nxt)
         if on_chars is not None:
             on_chars([vocab.chars[i] for i in nxt.tolist()])
         if t + 1 < length:
-            logits, state = step(nxt, state)
-    return [prompt + vocab.decode(row) for row in out.cpu().numpy()]
+            logits, layers = stepper_.step(nxt, layers)
+    ids = torch.stack(out, 1) if out else ids.new_empty(num_samples, 0)  # (B, length)
+    return [prompt + vocab.decode(row) for row in ids.cpu().numpy()]

@@ -70,7 +70,8 @@ def resolve(spec: str, *, split: str = "train", text_column: str = "text",
         return Source(spec, "files", stdlib_files())
     if spec.startswith(HF_PREFIX):
         name = spec[len(HF_PREFIX):]
-        if not name or name.startswith(("/", ".")) or ".." in name.split("/"):
+        parts = name.replace("\\", "/").split("/")
+        if not name or name.startswith(("/", ".", "~")) or any(p in ("", ".", "..") for p in parts):
             raise CharlmError(f"{spec!r} is not a Hugging Face dataset name (expected hf:OWNER/NAME)")
         return Source(spec, "hub", options={"split": split, "text_column": text_column,
                                             "streaming": streaming})

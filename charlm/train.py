@@ -21,9 +21,14 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
+from .atomic import fsync_dir, write_error
+from .checkpoint import _read_ckpt
+from .data import atomic_write_bytes
 from .errors import CharlmError
+from .interrupt import GracefulStop
 from .lit import CharDataModule, CharLM, OptimConfig
 from .model import ModelConfig
+from .runlock import RunLock
 from .sampling import SampleSettings, generate
 
 DEFAULT_EPOCHS = 10  # when no budget is given at all
@@ -81,6 +86,9 @@ class TrainConfig:
             raise CharlmError(f"--max-time must be a positive number of minutes, not {self.max_time}")
         if self.eval_every < 0 or self.sample_every < 0:
             raise CharlmError("--eval-every and --sample-every must be >= 0 (0 means only at the end)")
+        if self.val_fraction <= 0:  # else the val loss would read 0 and best.ckpt be arbitrary
+            raise CharlmError(f"--val-fraction must be above 0, not {self.val_fraction}: training "
+                              f"picks best.ckpt by the validation loss")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         try:
@@ -91,22 +99,35 @@ class TrainConfig:
 
 
 def atomic_save(trainer: L.Trainer, path: Path) -> None:
-    """trainer.save_checkpoint to a temporary file, fsync, rename: whole or not at all."""
+    """trainer.save_checkpoint to a temporary file, fsync, rename: whole or not at all.
+
+    A stale .tmp left by a killed run is simply overwritten; a full disk is one clear error.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    trainer.save_checkpoint(tmp, weights_only=False)
-    if trainer.is_global_zero:
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    try:
+        trainer.save_checkpoint(tmp, weights_only=False)
+        if trainer.is_global_zero:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from None
     trainer.strategy.barrier()
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
     tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+        fsync_dir(dst.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(dst, e) from None
 
 
 class RunFolder(Callback):
@@ -220,10 +241,16 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
 
     ``callbacks`` are added to the Trainer's (e.g. ``charlm compare``'s progress reporting).
     """
+    with RunLock(config.out):  # a second run on the same --out refuses (charlm.runlock)
+        return _fit(config, callbacks)
+
+
+def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     out = Path(config.out)
     last = out / "last.ckpt"
     if config.resume and not last.exists():
         raise CharlmError(f"--resume: there is no {last} to resume from")
+    resumed = _resume_info(last) if config.resume else None
     if not config.resume and last.exists():
         raise CharlmError(f"{out} already holds a run; pass --resume to continue it, "
                           f"or choose another --out")
@@ -239,6 +266,13 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     dm.load()
     corpus = dm.corpus
     model_config = config.model_config(len(corpus.vocab))
+    if resumed is not None:
+        differ = {k: v for k, v in resumed["model"].items()
+                  if k != "impl" and model_config.to_dict().get(k) != v}
+        if differ:
+            raise CharlmError(f"--resume: {last} was trained with "
+                              f"{', '.join(f'{k}={v!r}' for k, v in differ.items())}; pass the "
+                              f"options and --data it was trained with")
     trainer_kwargs = dict(accelerator=config.accelerator, devices=config.devices,
                           strategy=config.strategy, num_nodes=config.num_nodes,
                           precision=config.precision)
@@ -260,7 +294,7 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
                           "val_fraction": config.val_fraction,
                           "test_fraction": config.test_fraction, "seq_len": config.seq_len})
     run_folder = RunFolder(out, dm, config, total)
-    callbacks = [run_folder, *(callbacks or [])]
+    callbacks = [run_folder, GracefulStop(run_folder), *(callbacks or [])]
     if config.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     trainer = L.Trainer(
@@ -274,13 +308,19 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     # StepBatches has a length so the bar can show it; one process reads it, so it is exact.
     warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning, not ours
+    # The folder holds run.lock (and, on --resume, the run); metrics.csv is merged, not lost.
+    warnings.filterwarnings("ignore", message=".*Experiment logs directory.*not empty.*")
     previous = _set_aside_metrics(out) if config.resume else None
-    resumed_at = (torch.load(last, map_location="cpu", weights_only=True)["global_step"]
-                  if config.resume else 0)
+    resumed_at = resumed["global_step"] if resumed is not None else 0
     t0 = time.time()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if config.resume else None,
                     weights_only=True)
+    except SystemExit:  # Lightning's ending for a Ctrl-C that GracefulStop did not get to handle
+        saved = f"{last} holds the last saved step; resume with --resume" if last.exists() \
+            else "no checkpoint was saved yet"
+        raise CharlmError(f"interrupted at step {trainer.global_step} before it was saved; "
+                          f"{saved}") from None
     finally:
         if previous is not None and trainer.is_global_zero:
             _merge_metrics(out / "metrics.csv", previous, resumed_at)
@@ -298,8 +338,16 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     if trainer.is_global_zero:
         run = {"config": asdict(config), "model": model_config.to_dict(),
                "data": module.hparams["data"], "results": results}
-        (out / "run.json").write_text(json.dumps(run, indent=2))
+        atomic_write_bytes(out / "run.json", json.dumps(run, indent=2).encode())
     return results
+
+
+def _resume_info(last: Path) -> dict:
+    """The model and step of ``last``, opened as plain data before Lightning opens it, so a
+    crafted or broken file is one clear refusal rather than a traceback."""
+    ckpt = _read_ckpt(last)
+    return {"model": ckpt["hyper_parameters"].get("model") or {},
+            "global_step": ckpt.get("global_step", 0)}
 
 
 def _set_aside_metrics(out: Path) -> Path | None:

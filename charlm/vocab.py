@@ -48,7 +48,8 @@ class CharVocab:
         cps = np.array([ord(c) for c in self.chars], dtype=np.int64)
         self._table = np.full(int(cps.max()) + 1, UNKNOWN, dtype=np.int32)  # code point → id
         self._table[cps] = np.arange(len(cps), dtype=np.int32)
-        self._chars = np.array(self.chars)  # id → character, for vectorised decode
+        # id → character, for vectorised decode; object, since a fixed-width str array drops "\0"
+        self._chars = np.array(self.chars, dtype=object)
         self.index = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod

@@ -84,3 +84,22 @@ def test_test_split_is_reported(text_file, tmp_path):
     results = fit(TrainConfig(data=[str(text_file)], max_steps=5, test_fraction=0.1,
                               out=str(tmp_path / "r"), **TINY))
     assert results["test_bpc"] == pytest.approx(results["test_loss"] / math.log(2))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_explicit_cells_train_to_the_same_result(cell, text_file, tmp_path):
+    results = {impl: fit(TrainConfig(data=[str(text_file)], cell=cell, impl=impl, max_steps=10,
+                                     out=str(tmp_path / impl), **TINY))
+               for impl in ("fused", "explicit")}
+    assert results["explicit"]["val_loss"] == pytest.approx(results["fused"]["val_loss"], abs=2e-4)
+    fused, _, _ = load(tmp_path / "fused" / "last.ckpt")
+    explicit, _, _ = load(tmp_path / "explicit" / "last.ckpt")
+    assert explicit.config.impl == "explicit"
+    for (name, a), (_, b) in zip(fused.state_dict().items(), explicit.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-3), name  # same parameter names, nearly same values
+
+
+def test_note_gru_trains(text_file, tmp_path):
+    results = fit(TrainConfig(data=[str(text_file)], cell="gru-note", max_steps=60,
+                              out=str(tmp_path / "r"), **TINY))
+    assert results["val_loss"] < unigram_entropy(text_file.read_text()) - 0.5

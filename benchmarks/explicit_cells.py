@@ -1,0 +1,54 @@
+"""How much slower the explicit cells (the lecture note's equations, one step at a time) train
+than the fused torch kernels, through charlm's real training path, interleaved in one process.
+
+    .venv/bin/python benchmarks/explicit_cells.py [--steps 40] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from charlm.train import TrainConfig, fit
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def chars_per_s(data: str, cell: str, impl: str, steps: int) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        return fit(TrainConfig(data=[data], cell=cell, impl=impl, max_steps=steps, eval_every=0,
+                               out=out + "/run", progress=False))["train_chars_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(SHAKESPEARE))
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    rows = []
+    for cell in ("rnn", "lstm", "gru", "gru-note"):
+        runs = {"fused": [], "explicit": []}
+        for _ in range(args.repeats):
+            for impl in runs:
+                if cell == "gru-note" and impl == "fused":
+                    continue  # the note's GRU has no fused kernel
+                runs[impl].append(chars_per_s(args.data, cell, impl, args.steps))
+        row = {"figure": "explicit_vs_fused", "cell": cell, "model": "1x256, batch 16 x 128",
+               "fused": round(statistics.median(runs["fused"])) if runs["fused"] else None,
+               "explicit": round(statistics.median(runs["explicit"]))}
+        if row["fused"]:
+            row["slowdown"] = round(row["fused"] / row["explicit"], 2)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(f"\n{'cell':<10}{'fused chars/s':>15}{'explicit chars/s':>18}{'slowdown':>10}")
+    for r in rows:
+        print(f"{r['cell']:<10}{r['fused'] or '-':>15}{r['explicit']:>18}"
+              f"{str(r.get('slowdown', '-')) + 'x':>10}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The two plots of ``charlm compare``: learning curves and gradient flow, one colour per cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _groups(results: dict) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in results["runs"]:
+        groups.setdefault(r["cell"] if r.get("seed") is not None else r["label"], []).append(r)
+    return groups
+
+
+def learning_curves(results: dict, path: Path) -> None:
+    """Val bpc against steps and against seconds; a line per cell (mean), a band over seeds."""
+    plt = _pyplot()
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for i, (name, runs) in enumerate(_groups(results).items()):
+        histories = [r["history"] for r in runs if r.get("history")]
+        if not histories:
+            continue  # a checkpoint trained elsewhere has no curve here
+        colour = f"C{i}"
+        steps = [[h["step"] for h in hist] for hist in histories]
+        if all(s == steps[0] for s in steps):  # a step budget: the seeds share the x values
+            bpc = np.array([[h["val_bpc"] for h in hist] for hist in histories])  # (seeds, points)
+            secs = np.array([[h["elapsed_s"] for h in hist] for hist in histories]).mean(0)
+            for ax, x in ((by_step, steps[0]), (by_time, secs)):
+                ax.plot(x, bpc.mean(0), color=colour, label=f"{name} ({len(histories)} seed(s))")
+                if len(histories) > 1:
+                    ax.fill_between(x, bpc.min(0), bpc.max(0), color=colour, alpha=0.2)
+        else:  # a time budget: each seed has its own steps, drawn on its own
+            for j, hist in enumerate(histories):
+                label = f"{name} ({len(histories)} seed(s))" if j == 0 else None
+                y = [h["val_bpc"] for h in hist]
+                by_step.plot([h["step"] for h in hist], y, color=colour, alpha=0.7, label=label)
+                by_time.plot([h["elapsed_s"] for h in hist], y, color=colour, alpha=0.7)
+    ngram = results["ngram"]
+    for ax in (by_step, by_time):
+        ax.axhline(ngram["val_bpc"], color="grey", linestyle=":",
+                   label=f"n-gram KN order {ngram['order']}" if ax is by_step else None)
+        ax.grid(alpha=0.3)
+    by_step.set(xlabel="step", ylabel="val bpc (full pass)", title="against steps")
+    by_time.set(xlabel="seconds of the run (validation included)", title="against wall clock")
+    by_step.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _geometric_mean(rows: list[list[float]]) -> np.ndarray:
+    # norms span many orders of magnitude across windows and seeds: average their logs
+    return np.exp(np.log(np.maximum(np.asarray(rows, dtype=float), 1e-38)).mean(0))
+
+
+def gradient_flow_plot(results: dict, path: Path) -> None:
+    """‖∂L_t/∂h_{t−k}‖ / ‖∂L_t/∂h_t‖ against k on a log axis: dashed at init, solid trained."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (name, runs) in enumerate(_groups(results).items()):
+        for key, style, when in (("grad_norms_init", "--", "init"), ("grad_norms", "-", "trained")):
+            norms = _geometric_mean([r[key] for r in runs])
+            ax.semilogy(np.arange(len(norms)), norms / norms[0], linestyle=style, color=f"C{i}",
+                        label=f"{name} {when}")
+    ax.axhline(0.1, color="grey", linestyle=":", label="1/10 of k = 0 (decay k)")
+    ax.set(xlabel="k (steps back)", ylabel=r"$\|\partial L_t / \partial h_{t-k}\|$ relative to k = 0",
+           title="Gradient flow through time")
+    ax.set_ylim(bottom=max(ax.get_ylim()[0], 1e-12))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+__all__ = ["gradient_flow_plot", "learning_curves"]

@@ -1,0 +1,244 @@
+"""What ``charlm compare`` concludes and writes: seed statistics, the noise rule, tables, plots, report.
+
+The noise rule: two cells' mean val bpc differ by Δ; with standard deviations s_a, s_b over n_a, n_b
+seeds, Δ is *within seed noise* when |Δ| < 2·sqrt(s_a²/n_a + s_b²/n_b), two standard errors of the
+difference (about a 95% band). With two seeds a standard deviation is itself a rough estimate, so
+the rule is a screen, not a test; with one seed there is no estimate and nothing is claimed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .gradflow import format_decay
+
+NOISE_RULE = ("Δ is within seed noise when |Δ| < 2·sqrt(sd_a²/n_a + sd_b²/n_b) (two standard "
+              "errors of the difference of means; with 2 seeds the sd is itself rough, so this "
+              "is a screen, not a test; with 1 seed nothing is claimed)")
+_LEAN = ("history", "grad_norms", "grad_norms_init", "sample")  # kept out of the JSON line
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def _mean(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return float(np.mean(values)) if len(values) == len(runs) else None
+
+
+def summarise(runs: list[dict], ngram: dict, config) -> dict:
+    """Per-cell means ± sd over seeds, pairwise noise verdicts, the baseline verdicts and notes."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["cell"] if r.get("seed") is not None else r["label"], []).append(r)
+    summary = []
+    for name, rs in groups.items():
+        bpc_mean, bpc_sd = _stats([r["val_bpc"] for r in rs])
+        row = {"cell": rs[0]["cell"], "group": name, "runs": len(rs), "params": rs[0]["params"],
+               "hidden_size": rs[0]["hidden_size"], "impl": rs[0].get("impl"),
+               "val_bpc_mean": bpc_mean, "val_bpc_std": bpc_sd,
+               "val_bpc_min": min(r["val_bpc"] for r in rs), "val_bpc_max": max(r["val_bpc"] for r in rs),
+               "grad_decay_k": [r["grad_decay_k"] for r in rs],
+               "grad_decay_k_init": [r["grad_decay_k_init"] for r in rs]}
+        for key in ("val_loss", "test_bpc", "train_chars_per_s", "sample_chars_per_s", "wall_s",
+                    "peak_rss_mb", "grad_ratio_K", "grad_steps_per_decade",
+                    "grad_steps_per_decade_init"):
+            row[f"{key}_mean"] = _mean(rs, key)
+        if row["test_bpc_mean"] is not None:
+            row["test_bpc_std"] = _stats([r["test_bpc"] for r in rs])[1]
+        row["vs_ngram_bpc"] = bpc_mean - ngram["val_bpc"]
+        row["verdict"] = _verdict(row, ngram, config)
+        summary.append(row)
+    return {"settings": _settings(config), "ngram": ngram, "summary": summary,
+            "comparisons": _comparisons(summary), "runs": runs, "noise_rule": NOISE_RULE}
+
+
+def _comparisons(summary: list[dict]) -> list[dict]:
+    out = []
+    for i, a in enumerate(summary):
+        for b in summary[i + 1:]:
+            delta = b["val_bpc_mean"] - a["val_bpc_mean"]
+            noise = 2 * math.sqrt(a["val_bpc_std"] ** 2 / a["runs"] + b["val_bpc_std"] ** 2 / b["runs"])
+            within = None if min(a["runs"], b["runs"]) < 2 else abs(delta) < noise
+            out.append({"a": a["group"], "b": b["group"], "delta_bpc": delta, "noise_bpc": noise,
+                        "within_noise": within})
+    return out
+
+
+def _verdict(row: dict, ngram: dict, config) -> str:
+    """One plain sentence on where a cell stands against the n-gram baseline."""
+    delta, n = row["vs_ngram_bpc"], row["runs"]
+    noise = 2 * row["val_bpc_std"] / math.sqrt(n) if n > 1 else 0.0
+    base = f"the order-{ngram['order']} n-gram baseline ({ngram['val_bpc']:.3f} bpc)"
+    budget = _budget_words(config)
+    if n > 1 and abs(delta) < noise:
+        return f"{row['group']} is level with {base} within seed noise after {budget}."
+    if delta < 0:
+        return f"{row['group']} beats {base} by {-delta:.3f} bpc after {budget}."
+    return (f"{row['group']} does not beat {base}: it is {delta:.3f} bpc worse after {budget}. "
+            f"Short runs may not beat it; give it a longer budget to see what the cell can do.")
+
+
+def _budget_words(config) -> str:
+    t = config.train
+    if not config.cells:
+        return "its own training"
+    return f"{t.max_steps} steps" if t.max_steps else f"{t.max_time:g} minutes"
+
+
+def _settings(config) -> dict:
+    shared = {k: v for k, v in asdict(config.train).items()
+              if k not in ("cell", "hidden_size", "seed", "out", "resume", "progress")}
+    return {"train": shared, "cells": config.cells, "checkpoints": config.checkpoints,
+            "params": config.params, "hidden_size": config.hidden_size, "seeds": config.seeds,
+            "first_seed": config.train.seed, "isolated": config.isolate,
+            "measure": asdict(config.measure), "out": config.out}
+
+
+# -- tables --------------------------------------------------------------------------------------
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def summary_table(results: dict) -> str:
+    """The markdown table: one row per cell (mean ± sd over seeds) and the n-gram baseline."""
+    summary, ngram, k = results["summary"], results["ngram"], results["settings"]["measure"]["probe_k"]
+    has_test = any(s["test_bpc_mean"] is not None for s in summary)
+    has_rss = any(s["peak_rss_mb_mean"] is not None for s in summary)
+    head = ["cell", "params", "hidden", "seeds", "val bpc (mean ± sd)", "val loss (nats)"]
+    head += ["test bpc"] * has_test + ["train chars/s", "sample chars/s", "wall s"]
+    head += ["peak RSS MB"] * has_rss + [f"grad decay k (init → trained, K={k})",
+                                         "steps per 10× grad fall (init → trained)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summary:
+        decay = (f"{'/'.join(format_decay(d, k) for d in s['grad_decay_k_init'])} → "
+                 f"{'/'.join(format_decay(d, k) for d in s['grad_decay_k'])}")
+        cells = [s["group"], f"{s['params']:,}", str(s["hidden_size"]), str(s["runs"]),
+                 f"{s['val_bpc_mean']:.3f} ± {s['val_bpc_std']:.3f}", _fmt(s["val_loss_mean"], ".4f")]
+        cells += [_fmt(s["test_bpc_mean"])] * has_test
+        cells += [_fmt(s["train_chars_per_s_mean"], ",.0f"), _fmt(s["sample_chars_per_s_mean"], ",.0f"),
+                  _fmt(s["wall_s_mean"], ".1f")]
+        decade = (f"{_fmt(s['grad_steps_per_decade_init_mean'], '.1f')} → "
+                  f"{_fmt(s['grad_steps_per_decade_mean'], '.1f')}")
+        cells += [_fmt(s["peak_rss_mb_mean"], ",.0f")] * has_rss + [decay, decade]
+        lines.append("| " + " | ".join(cells) + " |")
+    base = [f"n-gram KN (order {ngram['order']})", "–", "–", "–", f"{ngram['val_bpc']:.3f}",
+            f"{ngram['val_loss']:.4f}"] + [_fmt(ngram.get("test_bpc"))] * has_test
+    base += ["–"] * (len(head) - len(base))
+    lines.append("| " + " | ".join(base) + " |")
+    return "\n".join(lines)
+
+
+def runs_table(results: dict) -> str:
+    """Every run on its own row."""
+    k = results["settings"]["measure"]["probe_k"]
+    head = ["run", "cell", "params", "hidden", "steps", "val loss", "val bpc", "test bpc",
+            "train chars/s", "sample chars/s", "wall s", "peak RSS MB", "decay k init",
+            "decay k", f"‖∂‖ ratio k={k}/k=0"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results["runs"]:
+        cells = [r["label"], r["cell"], f"{r['params']:,}", str(r["hidden_size"]), str(r.get("steps")),
+                 f"{r['val_loss']:.4f}", f"{r['val_bpc']:.3f}", _fmt(r.get("test_bpc")),
+                 _fmt(r.get("train_chars_per_s"), ",.0f"), _fmt(r.get("sample_chars_per_s"), ",.0f"),
+                 _fmt(r.get("wall_s"), ".1f"), _fmt(r.get("peak_rss_mb"), ",.0f"),
+                 format_decay(r["grad_decay_k_init"], k), format_decay(r["grad_decay_k"], k),
+                 f"{r['grad_ratio_K']:.1e}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def json_line(results: dict) -> dict:
+    """The object ``--json`` prints: runs without their long arrays, the summary, the baseline."""
+    return {"runs": [{k: v for k, v in r.items() if k not in _LEAN} for r in results["runs"]],
+            "summary": results["summary"], "comparisons": results["comparisons"],
+            "ngram": {k: v for k, v in results["ngram"].items() if k != "val_bpc_by_order"},
+            "out": results["settings"]["out"]}
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+def write_outputs(results: dict, out: Path) -> None:
+    """results.json, the two plots and report.md in ``out``."""
+    from . import compare_plots
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    compare_plots.learning_curves(results, out / "learning_curves.png")
+    compare_plots.gradient_flow_plot(results, out / "gradient_flow.png")
+    (out / "report.md").write_text(report(results))
+
+
+def report(results: dict) -> str:
+    """The whole report as markdown."""
+    s, ngram = results["settings"], results["ngram"]
+    t, k = s["train"], s["measure"]["probe_k"]
+    sizing = (f"hidden size solved per cell for {s['params']:,} parameters (exact counts in the table)"
+              if s["params"] else f"hidden size {s['hidden_size']} for every cell")
+    budget = f"{t['max_steps']} steps" if t["max_steps"] else f"{t['max_time']:g} minutes of wall clock"
+    parts = [
+        "# charlm compare", "",
+        f"Data: {', '.join(t['data']) or 'stdlib'} (val fraction {t['val_fraction']}, test fraction "
+        f"{t['test_fraction']}). Cells: {', '.join(s['cells']) or '–'}; {sizing}; "
+        f"{t['num_layers']} layer(s), embedding {t['embedding_dim']}, dropout {t['dropout']}, "
+        f"impl {t['impl']}. Every run: {budget}, batch {t['batch_size']} × seq {t['seq_len']}, "
+        f"lr {t['lr']} ({t['schedule']}, warm-up {t['warmup_steps']}), grad clip {t['grad_clip']}, "
+        f"window {t['window']}, {s['seeds']} seed(s) from {s['first_seed']}. Same corpus, splits, "
+        f"vocabulary, batches (in the same order) and optimiser for every cell.", "",
+        summary_table(results), "",
+        "## Against the n-gram baseline", "",
+        f"Interpolated modified Kneser–Ney, order {ngram['order']} chosen on val: "
+        f"{ngram['val_bpc']:.3f} val bpc. The n-gram scores every val character including the "
+        f"first; the neural full pass scores characters 1..N−1 (one character in N, negligible).", "",
+        *[f"- {row['verdict']}" for row in results["summary"]], "",
+        "## Between cells", "", f"Rule: {results['noise_rule']}.", "",
+        *[_comparison_line(c) for c in results["comparisons"]], "",
+        "## Learning curves", "", "![learning curves](learning_curves.png)", "",
+        "Val bpc of a full pass over the val split, against steps and against seconds of the run's "
+        "clock (validation included); bands span the seeds.", "",
+        "## Gradient flow", "", "![gradient flow](gradient_flow.png)", "",
+        f"‖∂L_t/∂h_{{t−k}}‖ for k = 0…{k}, averaged over {s['measure']['probe_windows']} windows "
+        f"of the val split after a {s['measure']['probe_warmup']}-character warm-up; dashed: at "
+        f"initialisation, solid: trained. *Decay k* is the first k where the norm falls below 1/10 "
+        f"of its k = 0 value (\">{k}\": never within {k} steps). k = 0 is the direct path through "
+        f"the output layer, so a cell can drop at k = 1 before its recurrence matters; *steps "
+        f"per 10× fall* reads the recurrence alone, from a straight line through log10 ‖∂‖ over "
+        f"k = 1…{k} (larger: the gradient reaches further back; – : it does not fall).", "",
+        "## Runs", "", runs_table(results), "",
+        _memory_note(s), "", "## Samples", "",
+        f"Temperature {s['measure']['temperature']}, prompt {s['measure']['prompt']!r}, first run "
+        "of each cell.", ""]
+    seen = set()
+    for r in results["runs"]:
+        if (r.get("seed") is None or r["cell"] not in seen) and r.get("sample") is not None:
+            seen.add(r["cell"])
+            parts += [f"**{r['label']}**", "", "```", r["sample"][:400], "```", ""]
+    notes = [r for r in results["runs"] if r.get("note")]
+    parts += [f"Note on {r['label']}: {r['note']}." for r in notes]
+    return "\n".join(parts) + "\n"
+
+
+def _comparison_line(c: dict) -> str:
+    verdict = {None: "one seed each: no noise estimate", True: "within seed noise",
+               False: "larger than seed noise"}[c["within_noise"]]
+    return (f"- {c['b']} − {c['a']}: Δ = {c['delta_bpc']:+.3f} bpc, noise band "
+            f"{c['noise_bpc']:.3f}: {verdict}.")
+
+
+def _memory_note(s: dict) -> str:
+    if not s["isolated"]:
+        return "Peak memory: not measured (runs shared one process, --in-process)."
+    return ("Peak RSS: the largest resident memory of each run's own training process up to the "
+            "end of training (getrusage ru_maxrss), so it includes the Python, torch and Lightning "
+            "runtime; run.json also records the peak before training started "
+            "(rss_before_train_mb), and peak_cuda_mb on a GPU.")
+
+
+__all__ = ["NOISE_RULE", "json_line", "report", "runs_table", "summarise", "summary_table",
+           "write_outputs"]

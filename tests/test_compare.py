@@ -1,0 +1,188 @@
+"""charlm compare: the harness end to end, parameter matching, the baseline, the gradient probe, resumption."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from charlm import compare as compare_module
+from charlm.cli import cli
+from charlm.compare import CompareConfig, hidden_sizes, ngram_baseline, run_compare
+from charlm.compare_run import MeasureSettings
+from charlm.data import load_corpus
+from charlm.errors import CharlmError
+from charlm.gradflow import decay_k, gradient_flow, steps_per_decade
+from charlm.model import CharRNN, ModelConfig
+from charlm.train import TrainConfig, fit
+
+TINY = dict(embedding_dim=8, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=5, progress=False)
+PROBE = MeasureSettings(probe_k=16, probe_windows=8, probe_warmup=16, sample_length=40)
+CLI_TINY = ["--embedding-dim", "8", "--batch-size", "4", "--seq-len", "16", "--lr", "0.01",
+            "--warmup-steps", "5", "--max-steps", "20", "--eval-every", "10", "--probe-k", "16",
+            "--probe-windows", "8", "--in-process"]
+
+
+def tiny_compare(text_file, out, **overrides) -> CompareConfig:
+    train = TrainConfig(data=[str(text_file)], max_steps=12, eval_every=6, **TINY)
+    settings = dict(train=train, cells=["rnn", "gru"], params=2000, seeds=1, out=str(out),
+                    isolate=False, measure=PROBE, ngram_max_order=3, progress=False)
+    return CompareConfig(**{**settings, **overrides})
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(cli, ["compare", *map(str, args)])
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def test_all_cells_two_seeds_write_every_output(text_file, tmp_path):
+    out = tmp_path / "cmp"
+    result = run("--data", text_file, "--cells", "rnn,lstm,gru", "--params", 3000, "--seeds", 2,
+                 "--out", out, "--json", *CLI_TINY)
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "| lstm |" in result.stdout and "n-gram KN" in result.stdout  # the table, then JSON
+    for name in ("report.md", "results.json", "learning_curves.png", "gradient_flow.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert len(line["runs"]) == 6 and {r["seed"] for r in line["runs"]} == {1337, 1338}
+    for r in line["runs"]:
+        assert {"cell", "seed", "params", "hidden_size", "val_loss", "val_bpc",
+                "train_chars_per_s", "sample_chars_per_s", "grad_decay_k", "wall_s"} <= set(r)
+        assert r["val_bpc"] == pytest.approx(r["val_loss"] / math.log(2))
+        assert (out / "runs" / f"{r['cell']}-s{r['seed']}" / "run.json").exists()
+    summary = {s["cell"]: s for s in line["summary"]}
+    assert set(summary) == {"rnn", "lstm", "gru"}
+    for s in summary.values():
+        bpcs = [r["val_bpc"] for r in line["runs"] if r["cell"] == s["cell"]]
+        assert s["val_bpc_mean"] == pytest.approx(np.mean(bpcs))
+        assert s["val_bpc_std"] == pytest.approx(np.std(bpcs, ddof=1))
+    assert line["ngram"]["order"] >= 1 and line["ngram"]["val_bpc"] > 0
+    assert len(line["comparisons"]) == 3
+    report = (out / "report.md").read_text()
+    assert "Short runs may not beat it" in report or "beats the order" in report
+    assert "within seed noise when" in report and "1..N−1" in report
+    curves = json.loads((out / "results.json").read_text())["runs"][0]["history"]
+    assert [h["step"] for h in curves] == [10, 20]
+
+
+def test_parameter_matching_is_within_a_few_percent(text_file, tmp_path):
+    config = tiny_compare(text_file, tmp_path, cells=["rnn", "lstm", "gru"], params=20_000)
+    sizes = hidden_sizes(config, vocab_size=30)
+    assert len({h for h, _ in sizes.values()}) == 3  # gated cells get smaller hidden sizes
+    for cell, (hidden, count) in sizes.items():
+        assert abs(count - 20_000) / 20_000 < 0.03, (cell, hidden, count)
+        assert count == CharRNN(ModelConfig(30, cell, hidden, embedding_dim=8)).num_params()
+
+
+def test_ngram_baseline_reaches_the_entropy_of_iid_text(tmp_path):
+    probs = {"a": 0.5, "b": 0.25, "c": 0.125, "d": 0.125}  # entropy 1.75 bits exactly
+    rng = np.random.default_rng(0)
+    text = "".join(rng.choice(list(probs), size=60_000, p=list(probs.values())))
+    path = tmp_path / "iid.txt"
+    path.write_text(text)
+    config = tiny_compare(path, tmp_path / "cmp", ngram_max_order=3)
+    corpus = load_corpus([str(path)])
+    ngram = ngram_baseline(config, corpus, tmp_path)
+    assert ngram["val_bpc"] == pytest.approx(1.75, abs=0.02)
+    assert ngram["val_bpc_by_order"]["1"] == pytest.approx(1.75, abs=0.02)
+
+
+def rnn_with_recurrent_scale(scale: float) -> CharRNN:
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(20, "rnn", 64, embedding_dim=16))
+    with torch.no_grad():
+        torch.nn.init.orthogonal_(model.rnn.weight_hh_l0)
+        model.rnn.weight_hh_l0.mul_(scale)
+    return model
+
+
+def test_gradient_vanishes_faster_with_small_recurrent_weights():
+    ids = np.random.default_rng(0).integers(0, 20, 3000)
+    small = gradient_flow(rnn_with_recurrent_scale(0.3), ids, max_k=32, windows=16, warmup=32)
+    large = gradient_flow(rnn_with_recurrent_scale(1.0), ids, max_k=32, windows=16, warmup=32)
+    assert small.shape == (33,) and np.all(small >= 0)
+    assert decay_k(small) < decay_k(large)
+    assert steps_per_decade(small) < steps_per_decade(large)
+    assert decay_k(np.array([1.0, 0.5, 0.2])) == 3  # never below 1/10: K + 1
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru-note"])
+def test_probe_runs_on_every_kind_of_state(cell):
+    model = CharRNN(ModelConfig(12, cell, 16, num_layers=2, embedding_dim=8))
+    norms = gradient_flow(model, np.arange(400) % 12, max_k=8, windows=4, warmup=8)
+    assert norms.shape == (9,) and norms[0] > 0 and np.isfinite(norms).all()
+
+
+def test_rerun_skips_finished_runs_and_restarts_or_resumes_unfinished(text_file, tmp_path,
+                                                                      monkeypatch):
+    first = run_compare(tiny_compare(text_file, tmp_path / "cmp"))
+    calls = []
+    real = compare_module.train_and_measure
+
+    def counting(spec, run_dir, report=None):
+        calls.append(spec["label"])
+        return real(spec, run_dir, report)
+
+    monkeypatch.setattr(compare_module, "train_and_measure", counting)
+    again = run_compare(tiny_compare(text_file, tmp_path / "cmp"))
+    assert calls == []
+    assert [r["val_bpc"] for r in again["runs"]] == [r["val_bpc"] for r in first["runs"]]
+
+    # An interrupted run (checkpoints but no results) is resumed with resume=True...
+    gru = tmp_path / "cmp" / "runs" / "gru-s1337"
+    (gru / "run.json").unlink()
+    resumed = run_compare(tiny_compare(text_file, tmp_path / "cmp", resume=True))
+    assert calls == ["gru-s1337"] and resumed["runs"][1]["steps"] == 12
+    assert resumed["runs"][1]["val_bpc"] == first["runs"][1]["val_bpc"]
+    # ...and restarted from scratch without it; a run trained but not measured is only measured.
+    (gru / "run.json").unlink()
+    (gru / "best.ckpt").unlink()
+    restarted = run_compare(tiny_compare(text_file, tmp_path / "cmp"))
+    assert calls == ["gru-s1337"] * 2 and (gru / "best.ckpt").exists()
+    assert restarted["runs"][1]["val_bpc"] == pytest.approx(first["runs"][1]["val_bpc"], rel=1e-4)
+    record = json.loads((gru / "run.json").read_text())
+    del record["compare"]
+    (gru / "run.json").write_text(json.dumps(record))
+    mtime = (gru / "last.ckpt").stat().st_mtime_ns
+    run_compare(tiny_compare(text_file, tmp_path / "cmp"))
+    assert calls == ["gru-s1337"] * 3 and (gru / "last.ckpt").stat().st_mtime_ns == mtime
+
+    with pytest.raises(CharlmError, match="trained with lr=0.01"):
+        run_compare(tiny_compare(text_file, tmp_path / "cmp",
+                                 train=TrainConfig(data=[str(text_file)], max_steps=12,
+                                                   eval_every=6, **{**TINY, "lr": 0.02})))
+
+
+def test_checkpoints_are_compared_on_the_same_split(text_file, tmp_path):
+    ckpt = tmp_path / "elsewhere"
+    fit(TrainConfig(data=[str(text_file)], cell="lstm", hidden_size=16, max_steps=10,
+                    out=str(ckpt), **TINY))
+    out = tmp_path / "cmp"
+    result = run(ckpt / "best.ckpt", "--data", text_file, "--out", out, "--json",
+                 "--probe-k", 16, "--probe-windows", 4)
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    (r,) = line["runs"]
+    assert r["cell"] == "lstm" and r["label"] == "elsewhere/best.ckpt" and r["steps"] == 10
+    expected = json.loads((ckpt / "run.json").read_text())["results"]["val_bpc"]
+    assert r["val_bpc"] == pytest.approx(expected, rel=1e-5)  # the same split, the same metric
+    assert r["grad_decay_k"] >= 1 and (out / "gradient_flow.png").exists()
+
+
+def test_isolated_run_reports_peak_memory(text_file, tmp_path):
+    results = run_compare(tiny_compare(text_file, tmp_path / "cmp", cells=["rnn"], isolate=True))
+    (r,) = results["runs"]
+    assert r["peak_rss_mb"] >= r["rss_before_train_mb"] > 10
+    assert "ru_maxrss" in (tmp_path / "cmp" / "report.md").read_text()
+
+
+def test_user_mistakes_are_one_sentence(text_file, tmp_path):
+    result = run("--data", text_file, "--cells", "rnn,bogus", "--out", tmp_path, ok=False)
+    assert result.exit_code == 1 and "unknown cell 'bogus'" in result.output
+    assert "Traceback" not in result.output
+    result = run("--data", text_file, "--params", 100, "--hidden-size", 8, ok=False)
+    assert result.exit_code == 1 and "not both" in result.output
+    result = run(tmp_path / "missing.ckpt", "--data", text_file, "--out", tmp_path, ok=False)
+    assert result.exit_code == 1 and "no such checkpoint" in result.output
