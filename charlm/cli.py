@@ -9,6 +9,7 @@ import sys
 import time
 
 import click
+import numpy as np
 
 from . import __version__
 from .errors import CharlmError
@@ -122,9 +123,12 @@ def train(data, hf_split, as_json, **options):
 @click.option("--greedy", is_flag=True, help="Always take the most likely character.")
 @click.option("--num-samples", default=1, show_default=True, help="Samples, generated as one batch.")
 @click.option("--seed", type=int, default=None, help="Same seed, same text.")
+@click.option("--stats", is_flag=True,
+              help="Also report known words, distinct-n and novelty against the training text.")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def sample(checkpoint, prompt, length, temperature, top_k, top_p, greedy, num_samples, seed, as_json):
+def sample(checkpoint, prompt, length, temperature, top_k, top_p, greedy, num_samples, seed,
+           stats, as_json):
     """Generate text from a checkpoint or an exported folder, streamed as it is written."""
     from .checkpoint import load
     from .sampling import SampleSettings, generate, prompt_ids
@@ -140,13 +144,36 @@ def sample(checkpoint, prompt, length, temperature, top_k, top_p, greedy, num_sa
     t0 = time.perf_counter()
     texts = generate(model, vocab, prompt, length, settings, num_samples, seed, on_chars)
     seconds = time.perf_counter() - t0
+    result = {"samples": texts, "chars_per_s": num_samples * length / max(seconds, 1e-9)}
+    if stats:
+        result["stats"] = _sample_stats(checkpoint, [t[len(prompt):] for t in texts])
     if as_json:
-        emit_json({"samples": texts, "chars_per_s": num_samples * length / max(seconds, 1e-9)})
-    elif stream:
+        emit_json(result)
+        return
+    if stream:
         click.echo()
     else:
         for i, text in enumerate(texts):
             click.echo(f"--- sample {i + 1} ---\n{text}")
+    if stats:
+        s = result["stats"]
+        click.echo(f"known words {s['known_words']:.1%}, distinct-1 {s['distinct_1']:.2f}, "
+                   f"distinct-2 {s['distinct_2']:.2f}, novel 8-grams {s['novelty_8']:.1%} "
+                   f"({s['words']} words)", err=True)
+
+
+def _sample_stats(checkpoint: str, texts: list[str]) -> dict:
+    """Generated text against the checkpoint's training split."""
+    from .checkpoint import load
+    from .data import load_corpus
+    from .textstats import TrainingText
+    _, vocab, info = load(checkpoint)
+    run = info.get("data") or {}
+    if not run.get("sources"):
+        raise CharlmError("--stats needs the training data, which this model does not record")
+    corpus = load_corpus(run["sources"], vocab=vocab)
+    train = corpus.split(run.get("val_fraction", 0.1), run.get("test_fraction", 0.0))["train"]
+    return TrainingText(np.asarray(train), vocab).stats(texts)
 
 
 @cli.command("eval")

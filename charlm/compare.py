@@ -74,9 +74,10 @@ class CompareConfig:
             raise CharlmError("--cells names a cell twice")
         if not self.cells and not self.checkpoints:
             raise CharlmError("nothing to compare: give --cells or checkpoints")
-        if self.train.max_steps is None and self.train.max_time is None:
-            self.train = replace(self.train, max_steps=DEFAULT_STEPS)
-        self.train.max_epochs = None  # the budget is steps or time, the same for every cell
+        no_budget = self.train.max_steps is None and self.train.max_time is None
+        # the budget is steps or time, the same for every cell
+        self.train = replace(self.train, max_epochs=None,
+                             max_steps=DEFAULT_STEPS if no_budget else self.train.max_steps)
 
     @property
     def budget(self) -> tuple[float, str]:
@@ -93,7 +94,8 @@ def default_eval_every(max_steps: int | None) -> int:
 def _model_config(c: CompareConfig, vocab_size: int, cell: str, hidden: int) -> ModelConfig:
     t = c.train
     try:
-        return ModelConfig(vocab_size, cell, hidden, t.num_layers, t.embedding_dim, t.dropout, t.impl)
+        return ModelConfig(vocab_size, cell, hidden, t.num_layers, t.embedding_dim, t.dropout,
+                           t.impl)
     except ValueError as e:
         raise CharlmError(str(e)) from None
 
@@ -159,39 +161,43 @@ def _status(run_dir: Path, expected: dict) -> tuple[str, dict | None]:
 
 
 def _train_runs(c: CompareConfig, corpus: Corpus, out: Path, overall: tqdm) -> list[dict]:
+    """Every cell × seed, seed by seed; a finished run is read back, not trained again."""
     sizes = hidden_sizes(c, len(corpus.vocab))
-    budget, unit = c.budget
+    budget, _ = c.budget
     runs: list[dict] = []
     for seed in range(c.train.seed, c.train.seed + c.seeds):
         for cell in c.cells:
             start = len(runs) * budget  # where this run's share of the overall bar begins
-            label = f"{cell}-s{seed}"
-            run_dir = out / "runs" / label
             train = replace(c.train, cell=cell, hidden_size=sizes[cell][0], seed=seed,
-                            out=str(run_dir), resume=False, progress=False)
-            status, record = _status(run_dir, asdict(train))
-            if status != "measured":
-                if status == "partial" and not c.resume:
-                    shutil.rmtree(run_dir)  # an interrupted run, restarted from scratch
-                spec = {"label": label, "train": asdict(train), "measure": asdict(c.measure),
-                        "resume": c.resume, "trained": status == "trained",
-                        "threads": torch.get_num_threads()}
-                run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(run_dir / "spec.json", json.dumps(spec, indent=2).encode())
-                bar = tqdm(total=budget, unit=unit, desc=label, leave=False, position=1,
-                           disable=not c.progress)
-
-                def report(step: int, elapsed: float) -> None:
-                    done = min(step if unit == "step" else elapsed, budget)
-                    bar.update(done - bar.n)
-                    overall.update(start + done - overall.n)
-
-                execute = run_isolated if c.isolate else train_and_measure
-                with bar:
-                    record = execute(spec, run_dir, report)
+                            resume=False, progress=False)
+            runs.append(_one_run(c, train, out / "runs" / f"{cell}-s{seed}", overall, start))
             overall.update(start + budget - overall.n)
-            runs.append(record)
     return runs
+
+
+def _one_run(c: CompareConfig, train: TrainConfig, run_dir: Path, overall: tqdm,
+             start: float) -> dict:
+    train = replace(train, out=str(run_dir))
+    status, record = _status(run_dir, asdict(train))
+    if status == "measured":
+        return record
+    if status == "partial" and not c.resume:
+        shutil.rmtree(run_dir)  # an interrupted run, restarted from scratch
+    spec = {"label": run_dir.name, "train": asdict(train), "measure": asdict(c.measure),
+            "resume": c.resume, "trained": status == "trained", "threads": torch.get_num_threads()}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run_dir / "spec.json", json.dumps(spec, indent=2).encode())
+    budget, unit = c.budget
+    with tqdm(total=budget, unit=unit, desc=run_dir.name, leave=False, position=1,
+              disable=not c.progress) as bar:
+
+        def report(step: int, elapsed: float) -> None:
+            done = min(step if unit == "step" else elapsed, budget)
+            bar.update(done - bar.n)
+            overall.update(start + done - overall.n)
+
+        execute = run_isolated if c.isolate else train_and_measure
+        return execute(spec, run_dir, report)
 
 
 def _checkpoint_run(path: str, c: CompareConfig, data: list[str]) -> dict:
@@ -229,7 +235,7 @@ def _checkpoint_data(c: CompareConfig) -> list[str]:
     recorded = []
     for path in c.checkpoints:
         from .checkpoint import load
-        recorded.append(((load(path)[2].get("data") or {}).get("sources")))
+        recorded.append((load(path)[2].get("data") or {}).get("sources"))
     if recorded and all(r == recorded[0] for r in recorded) and recorded[0]:
         return list(recorded[0])
     raise CharlmError("the checkpoints do not record the same training data; pass --data")

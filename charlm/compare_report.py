@@ -1,4 +1,4 @@
-"""What ``charlm compare`` concludes and writes: seed statistics, the noise rule, tables, plots, report.
+"""What ``charlm compare`` concludes and writes: seed statistics, the noise rule, tables, report.
 
 The noise rule: two cells' mean val bpc differ by Δ; with standard deviations s_a, s_b over n_a, n_b
 seeds, Δ is *within seed noise* when |Δ| < 2·sqrt(s_a²/n_a + s_b²/n_b), two standard errors of the
@@ -45,7 +45,8 @@ def summarise(runs: list[dict], ngram: dict, config) -> dict:
         row = {"cell": rs[0]["cell"], "group": name, "runs": len(rs), "params": rs[0]["params"],
                "hidden_size": rs[0]["hidden_size"], "impl": rs[0].get("impl"),
                "val_bpc_mean": bpc_mean, "val_bpc_std": bpc_sd,
-               "val_bpc_min": min(r["val_bpc"] for r in rs), "val_bpc_max": max(r["val_bpc"] for r in rs),
+               "val_bpc_min": min(r["val_bpc"] for r in rs),
+               "val_bpc_max": max(r["val_bpc"] for r in rs),
                "grad_decay_k": [r["grad_decay_k"] for r in rs],
                "grad_decay_k_init": [r["grad_decay_k_init"] for r in rs]}
         for key in ("val_loss", "test_bpc", "train_chars_per_s", "sample_chars_per_s", "wall_s",
@@ -55,7 +56,7 @@ def summarise(runs: list[dict], ngram: dict, config) -> dict:
         if row["test_bpc_mean"] is not None:
             row["test_bpc_std"] = _stats([r["test_bpc"] for r in rs])[1]
         row["vs_ngram_bpc"] = bpc_mean - ngram["val_bpc"]
-        row["verdict"] = _verdict(row, ngram, config)
+        row["verdict"] = _verdict(row, ngram, _budget_words(config, rs[0]))
         summary.append(row)
     return {"settings": _settings(config), "ngram": ngram, "summary": summary,
             "comparisons": _comparisons(summary), "runs": runs, "noise_rule": NOISE_RULE}
@@ -66,19 +67,19 @@ def _comparisons(summary: list[dict]) -> list[dict]:
     for i, a in enumerate(summary):
         for b in summary[i + 1:]:
             delta = b["val_bpc_mean"] - a["val_bpc_mean"]
-            noise = 2 * math.sqrt(a["val_bpc_std"] ** 2 / a["runs"] + b["val_bpc_std"] ** 2 / b["runs"])
+            noise = 2 * math.sqrt(a["val_bpc_std"] ** 2 / a["runs"]
+                                  + b["val_bpc_std"] ** 2 / b["runs"])
             within = None if min(a["runs"], b["runs"]) < 2 else abs(delta) < noise
             out.append({"a": a["group"], "b": b["group"], "delta_bpc": delta, "noise_bpc": noise,
                         "within_noise": within})
     return out
 
 
-def _verdict(row: dict, ngram: dict, config) -> str:
+def _verdict(row: dict, ngram: dict, budget: str) -> str:
     """One plain sentence on where a cell stands against the n-gram baseline."""
     delta, n = row["vs_ngram_bpc"], row["runs"]
     noise = 2 * row["val_bpc_std"] / math.sqrt(n) if n > 1 else 0.0
     base = f"the order-{ngram['order']} n-gram baseline ({ngram['val_bpc']:.3f} bpc)"
-    budget = _budget_words(config)
     if n > 1 and abs(delta) < noise:
         return f"{row['group']} is level with {base} within seed noise after {budget}."
     if delta < 0:
@@ -87,10 +88,10 @@ def _verdict(row: dict, ngram: dict, config) -> str:
             f"Short runs may not beat it; give it a longer budget to see what the cell can do.")
 
 
-def _budget_words(config) -> str:
+def _budget_words(config, run: dict) -> str:
+    if run.get("seed") is None:  # a checkpoint trained elsewhere
+        return f"its own training ({run.get('steps')} steps)"
     t = config.train
-    if not config.cells:
-        return "its own training"
     return f"{t.max_steps} steps" if t.max_steps else f"{t.max_time:g} minutes"
 
 

@@ -82,7 +82,7 @@ class CharLM(L.LightningModule):
         loss_sum, count, state = self._shared_step(x, y, self.carried)
         self.carried = detach_state(state)
         loss = loss_sum / count
-        self.log("train_loss", loss, prog_bar=False)
+        self.log("train_loss", loss, prog_bar=True)
         self.log("bpc", loss / metrics.LN2, prog_bar=True)
         return loss
 

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from .cells import _Explicit
 from .errors import CharlmError
 from .model import CharRNN, State, build_cell
 from .vocab import CharVocab
@@ -58,9 +59,9 @@ def pick(logits: Tensor, s: SampleSettings, generator: torch.Generator | None) -
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _explicit_twin(model: CharRNN) -> nn.Module | None:
+def _explicit_twin(model: CharRNN) -> _Explicit | None:
     """The model's cell written out (same weights, device and dtype), or None if it has none."""
-    if hasattr(model.rnn, "step"):
+    if isinstance(model.rnn, _Explicit):
         return model.rnn
     try:
         p = next(model.rnn.parameters())
@@ -68,7 +69,7 @@ def _explicit_twin(model: CharRNN) -> nn.Module | None:
         twin.load_state_dict(model.rnn.state_dict())
     except (ValueError, AttributeError, RuntimeError):
         return None
-    return twin.eval()
+    return twin.eval() if isinstance(twin, _Explicit) else None
 
 
 class Stepper:
@@ -89,19 +90,25 @@ class Stepper:
             w_ih, _, b_ih, b_hh = self.layers[0]
             self.table = self.cell._project(model.embedding.weight, w_ih, b_ih, b_hh)  # (V, G·H)
 
-    def unpack(self, state: State) -> list | State:
-        return state if self.cell is None else self.cell._unpack(state, self.table)
+    def unpack(self, state: State | None) -> list | State | None:
+        """The model's state → the per-layer states that ``step`` carries (None: zeros)."""
+        if self.cell is None or state is None:
+            return state
+        return self.cell._unpack(state, self.table)
 
     def pack(self, layers: list | State) -> State:
+        """What ``step`` carries → the model's state layout."""
         return layers if self.cell is None else self.cell._pack(layers)
 
-    def step(self, ids: Tensor, layers: list | State) -> tuple[Tensor, list | State]:
+    def step(self, ids: Tensor, layers: list | State | None) -> tuple[Tensor, list | State]:
         """ids (B,) and the unpacked state → logits (B, V) and the next unpacked state."""
         cell, model = self.cell, self.model
         if cell is None:  # a cell with no explicit twin: its own module, one step long
             out, state = model.rnn(model.embedding(ids)[:, None], layers)  # (B, 1, H)
             return model.head(out[:, 0]), state
         gx = self.table.index_select(0, ids)  # (B, G·H)
+        if layers is None:
+            layers = cell._unpack(None, gx)  # zeros, (B, H) per layer
         for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
             if k:  # dropout between layers is off: generation runs in eval mode
                 gx = cell._project(h, w_ih, b_ih, b_hh)  # (B, G·H)
@@ -154,15 +161,15 @@ def generate(model: CharRNN, vocab: CharVocab, prompt: str = "", length: int = 5
     ids = torch.tensor(prime, device=device).repeat(num_samples, 1)  # (B, P)
     logits, state = model(ids, None)  # prime once: (B, P, V)
     logits = logits[:, -1]            # (B, V)
-    stepper_ = Stepper(model)
-    layers = stepper_.unpack(state)
-    out = []  # one (B,) tensor per step: no Python list of characters unless streaming
+    steps = Stepper(model)
+    layers = steps.unpack(state)
+    picked = []  # one (B,) tensor per step: no Python list of characters unless streaming
     for t in range(length):
         nxt = pick(logits, settings, generator)  # (B,)
-        out.append(nxt)
+        picked.append(nxt)
         if on_chars is not None:
             on_chars([vocab.chars[i] for i in nxt.tolist()])
         if t + 1 < length:
-            logits, layers = stepper_.step(nxt, layers)
-    ids = torch.stack(out, 1) if out else ids.new_empty(num_samples, 0)  # (B, length)
-    return [prompt + vocab.decode(row) for row in ids.cpu().numpy()]
+            logits, layers = steps.step(nxt, layers)
+    out = torch.stack(picked, 1) if picked else ids.new_empty(num_samples, 0)  # (B, length)
+    return [prompt + vocab.decode(row) for row in out.cpu().numpy()]

@@ -184,9 +184,9 @@ class RunFolder(Callback):
         record = {"step": step, "elapsed_s": round(pl_module.tick(), 2),
                   "val_loss": val["loss"], "val_bpc": val["bpc"]}
         self.history.append(record)
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({"val_loss": val["loss"], "val_bpc": val["bpc"],
-                                        "elapsed_s": record["elapsed_s"]}, step=step)
+        for logger in trainer.loggers:
+            logger.log_metrics({"val_loss": val["loss"], "val_bpc": val["bpc"],
+                                "elapsed_s": record["elapsed_s"]}, step=step)
         pl_module.log("val_bpc", val["bpc"], prog_bar=True, logger=False, rank_zero_only=True)
         improved = val["loss"] < self.best_val_loss
         if improved:
@@ -301,7 +301,7 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
         max_steps=total if total is not None else -1,
         max_epochs=-1 if total is None else None,
         limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=config.grad_clip or None,
-        logger=CSVLogger(out, name="", version=""), callbacks=callbacks,
+        logger=_loggers(out), callbacks=callbacks,
         enable_checkpointing=False, enable_progress_bar=config.progress,
         enable_model_summary=False, log_every_n_steps=10, use_distributed_sampler=False,
         deterministic=False, **trainer_kwargs)
@@ -348,6 +348,16 @@ def _resume_info(last: Path) -> dict:
     ckpt = _read_ckpt(last)
     return {"model": ckpt["hyper_parameters"].get("model") or {},
             "global_step": ckpt.get("global_step", 0)}
+
+
+def _loggers(out: Path) -> list:
+    """metrics.csv always; TensorBoard logs in OUT/tensorboard when tensorboard is installed."""
+    import importlib.util
+    loggers = [CSVLogger(out, name="", version="")]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        from lightning.pytorch.loggers import TensorBoardLogger
+        loggers.append(TensorBoardLogger(out, name="tensorboard", version=""))
+    return loggers
 
 
 def _set_aside_metrics(out: Path) -> Path | None:

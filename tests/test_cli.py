@@ -112,3 +112,12 @@ def test_python_dash_m_and_version():
     out = subprocess.run([sys.executable, "-m", "charlm", "--version"], capture_output=True,
                          text=True, check=True)
     assert "charlm" in out.stdout
+
+
+def test_sample_stats_against_training_text(trained):
+    out, _ = trained
+    result = last_json(run("sample", out / "best.ckpt", "--length", 200, "--seed", 2, "--stats",
+                           "--json"))
+    stats = result["stats"]
+    assert set(stats) >= {"known_words", "distinct_1", "distinct_2", "novelty_8"}
+    assert all(0.0 <= stats[k] <= 1.0 for k in ("known_words", "novelty_8"))
