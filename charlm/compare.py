@@ -3,9 +3,11 @@
 Fair by construction: every run gets one shared ``TrainConfig`` (same corpus, splits, vocabulary,
 optimiser, schedule and step or wall-clock budget) and changes only the cell, its hidden size and
 the seed. With ``stream`` windows the batch of step s does not depend on the seed, so every run
-reads the same batches in the same order. Runs go seed by seed, each seed through every cell, so
-a machine that slows down part-way hurts all cells alike. A character n-gram model (interpolated
-modified Kneser–Ney, order picked on val) on the same split gives every number its context.
+reads the same batches in the same order (with ``random`` windows, every run of a seed does), and
+seed s starts every cell from the same random state. Runs go seed by seed, each seed through every
+cell, so a machine that slows down part-way hurts all cells alike. A character n-gram model
+(interpolated modified Kneser–Ney, order picked on val) on the same split gives every number its
+context.
 
     OUT/runs/<cell>-s<seed>/   one run folder each (checkpoints, run.json); finished ones are reused
     OUT/ngram.json             the baseline, reused when the corpus and split are the same
@@ -58,6 +60,7 @@ class CompareConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self.checkpoints, self.out = [str(p) for p in self.checkpoints], str(self.out)
         if self.params is not None and self.hidden_size is not None:
             raise CharlmError("give --params or --hidden-size, not both")
         if self.params is None and self.hidden_size is None:
@@ -268,4 +271,5 @@ def run_compare(c: CompareConfig) -> dict:
     return results
 
 
-__all__ = ["CompareConfig", "default_eval_every", "hidden_sizes", "ngram_baseline", "run_compare"]
+__all__ = ["CompareConfig", "MeasureSettings", "default_eval_every", "hidden_sizes",
+           "ngram_baseline", "run_compare"]

@@ -72,7 +72,8 @@ def gradient_flow_plot(results: dict, path: Path) -> None:
             ax.semilogy(np.arange(len(norms)), norms / norms[0], linestyle=style, color=f"C{i}",
                         label=f"{name} {when}")
     ax.axhline(0.1, color="grey", linestyle=":", label="1/10 of k = 0 (decay k)")
-    ax.set(xlabel="k (steps back)", ylabel=r"$\|\partial L_t / \partial h_{t-k}\|$ relative to k = 0",
+    ax.set(xlabel="k (steps back)",
+           ylabel=r"$\|\partial L_t / \partial h_{t-k}\|$ relative to k = 0",
            title="Gradient flow through time")
     ax.set_ylim(bottom=max(ax.get_ylim()[0], 1e-12))
     ax.grid(alpha=0.3, which="both")

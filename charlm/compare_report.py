@@ -12,10 +12,14 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .gradflow import format_decay
+
+if TYPE_CHECKING:
+    from .compare import CompareConfig
 
 NOISE_RULE = ("Δ is within seed noise when |Δ| < 2·sqrt(sd_a²/n_a + sd_b²/n_b) (two standard "
               "errors of the difference of means; with 2 seeds the sd is itself rough, so this "
@@ -34,7 +38,7 @@ def _mean(runs: list[dict], key: str) -> float | None:
     return float(np.mean(values)) if len(values) == len(runs) else None
 
 
-def summarise(runs: list[dict], ngram: dict, config) -> dict:
+def summarise(runs: list[dict], ngram: dict, config: CompareConfig) -> dict:
     """Per-cell means ± sd over seeds, pairwise noise verdicts, the baseline verdicts and notes."""
     groups: dict[str, list[dict]] = {}
     for r in runs:
@@ -88,14 +92,14 @@ def _verdict(row: dict, ngram: dict, budget: str) -> str:
             f"Short runs may not beat it; give it a longer budget to see what the cell can do.")
 
 
-def _budget_words(config, run: dict) -> str:
+def _budget_words(config: CompareConfig, run: dict) -> str:
     if run.get("seed") is None:  # a checkpoint trained elsewhere
         return f"its own training ({run.get('steps')} steps)"
     t = config.train
     return f"{t.max_steps} steps" if t.max_steps else f"{t.max_time:g} minutes"
 
 
-def _settings(config) -> dict:
+def _settings(config: CompareConfig) -> dict:
     shared = {k: v for k, v in asdict(config.train).items()
               if k not in ("cell", "hidden_size", "seed", "out", "resume", "progress")}
     return {"train": shared, "cells": config.cells, "checkpoints": config.checkpoints,
@@ -110,51 +114,67 @@ def _fmt(value, spec: str = ".3f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _table(columns: list[tuple[str, object]], rows: list[dict]) -> list[str]:
+    """Markdown lines for ``rows``; each column is (header, row → text)."""
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
+    return lines
+
+
 def summary_table(results: dict) -> str:
     """The markdown table: one row per cell (mean ± sd over seeds) and the n-gram baseline."""
-    summary, ngram, k = results["summary"], results["ngram"], results["settings"]["measure"]["probe_k"]
-    has_test = any(s["test_bpc_mean"] is not None for s in summary)
-    has_rss = any(s["peak_rss_mb_mean"] is not None for s in summary)
-    head = ["cell", "params", "hidden", "seeds", "val bpc (mean ± sd)", "val loss (nats)"]
-    head += ["test bpc"] * has_test + ["train chars/s", "sample chars/s", "wall s"]
-    head += ["peak RSS MB"] * has_rss + [f"grad decay k (init → trained, K={k})",
-                                         "steps per 10× grad fall (init → trained)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in summary:
-        decay = (f"{'/'.join(format_decay(d, k) for d in s['grad_decay_k_init'])} → "
-                 f"{'/'.join(format_decay(d, k) for d in s['grad_decay_k'])}")
-        cells = [s["group"], f"{s['params']:,}", str(s["hidden_size"]), str(s["runs"]),
-                 f"{s['val_bpc_mean']:.3f} ± {s['val_bpc_std']:.3f}", _fmt(s["val_loss_mean"], ".4f")]
-        cells += [_fmt(s["test_bpc_mean"])] * has_test
-        cells += [_fmt(s["train_chars_per_s_mean"], ",.0f"), _fmt(s["sample_chars_per_s_mean"], ",.0f"),
-                  _fmt(s["wall_s_mean"], ".1f")]
-        decade = (f"{_fmt(s['grad_steps_per_decade_init_mean'], '.1f')} → "
-                  f"{_fmt(s['grad_steps_per_decade_mean'], '.1f')}")
-        cells += [_fmt(s["peak_rss_mb_mean"], ",.0f")] * has_rss + [decay, decade]
-        lines.append("| " + " | ".join(cells) + " |")
-    base = [f"n-gram KN (order {ngram['order']})", "–", "–", "–", f"{ngram['val_bpc']:.3f}",
-            f"{ngram['val_loss']:.4f}"] + [_fmt(ngram.get("test_bpc"))] * has_test
-    base += ["–"] * (len(head) - len(base))
-    lines.append("| " + " | ".join(base) + " |")
+    summary, ngram = results["summary"], results["ngram"]
+    k = results["settings"]["measure"]["probe_k"]
+
+    def decays(s: dict, key: str) -> str:
+        return "/".join(format_decay(d, k) for d in s[key])
+
+    columns = [
+        ("cell", lambda s: s["group"]), ("params", lambda s: f"{s['params']:,}"),
+        ("hidden", lambda s: str(s["hidden_size"])), ("seeds", lambda s: str(s["runs"])),
+        ("val bpc (mean ± sd)", lambda s: f"{s['val_bpc_mean']:.3f}" + (  # no sd from one run
+            f" ± {s['val_bpc_std']:.3f}" if s["runs"] > 1 else "")),
+        ("val loss (nats)", lambda s: _fmt(s["val_loss_mean"], ".4f")),
+        ("test bpc", lambda s: _fmt(s["test_bpc_mean"])),
+        ("train chars/s", lambda s: _fmt(s["train_chars_per_s_mean"], ",.0f")),
+        ("sample chars/s", lambda s: _fmt(s["sample_chars_per_s_mean"], ",.0f")),
+        ("wall s", lambda s: _fmt(s["wall_s_mean"], ".1f")),
+        ("peak RSS MB", lambda s: _fmt(s["peak_rss_mb_mean"], ",.0f")),
+        (f"grad decay k, init → trained (K={k})",
+         lambda s: f"{decays(s, 'grad_decay_k_init')} → {decays(s, 'grad_decay_k')}"),
+        ("steps per 10× grad fall, init → trained",
+         lambda s: f"{_fmt(s['grad_steps_per_decade_init_mean'], '.1f')} → "
+                   f"{_fmt(s['grad_steps_per_decade_mean'], '.1f')}")]
+    absent = {"test bpc": "test_bpc_mean", "peak RSS MB": "peak_rss_mb_mean"}
+    columns = [(h, f) for h, f in columns  # no empty test or memory column
+               if h not in absent or any(s[absent[h]] is not None for s in summary)]
+    lines = _table(columns, summary)
+    baseline = {"cell": f"n-gram KN (order {ngram['order']})",
+                "val bpc (mean ± sd)": f"{ngram['val_bpc']:.3f}",
+                "val loss (nats)": f"{ngram['val_loss']:.4f}",
+                "test bpc": _fmt(ngram.get("test_bpc"))}
+    lines.append("| " + " | ".join(baseline.get(h, "–") for h, _ in columns) + " |")
     return "\n".join(lines)
 
 
 def runs_table(results: dict) -> str:
     """Every run on its own row."""
     k = results["settings"]["measure"]["probe_k"]
-    head = ["run", "cell", "params", "hidden", "steps", "val loss", "val bpc", "test bpc",
-            "train chars/s", "sample chars/s", "wall s", "peak RSS MB", "decay k init",
-            "decay k", f"‖∂‖ ratio k={k}/k=0"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results["runs"]:
-        cells = [r["label"], r["cell"], f"{r['params']:,}", str(r["hidden_size"]), str(r.get("steps")),
-                 f"{r['val_loss']:.4f}", f"{r['val_bpc']:.3f}", _fmt(r.get("test_bpc")),
-                 _fmt(r.get("train_chars_per_s"), ",.0f"), _fmt(r.get("sample_chars_per_s"), ",.0f"),
-                 _fmt(r.get("wall_s"), ".1f"), _fmt(r.get("peak_rss_mb"), ",.0f"),
-                 format_decay(r["grad_decay_k_init"], k), format_decay(r["grad_decay_k"], k),
-                 f"{r['grad_ratio_K']:.1e}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    columns = [
+        ("run", lambda r: r["label"]), ("cell", lambda r: r["cell"]),
+        ("params", lambda r: f"{r['params']:,}"), ("hidden", lambda r: str(r["hidden_size"])),
+        ("steps", lambda r: str(r.get("steps"))), ("val loss", lambda r: f"{r['val_loss']:.4f}"),
+        ("val bpc", lambda r: f"{r['val_bpc']:.3f}"),
+        ("test bpc", lambda r: _fmt(r.get("test_bpc"))),
+        ("train chars/s", lambda r: _fmt(r.get("train_chars_per_s"), ",.0f")),
+        ("sample chars/s", lambda r: _fmt(r.get("sample_chars_per_s"), ",.0f")),
+        ("wall s", lambda r: _fmt(r.get("wall_s"), ".1f")),
+        ("peak RSS MB", lambda r: _fmt(r.get("peak_rss_mb"), ",.0f")),
+        ("RSS before training MB", lambda r: _fmt(r.get("rss_before_train_mb"), ",.0f")),
+        ("decay k init", lambda r: format_decay(r["grad_decay_k_init"], k)),
+        ("decay k", lambda r: format_decay(r["grad_decay_k"], k)),
+        (f"‖∂‖ at k={k} / k=0", lambda r: f"{r['grad_ratio_K']:.1e}")]
+    return "\n".join(_table(columns, results["runs"]))
 
 
 def json_line(results: dict) -> dict:
@@ -178,50 +198,62 @@ def write_outputs(results: dict, out: Path) -> None:
 
 def report(results: dict) -> str:
     """The whole report as markdown."""
-    s, ngram = results["settings"], results["ngram"]
-    t, k = s["train"], s["measure"]["probe_k"]
-    sizing = (f"hidden size solved per cell for {s['params']:,} parameters (exact counts in the table)"
+    s, ngram, m = results["settings"], results["ngram"], results["settings"]["measure"]
+    t, k = s["train"], m["probe_k"]
+    sizing = (f"hidden size solved per cell for {s['params']:,} parameters (exact counts below)"
               if s["params"] else f"hidden size {s['hidden_size']} for every cell")
-    budget = f"{t['max_steps']} steps" if t["max_steps"] else f"{t['max_time']:g} minutes of wall clock"
-    parts = [
-        "# charlm compare", "",
-        f"Data: {', '.join(t['data']) or 'stdlib'} (val fraction {t['val_fraction']}, test fraction "
-        f"{t['test_fraction']}). Cells: {', '.join(s['cells']) or '–'}; {sizing}; "
+    budget = f"{t['max_steps']} steps" if t["max_steps"] else f"{t['max_time']:g} minutes"
+    data = (f"Data: {', '.join(t['data']) or 'stdlib'} (val fraction {t['val_fraction']}, test "
+            f"fraction {t['test_fraction']}).")
+    settings = data + (
+        f" Cells: {', '.join(s['cells'])}; {sizing}; "
         f"{t['num_layers']} layer(s), embedding {t['embedding_dim']}, dropout {t['dropout']}, "
         f"impl {t['impl']}. Every run: {budget}, batch {t['batch_size']} × seq {t['seq_len']}, "
-        f"lr {t['lr']} ({t['schedule']}, warm-up {t['warmup_steps']}), grad clip {t['grad_clip']}, "
-        f"window {t['window']}, {s['seeds']} seed(s) from {s['first_seed']}. Same corpus, splits, "
-        f"vocabulary, batches (in the same order) and optimiser for every cell.", "",
-        summary_table(results), "",
-        "## Against the n-gram baseline", "",
+        f"lr {t['lr']} ({t['schedule']}, warm-up {t['warmup_steps']}), grad clip "
+        f"{t['grad_clip']}, window {t['window']}, {s['seeds']} seed(s) from {s['first_seed']}. "
+        f"Same corpus, splits, vocabulary, batches (in the same order) and optimiser for every "
+        f"cell; runs go seed by seed through every cell, so a machine that slows down hurts all "
+        f"cells alike.")
+    if not s["cells"]:
+        settings = data
+    if s["checkpoints"]:
+        settings += (f" Checkpoints trained elsewhere, evaluated on the same split with their own "
+                     f"vocabularies: {', '.join(s['checkpoints'])}.")
+    baseline = (
         f"Interpolated modified Kneser–Ney, order {ngram['order']} chosen on val: "
         f"{ngram['val_bpc']:.3f} val bpc. The n-gram scores every val character including the "
-        f"first; the neural full pass scores characters 1..N−1 (one character in N, negligible).", "",
+        f"first; the neural full pass scores characters 1..N−1 (one character in N, negligible).")
+    flow = (
+        f"‖∂L_t/∂h_{{t−k}}‖ for k = 0…{k}, averaged over {m['probe_windows']} windows of the val "
+        f"split after a {m['probe_warmup']}-character warm-up; dashed: at initialisation, solid: "
+        f"trained. *Decay k* is the first k where the norm falls below 1/10 of its k = 0 value "
+        f"(\">{k}\": never within {k} steps). k = 0 is the direct path through the output layer, "
+        f"so a cell can drop at k = 1 before its recurrence matters; *steps per 10× grad fall* "
+        f"reads the recurrence alone, from a straight line through log10 ‖∂‖ over k = 1…{k} "
+        f"(larger: the gradient reaches further back; –: it does not fall).")
+    impls = {row["group"]: row["impl"] for row in results["summary"]}
+    if len(set(impls.values())) > 1:
+        settings += (" Implementations differ (" + ", ".join(f"{g}: {i}" for g, i in impls.items())
+                     + "): the speed columns compare implementations as much as cells.")
+    parts = [
+        "# charlm compare", "", settings, "", summary_table(results), "",
+        "## Against the n-gram baseline", "", baseline, "",
         *[f"- {row['verdict']}" for row in results["summary"]], "",
         "## Between cells", "", f"Rule: {results['noise_rule']}.", "",
         *[_comparison_line(c) for c in results["comparisons"]], "",
         "## Learning curves", "", "![learning curves](learning_curves.png)", "",
-        "Val bpc of a full pass over the val split, against steps and against seconds of the run's "
-        "clock (validation included); bands span the seeds.", "",
-        "## Gradient flow", "", "![gradient flow](gradient_flow.png)", "",
-        f"‖∂L_t/∂h_{{t−k}}‖ for k = 0…{k}, averaged over {s['measure']['probe_windows']} windows "
-        f"of the val split after a {s['measure']['probe_warmup']}-character warm-up; dashed: at "
-        f"initialisation, solid: trained. *Decay k* is the first k where the norm falls below 1/10 "
-        f"of its k = 0 value (\">{k}\": never within {k} steps). k = 0 is the direct path through "
-        f"the output layer, so a cell can drop at k = 1 before its recurrence matters; *steps "
-        f"per 10× fall* reads the recurrence alone, from a straight line through log10 ‖∂‖ over "
-        f"k = 1…{k} (larger: the gradient reaches further back; – : it does not fall).", "",
-        "## Runs", "", runs_table(results), "",
-        _memory_note(s), "", "## Samples", "",
-        f"Temperature {s['measure']['temperature']}, prompt {s['measure']['prompt']!r}, first run "
-        "of each cell.", ""]
+        ("Val bpc of a full pass over the val split, against steps and against seconds of the "
+         "run's clock (validation included); bands span the seeds."), "",
+        "## Gradient flow", "", "![gradient flow](gradient_flow.png)", "", flow, "",
+        "## Runs", "", runs_table(results), "", _memory_note(s), "",
+        "## Samples", "",
+        f"Temperature {m['temperature']}, prompt {m['prompt']!r}, the first run of each cell.", ""]
     seen = set()
     for r in results["runs"]:
-        if (r.get("seed") is None or r["cell"] not in seen) and r.get("sample") is not None:
+        if r.get("sample") is not None and (r.get("seed") is None or r["cell"] not in seen):
             seen.add(r["cell"])
             parts += [f"**{r['label']}**", "", "```", r["sample"][:400], "```", ""]
-    notes = [r for r in results["runs"] if r.get("note")]
-    parts += [f"Note on {r['label']}: {r['note']}." for r in notes]
+    parts += [f"Note on {r['label']}: {r['note']}." for r in results["runs"] if r.get("note")]
     return "\n".join(parts) + "\n"
 
 
@@ -236,9 +268,11 @@ def _memory_note(s: dict) -> str:
     if not s["isolated"]:
         return "Peak memory: not measured (runs shared one process, --in-process)."
     return ("Peak RSS: the largest resident memory of each run's own training process up to the "
-            "end of training (getrusage ru_maxrss), so it includes the Python, torch and Lightning "
-            "runtime; run.json also records the peak before training started "
-            "(rss_before_train_mb), and peak_cuda_mb on a GPU.")
+            "end of training (getrusage ru_maxrss). It includes the Python, torch and Lightning "
+            "runtime, shown as *RSS before training* (resident memory when training starts); "
+            "when the two are close, the model's own memory is lost under the runtime's, and the "
+            "cells do not differ in memory at this size. On a GPU run.json also records "
+            "peak_cuda_mb (torch.cuda.max_memory_allocated), the model's own footprint.")
 
 
 __all__ = ["NOISE_RULE", "json_line", "report", "runs_table", "summarise", "summary_table",

@@ -1,4 +1,4 @@
-"""One run of ``charlm compare``: train a cell (or open a checkpoint), then measure it like every other.
+"""One run of ``charlm compare``: train a cell, then measure it the way every other run is measured.
 
 Every run, trained here or elsewhere, goes through the same ``measure``: gradient flow at
 initialisation and after training, generation speed at batch 1 and a sample from the same prompt.
@@ -87,8 +87,17 @@ def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def _rss_now_mb() -> float | None:
+    """Resident memory of this process now (Linux), None where /proc is not there."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024 ** 2
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def train_and_measure(spec: dict, run_dir: Path, report: Progress | None = None) -> dict:
-    """Train the run ``spec`` describes in ``run_dir`` (or reuse its finished training), measure it."""
+    """Train the run ``spec`` describes in ``run_dir`` (unless trained already), then measure it."""
     run_json = run_dir / "run.json"
     config = TrainConfig(**{**spec["train"], "out": str(run_dir), "progress": False})
     memory: dict = {}
@@ -96,7 +105,7 @@ def train_and_measure(spec: dict, run_dir: Path, report: Progress | None = None)
         resume = spec.get("resume", False) and (run_dir / "last.ckpt").exists()
         config.resume = resume
         if spec.get("isolated"):
-            memory["rss_before_train_mb"] = _max_rss_mb()
+            memory["rss_before_train_mb"] = _rss_now_mb()  # the runtime: python, torch, lightning
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         fit(config, callbacks=[ReportProgress(report)] if report else None)
@@ -107,7 +116,7 @@ def train_and_measure(spec: dict, run_dir: Path, report: Progress | None = None)
     record = json.loads(run_json.read_text())
     results = record["results"]
     from .checkpoint import load
-    model, vocab, _ = load(results["best_checkpoint"])
+    model, vocab, _ = load(run_dir / "best.ckpt")  # the checkpoint whose val loss is reported
     corpus = load_corpus(config.data or None, encoding=config.encoding, split=config.split,
                          text_column=config.text_column, streaming=config.streaming)
     val_ids = corpus.split(config.val_fraction, config.test_fraction)["val"]
@@ -151,7 +160,8 @@ def run_isolated(spec: dict, run_dir: Path, report: Progress | None = None) -> d
     if error:
         raise CharlmError(error)
     if code != 0:
-        raise RuntimeError(f"the run in {run_dir} failed (exit {code}); see {run_dir / 'train.log'}")
+        raise RuntimeError(f"the run in {run_dir} failed (exit {code}); "
+                           f"see {run_dir / 'train.log'}")
     return json.loads((run_dir / "run.json").read_text())["compare"]
 
 

@@ -1,4 +1,4 @@
-"""How far back the gradient reaches: ||∂L_t / ∂h_{t−k}|| against k, the vanishing gradient made visible.
+"""How far back the gradient reaches: ||∂L_t/∂h_{t−k}|| against k, vanishing gradients made visible.
 
 The lecture note's claim is that the plain RNN's gradient vanishes through time while the gated
 cells' additive updates (LSTM's C_t = f·C_{t−1} + i·C̃_t, GRU's h_t = (1−z)·h_{t−1} + z·h̃_t) let it
@@ -25,7 +25,7 @@ from .model import CharRNN, detach_state, state_hidden
 
 
 def window_starts(n: int, span: int, windows: int) -> np.ndarray:
-    """``windows`` start positions spread evenly over a text of ``n`` ids, each with ``span`` ids."""
+    """``windows`` start positions spread evenly over ``n`` ids, each leaving ``span`` ids."""
     if n < span:
         raise CharlmError(f"the gradient-flow probe needs {span} characters per window and the "
                           f"split has {n}; use a smaller --probe-k or more text")
@@ -34,7 +34,7 @@ def window_starts(n: int, span: int, windows: int) -> np.ndarray:
 
 def gradient_flow(model: CharRNN, ids: np.ndarray, max_k: int = 64, windows: int = 32,
                   warmup: int = 128) -> np.ndarray:
-    """Mean ||∂L_t/∂h_{t−k}|| for k = 0..max_k over ``windows`` windows of ``ids``; shape (max_k+1,).
+    """Mean ||∂L_t/∂h_{t−k}|| for k = 0..max_k over ``windows`` windows of ``ids``: (max_k + 1,).
 
     ``warmup`` characters are read first without gradients, so h_{t−K} is a realistic state rather
     than zeros. Dropout is off (eval mode); the model's mode is restored afterwards.
@@ -62,13 +62,14 @@ def gradient_flow(model: CharRNN, ids: np.ndarray, max_k: int = 64, windows: int
         loss = F.cross_entropy(model.head(top).float(), x[:, -1], reduction="sum")
         grads = torch.autograd.grad(loss, hidden, allow_unused=True)
     model.train(was_training)
-    norms = [torch.zeros(len(starts)) if g is None else g.transpose(0, 1).flatten(1).norm(dim=1).cpu()
-             for g in grads]  # per step: (W,) norm over layers × hidden
-    return torch.stack(norms[::-1]).mean(dim=1).double().numpy()  # index k: h_{t−k}
+    # per step, the norm of each window's gradient over layers × hidden: (W,)
+    norms = [torch.zeros(len(starts), device=device) if g is None
+             else g.transpose(0, 1).flatten(1).norm(dim=1) for g in grads]
+    return torch.stack(norms[::-1]).mean(dim=1).double().cpu().numpy()  # index k: h_{t−k}
 
 
 def decay_k(norms: np.ndarray, ratio: float = 0.1) -> int:
-    """The first k with norms[k] < ratio · norms[0]; ``len(norms)`` (i.e. > K) when it never falls."""
+    """The first k with norms[k] < ratio · norms[0]; ``len(norms)`` (> K) when there is none."""
     below = np.flatnonzero(np.asarray(norms) < ratio * norms[0])
     return int(below[0]) if len(below) else len(norms)
 

@@ -99,9 +99,9 @@ def trace_text(model: CharRNN, vocab: CharVocab, text: str, top_k: int = 5,
     model.eval()
     ids = torch.as_tensor(vocab.encode(text).astype(np.int64))[None]  # (1, T)
     twin = explicit_twin(model)
-    notes = [] if twin is not None else [
+    notes = [] if twin is not None else [(
         f"cell {model.config.cell!r} has no explicit implementation, so only the top layer's h "
-        f"(from the cell's own forward pass) is shown, and there are no gate statistics"]
+        f"(from the cell's own forward pass) is shown, and there are no gate statistics")]
     parts: dict[str, list[np.ndarray]] = {}
     top_ids, top_probs = [], []
     state = twin_state = None
@@ -243,8 +243,8 @@ def units_table(matches: list[UnitMatch], absent: list[str]) -> str:
 
 def gates_table(stats: list[GateStats]) -> str:
     """Gate saturation as a plain-text table: means over units, and how many units lean each way."""
-    lines = [f"{'layer':<6}{'gate':<12}{'left <0.1':>10}{'right >0.9':>11}"
-             f"{'units mostly left':>19}{'units mostly right':>20}"]
+    lines = [(f"{'layer':<6}{'gate':<12}{'left <0.1':>10}{'right >0.9':>11}"
+              f"{'units mostly left':>19}{'units mostly right':>20}")]
     for s in stats:
         lines.append(f"{s.layer:<6}{s.name:<12}{s.left.mean():>10.3f}{s.right.mean():>11.3f}"
                      f"{int((s.left > 0.5).sum()):>19}{int((s.right > 0.5).sum()):>20}")

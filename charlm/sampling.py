@@ -46,7 +46,9 @@ def pick(logits: Tensor, s: SampleSettings, generator: torch.Generator | None) -
         return logits.argmax(dim=-1)
     logits = logits.float()
     if s.temperature != 1.0:
-        logits = logits / s.temperature
+        # Top logit shifted to 0 first, so a tiny temperature sends the others to -inf and none
+        # to +inf (softmax of +inf is nan); softmax does not mind the shift.
+        logits = (logits - logits.max(dim=-1, keepdim=True).values) / s.temperature
     if s.top_k is not None and s.top_k < logits.size(-1):
         kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -1,4 +1,4 @@
-"""charlm compare: the harness end to end, parameter matching, the baseline, the gradient probe, resumption."""
+"""charlm compare: the harness end to end, parameter matching, baseline, gradient probe, resume."""
 
 import json
 import math

@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ def run(*args):
 def one_error(result, *fragments):
     """Exit code != 0, exactly one line "Error: ...", which holds every fragment; no traceback."""
     assert result.exit_code not in (0, None), result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not a crash
     assert "Traceback" not in result.output, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, result.output
@@ -61,151 +62,199 @@ def step_of(path) -> int:
 
 # --- SIGKILL at several moments, then --resume: the same weights as an uninterrupted run ----------
 
-# Runs `charlm train` in a fresh interpreter and SIGKILLs it from inside at a chosen moment, so the
-# moment is exact: "step:N" in the middle of step N (after its forward pass, before the optimiser
-# step), "write:N" half-way through writing the N-th last.ckpt into its temporary file, "rename:N"
-# with the N-th checkpoint whole in its temporary file but not yet renamed onto last.ckpt.
-KILLER = r'''
-import os, signal, sys
-what, n = os.environ["CHARLM_TEST_KILL"].split(":")
-n, calls = int(n), []
+# A fresh Python process that imports charlm once, then forks one new process per `charlm train`
+# run (importing torch and Lightning takes seconds; a fork takes milliseconds). Each run is the
+# real CLI in its own process, and is SIGKILLed either from outside (the test kills its pid) or
+# from inside at an exact moment: "step:N" in the middle of step N (after its forward pass,
+# before the optimiser step), "write:N" half-way through writing the N-th last.ckpt into its
+# temporary file, "rename:N" with the N-th checkpoint whole in its temporary file, not yet renamed.
+FORKER = r'''
+import json, os, signal, sys, traceback
+import charlm.cli, charlm.lit, charlm.train  # the slow imports, once
+import lightning.fabric.plugins.io.torch_io as torch_io
+
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
-if what == "step":
-    from charlm.lit import CharLM
-    step = CharLM.training_step
-    def training_step(self, batch, batch_idx):
-        loss = step(self, batch, batch_idx)
-        if self.global_step == n:
-            die()
-        return loss
-    CharLM.training_step = training_step
-elif what == "write":
-    import io, torch
-    import lightning.fabric.plugins.io.torch_io as torch_io
-    save = torch_io._atomic_save
-    def half_then_die(checkpoint, path):
-        calls.append(path)
-        if len(calls) == n:
-            buffer = io.BytesIO()
-            torch.save(checkpoint, buffer)
-            with open(path, "wb") as f:
-                f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-                f.flush()
-                os.fsync(f.fileno())
-            die()
-        save(checkpoint, path)
-    torch_io._atomic_save = half_then_die
-elif what == "rename":
-    replace = os.replace
-    def die_before_rename(src, dst, *args, **kwargs):
-        if str(dst).endswith("last.ckpt"):
-            calls.append(dst)
-            if len(calls) == n:
+
+def arm(what, n):
+    n, calls = int(n), []
+    if what == "step":
+        step = charlm.lit.CharLM.training_step
+        def training_step(self, batch, batch_idx):
+            loss = step(self, batch, batch_idx)
+            if self.global_step == n:
                 die()
-        return replace(src, dst, *args, **kwargs)
-    os.replace = die_before_rename
-from charlm.cli import cli
-cli(prog_name="charlm")
+            return loss
+        charlm.lit.CharLM.training_step = training_step
+    elif what == "write":
+        import io, torch
+        save = torch_io._atomic_save
+        def half_then_die(checkpoint, path):
+            calls.append(path)
+            if len(calls) == n:
+                buffer = io.BytesIO()
+                torch.save(checkpoint, buffer)
+                with open(path, "wb") as f:
+                    f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+                    f.flush()
+                    os.fsync(f.fileno())
+                die()
+            save(checkpoint, path)
+        torch_io._atomic_save = half_then_die
+    elif what == "rename":
+        replace = os.replace
+        def die_before_rename(src, dst, *args, **kwargs):
+            if str(dst).endswith("last.ckpt"):
+                calls.append(dst)
+                if len(calls) == n:
+                    die()
+            return replace(src, dst, *args, **kwargs)
+        os.replace = die_before_rename
+
+
+def child(job):
+    fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout.reconfigure(line_buffering=True)
+    if job["kill"]:
+        arm(*job["kill"].split(":"))
+    try:
+        charlm.cli.cli(job["args"], prog_name="charlm")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        child(job)
+    print(json.dumps({"pid": pid}), flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"code": os.waitstatus_to_exitcode(status)}), flush=True)
 '''
+
+
+class Forker:
+    """Runs `charlm train ...` in new processes, forked from one that imported charlm once."""
+
+    def __init__(self, folder: Path):
+        env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+        self.folder, self.runs = folder, 0
+        self.process = subprocess.Popen([sys.executable, "-c", FORKER], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, env=env)
+
+    def start(self, args: list, kill: str | None = None) -> tuple[int, Path]:
+        """Start a run; (its pid, the file that receives its stdout and stderr)."""
+        self.runs += 1
+        log = self.folder / f"run{self.runs}.log"
+        job = {"args": ["train", *map(str, args)], "kill": kill, "log": str(log)}
+        self.process.stdin.write(json.dumps(job) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())["pid"], log
+
+    def wait(self) -> int:
+        """The exit code of the run started last (negative: killed by that signal)."""
+        line = self.process.stdout.readline()
+        assert line, "the forking process died"
+        return json.loads(line)["code"]
+
+    def run(self, args: list, kill: str | None = None) -> tuple[int, str]:
+        _, log = self.start(args, kill)
+        code = self.wait()
+        return code, log.read_text()
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def wait_for_line(log: Path, prefix: str, timeout: float = 120.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and any(line.startswith(prefix) for line in log.read_text().splitlines()):
+            return True
+        time.sleep(0.005)
+    return False
+
 
 KILL_SETTINGS = dict(max_steps=24, eval_every=6, num_layers=2, dropout=0.1, **SIZES)
 
 
-def kill_args(text_file, window):
-    return ["--data", str(text_file), "--max-steps", "24", "--eval-every", "6", "--num-layers", "2",
-            "--dropout", "0.1", "--window", window, *ARGS]
+def kill_args(text_file, window, out):
+    return ["--data", text_file, "--max-steps", "24", "--eval-every", "6", "--num-layers", "2",
+            "--dropout", "0.1", "--window", window, *ARGS, "--out", out]
 
 
-def charlm_process(args, kill=None, **popen):
-    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
-    if kill:
-        env["CHARLM_TEST_KILL"] = kill
-    command = [sys.executable, *(["-c", KILLER] if kill else ["-m", "charlm"]), "train", *args]
-    return subprocess.Popen(command, env=env, text=True, **popen)
+def last_json(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
 
 
-def finish(process, timeout=240):
-    out, err = process.communicate(timeout=timeout)
-    return process.returncode, out, err
-
-
-def chain_stream(text_file, out):
+def chain_stream(forker, text_file, out):
     """Killed writing the 2nd checkpoint; resumed and killed from outside; resumed to the end."""
-    args = kill_args(text_file, "stream") + ["--out", str(out)]
-    code, _, err = finish(charlm_process(args, kill="write:2", stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE))
-    assert code == -signal.SIGKILL, err
+    args = kill_args(text_file, "stream", out)
+    code, output = forker.run(args, kill="write:2")
+    assert code == -signal.SIGKILL, output
     assert step_of(out / "last.ckpt") == 6  # the previous whole file, not the half-written one
-    assert (out / "last.ckpt.tmp").exists()  # the stale temporary: resuming must not mind it
+    assert (out / "last.ckpt.tmp").exists()  # a stale temporary: resuming must not mind it
 
-    process = charlm_process(args + ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    for line in process.stdout:  # progress lines; kill once step 12 was validated and saved
-        if line.startswith("step 12:"):
-            process.kill()
-            break
-    code, _, err = finish(process)
-    assert code in (-signal.SIGKILL, 0), err  # 0: it finished before the signal landed
+    pid, log = forker.start([*args, "--resume"])
+    assert wait_for_line(log, "step 12:"), log.read_text()  # validated and saved step 12
+    os.kill(pid, signal.SIGKILL)  # from outside, wherever the run happens to be
+    assert forker.wait() in (-signal.SIGKILL, 0), log.read_text()  # 0: it finished first
     assert step_of(out / "last.ckpt") >= 12
 
-    code, stdout, err = finish(charlm_process(args + ["--resume", "--json"],
-                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    assert code == 0, err
-    return json.loads(stdout.strip().splitlines()[-1])
+    code, output = forker.run([*args, "--resume", "--json"])
+    assert code == 0, output
+    return last_json(output)
 
 
-def chain_random(text_file, out):
+def chain_random(forker, text_file, out):
     """Killed before any checkpoint (nothing to resume: start again); killed between writing
     the 3rd checkpoint and renaming it; resumed to the end."""
-    args = kill_args(text_file, "random") + ["--out", str(out)]
-    code, _, err = finish(charlm_process(args, kill="step:3", stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE))
-    assert code == -signal.SIGKILL, err
+    args = kill_args(text_file, "random", out)
+    code, output = forker.run(args, kill="step:3")
+    assert code == -signal.SIGKILL, output
     assert not (out / "last.ckpt").exists()
-    with pytest.raises(CharlmError, match="there is no .*last.ckpt to resume from"):
-        fit(TrainConfig(data=[str(text_file)], out=str(out), resume=True, window="random",
-                        progress=False, **KILL_SETTINGS))
+    code, output = forker.run([*args, "--resume"])
+    assert code == 1 and "there is no" in output and "resume from" in output, output
 
-    code, _, err = finish(charlm_process(args, kill="rename:3", stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE))
-    assert code == -signal.SIGKILL, err
+    code, output = forker.run(args, kill="rename:3")
+    assert code == -signal.SIGKILL, output
     assert step_of(out / "last.ckpt") == 12 and step_of(out / "last.ckpt.tmp") == 18
 
-    code, stdout, err = finish(charlm_process(args + ["--resume", "--json"],
-                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    assert code == 0, err
-    return json.loads(stdout.strip().splitlines()[-1])
+    code, output = forker.run([*args, "--resume", "--json"])
+    assert code == 0, output
+    return last_json(output)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(text_file, tmp_path):
     chains = {"stream": chain_stream, "random": chain_random}
-    whole = {w: fit(TrainConfig(data=[str(text_file)], out=str(tmp_path / f"whole-{w}"),
-                                window=w, progress=False, **KILL_SETTINGS)) for w in chains}
-    # (the in-process runs also fill the data cache the subprocesses then read)
-    results, failures = {}, {}
-
-    def chain(window):
-        try:
-            results[window] = chains[window](text_file, tmp_path / f"killed-{window}")
-        except BaseException as e:  # reported below, in the test's thread
-            failures[window] = e
-
-    threads = [threading.Thread(target=chain, args=(w,)) for w in chains]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for window, error in failures.items():
-        raise AssertionError(f"--window {window}") from error
-    for window in chains:
-        killed, reference = tmp_path / f"killed-{window}", tmp_path / f"whole-{window}"
-        assert results[window]["steps"] == 24
-        assert results[window]["val_loss"] == whole[window]["val_loss"], window  # bitwise
-        assert same_weights(killed / "last.ckpt", reference / "last.ckpt"), window
-        assert same_weights(killed / "best.ckpt", reference / "best.ckpt"), window
-        assert not (killed / LOCK_NAME).exists()
+    forker = Forker(tmp_path)  # starts importing while the uninterrupted runs train
+    try:
+        for window, chain in chains.items():
+            whole = fit(TrainConfig(data=[str(text_file)], out=str(tmp_path / f"whole-{window}"),
+                                    window=window, progress=False, **KILL_SETTINGS))
+            killed, reference = tmp_path / f"killed-{window}", tmp_path / f"whole-{window}"
+            resumed = chain(forker, text_file, killed)
+            assert resumed["steps"] == 24
+            assert resumed["val_loss"] == whole["val_loss"], window  # bitwise
+            assert same_weights(killed / "last.ckpt", reference / "last.ckpt"), window
+            assert same_weights(killed / "best.ckpt", reference / "best.ckpt"), window
+            assert not (killed / LOCK_NAME).exists()
+    finally:
+        forker.close()
 
 
 # --- Ctrl-C and SIGTERM: a checkpoint at the end of the step, one sentence, exact resume -----------
