@@ -80,7 +80,7 @@ class GracefulStop(Callback):
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._restore()
 
-    # -- the stop, at a step boundary -----------------------------------------------------------------
+    # -- the stop, at a step boundary ------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         stop = bool(trainer.strategy.broadcast(self.requested is not None, src=0))
         if not stop:

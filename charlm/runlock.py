@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Self
 
 from .errors import CharlmError
 
@@ -61,7 +62,7 @@ class RunLock:
         self._fd: int | None = None
         self._created_folder = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 
@@ -81,7 +82,8 @@ class RunLock:
                 holder = _holder(fd)
                 if held is False or (held is None and holder and _alive(holder)):
                     raise CharlmError(f"another charlm run ({_describe(holder)}) is training in "
-                                      f"{self.folder}; wait for it to finish or choose another --out")
+                                      f"{self.folder}; wait for it to finish, or choose another "
+                                      f"--out")
                 if _same_file(fd, self.path):  # not unlinked by its last holder meanwhile
                     break
             except BaseException:

@@ -27,7 +27,7 @@ from charlm.lit import CharLM
 from charlm.runlock import LOCK_NAME, RunLock, is_rank_zero
 from charlm.train import TrainConfig, fit
 
-SIZES = dict(hidden_size=16, embedding_dim=8, batch_size=4, seq_len=16)
+SIZES = {"hidden_size": 16, "embedding_dim": 8, "batch_size": 4, "seq_len": 16}
 ARGS = ["--hidden-size", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-len", "16"]
 
 
@@ -257,7 +257,7 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(text_file
         forker.close()
 
 
-# --- Ctrl-C and SIGTERM: a checkpoint at the end of the step, one sentence, exact resume -----------
+# --- Ctrl-C and SIGTERM: a checkpoint at the end of the step, one sentence, exact resume ----------
 
 SIGNAL_SETTINGS = dict(max_steps=16, eval_every=6, num_layers=2, dropout=0.1, lr=1e-2, **SIZES)
 SIGNAL_ARGS = ["--max-steps", "16", "--eval-every", "6", "--num-layers", "2", "--dropout", "0.1",
@@ -288,7 +288,7 @@ def signal_during_steps(monkeypatch, signum, steps, times=1):
     monkeypatch.setattr(CharLM, "training_step", training_step)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_and_sigterm_save_a_checkpoint_that_resumes_exactly(
         signum, text_file, tmp_path, monkeypatch, raise_on_unhandled_sigterm):
     whole = fit(TrainConfig(data=[str(text_file)], out=str(tmp_path / "whole"), progress=False,
@@ -318,7 +318,7 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(text_file, 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-# --- two runs on one folder ----------------------------------------------------------------------
+# --- two runs on one folder -----------------------------------------------------------------------
 
 def test_a_second_run_on_the_same_folder_refuses(text_file, tmp_path):
     out = tmp_path / "run"
@@ -348,7 +348,7 @@ def test_a_stale_lock_from_a_dead_run_is_taken_over(text_file, tmp_path):
 
 
 def test_without_flock_the_pid_in_the_lock_decides(tmp_path, monkeypatch):
-    import charlm.runlock as runlock
+    from charlm import runlock
     monkeypatch.setattr(runlock, "_try_flock", lambda fd: None)  # a file system without locks
     out = tmp_path / "run"
     out.mkdir()
@@ -379,7 +379,7 @@ def test_under_ddp_only_rank_zero_takes_the_lock(tmp_path, monkeypatch, variable
             RunLock(out).acquire()
 
 
-# --- a NaN loss, a full disk ---------------------------------------------------------------------
+# --- a NaN loss, a full disk ----------------------------------------------------------------------
 
 def test_a_nan_loss_stops_with_the_step_and_leaves_best_ckpt_untouched(text_file, tmp_path,
                                                                         monkeypatch):
@@ -404,7 +404,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(text_file,
                                                                        monkeypatch, target):
     import shutil
 
-    import lightning.fabric.plugins.io.torch_io as torch_io
+    from lightning.fabric.plugins.io import torch_io
     calls = []
 
     def full_on_second_write(write):
@@ -433,7 +433,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(text_file,
 
 
 def test_a_full_disk_while_caching_data_is_one_sentence(text_file, monkeypatch):
-    import charlm.data as data
+    from charlm import data
 
     def full(path, payload):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -443,7 +443,7 @@ def test_a_full_disk_while_caching_data_is_one_sentence(text_file, monkeypatch):
               "meta.json")
 
 
-# --- resuming with other options, a corrupt data cache, stale temporaries ---------------------------
+# --- resuming with other options, a corrupt data cache, stale temporaries -------------------------
 
 def test_resume_with_other_model_options_is_refused_clearly(text_file, tmp_path):
     out = tmp_path / "run"
@@ -473,14 +473,15 @@ def test_stale_cache_temporaries_of_dead_runs_are_swept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.npy", f"meta.json.tmp{live}"]
 
 
-# --- bad input on the command line: one "Error:" line each ------------------------------------------
+# --- bad input on the command line: one "Error:" line each ----------------------------------------
 
 @pytest.mark.parametrize("name,content,fragment", [
     ("ws.txt", b"  \n\t\n", "only whitespace"),
     ("empty", None, "holds no text files"),  # a directory without text files
     ("*.nothing", None, "matches no files"),
     ("b.bin", b"\x00\x01\x02x", "binary"),
-    ("latin.txt", b"abc\n" * 50 + b"caf\xe9", "byte 0xe9 at offset 203 does not decode; pass --encoding"),
+    ("latin.txt", b"abc\n" * 50 + b"caf\xe9",
+     "byte 0xe9 at offset 203 does not decode; pass --encoding"),
 ])
 def test_bad_corpus_on_the_command_line(tmp_path, name, content, fragment):
     source = tmp_path / name
