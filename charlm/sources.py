@@ -1,15 +1,19 @@
-"""Corpus sources: what ``--data`` may name, read as text through Hugging Face ``datasets``.
+"""Corpus sources: what ``--data`` may name, read as text in bounded chunks.
 
 A source is a text file, a directory (its text files, recursively), a glob, a dataset saved with
 ``save_to_disk``, ``hf:NAME`` on the Hub, or ``stdlib`` (this interpreter's standard library,
-the built-in corpus that exists on every machine). Text files are read whole, one row per file
-(``sample_by="document"``), so line breaks survive: the line-based default would drop them.
-Rows are joined with a newline where a row does not already end with one. Files are read with
-Python's universal newlines, so Windows line endings (\r\n) arrive as \n.
+the built-in corpus that exists on every machine). Datasets are read through Hugging Face
+``datasets`` (``--streaming`` reads a Hub dataset row by row without downloading it whole).
+Text files are read directly, a few million characters at a time, so a 100 GB file never sits in
+memory: ``datasets``' text loader either drops line breaks (by line) or puts a whole file in one
+string (``sample_by="document"``). Files are read with Python's universal newlines, so Windows
+line endings (\r\n) arrive as \n. Each file or row is a document; documents are joined with a
+newline where one does not already end with one.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob as globlib
 import sysconfig
 from collections.abc import Iterator
@@ -95,40 +99,51 @@ def resolve(spec: str, *, split: str = "train", text_column: str = "text",
     raise CharlmError(f"no such file or directory: {spec}")
 
 
-def _decode_error(files: list[Path], encoding: str) -> CharlmError:
-    """Find the first file that does not decode, and say at which byte."""
-    for f in files:
-        try:
-            f.read_bytes().decode(encoding)
-        except UnicodeDecodeError as e:
-            return CharlmError(
-                f"{f} is not valid {encoding}: byte 0x{e.object[e.start]:02x} at offset {e.start} "
-                f"does not decode; pass --encoding (for example --encoding latin-1)")
-    return CharlmError(f"the files could not be decoded as {encoding}; pass --encoding")
+def _decode_error(path: Path, encoding: str) -> CharlmError:
+    """Say at which byte of ``path`` decoding fails (read again in binary, in chunks)."""
+    decoder, offset = codecs.getincrementaldecoder(encoding)(), 0
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the last block
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as e:
+                at = offset - pending + e.start
+                return CharlmError(
+                    f"{path} is not valid {encoding}: byte 0x{e.object[e.start]:02x} at offset "
+                    f"{at} does not decode; pass --encoding (for example --encoding latin-1)")
+            offset += len(block)
+    return CharlmError(f"{path} could not be decoded as {encoding}; pass --encoding")
 
 
-def _rows(source: Source, encoding: str) -> Iterator[str]:
-    import datasets  # heavy: imported only when a corpus is actually read
+def _file_chunks(path: Path, encoding: str) -> Iterator[str]:
+    """One text file in chunks of at most _CHUNK characters (universal newlines)."""
+    try:
+        with open(path, encoding=encoding, newline=None) as f:
+            while chunk := f.read(_CHUNK):
+                yield chunk
+    except UnicodeDecodeError:
+        raise _decode_error(path, encoding) from None
+    except LookupError:
+        raise CharlmError(f"unknown --encoding {encoding!r}") from None
+
+
+def _documents(source: Source, encoding: str) -> Iterator[Iterator[str]]:
+    """Each document of a source (a file, a dataset row) as an iterator of text pieces."""
+    if source.kind == "files":
+        for f in source.files:
+            yield _file_chunks(f, encoding)
+    else:
+        for row in _rows(source):
+            yield iter((row,))
+
+
+def _rows(source: Source) -> Iterator[str]:
+    """The text column of a dataset, row by row (a streaming dataset is never materialised)."""
+    import datasets  # heavy: imported only when a dataset is actually read
 
     datasets.disable_progress_bars()
-    if source.kind == "files":
-        if not source.files:
-            return
-        try:
-            ds = datasets.load_dataset("text", data_files=[str(f) for f in source.files],
-                                       sample_by="document", keep_linebreaks=True,
-                                       encoding=encoding, split="train")
-        except Exception as e:  # datasets wraps the decode error; find it for a clear message
-            cause = e
-            while cause is not None and not isinstance(cause, UnicodeDecodeError):
-                cause = cause.__cause__ or cause.__context__
-            if cause is not None:
-                raise _decode_error(source.files, encoding) from None
-            if isinstance(e, LookupError):
-                raise CharlmError(f"unknown --encoding {encoding!r}") from None
-            raise
-        column = "text"
-    elif source.kind == "disk":
+    if source.kind == "disk":
         ds = datasets.load_from_disk(source.spec)
         if isinstance(ds, datasets.DatasetDict):
             split = source.options["split"]
@@ -149,23 +164,29 @@ def _rows(source: Source, encoding: str) -> Iterator[str]:
     if names is not None and column not in names:
         raise CharlmError(f"{source.spec} has no column {column!r}; pass --text-column "
                           f"(columns: {', '.join(names)})")
-    for row in ds if source.kind == "hub" and source.options["streaming"] else ds.iter(1000):
-        texts = [row[column]] if isinstance(row[column], str) else row[column]
-        yield from texts
+    if isinstance(ds, datasets.IterableDataset):  # --streaming: one row at a time
+        for row in ds:
+            yield row[column]
+        return
+    for batch in ds.iter(1000):
+        yield from batch[column]
 
 
 def read_chunks(sources: list[Source], encoding: str = "utf-8") -> Iterator[str]:
     """The text of every source, in order, as chunks of at most ~4M characters."""
-    separate = False
+    ends_line = True  # so the first document needs no separator
     for source in sources:
-        for row in _rows(source, encoding):
-            if not row:
-                continue
-            if separate:
-                yield "\n"
-            for i in range(0, len(row), _CHUNK):
-                yield row[i:i + _CHUNK]
-            separate = not row.endswith("\n")
+        for document in _documents(source, encoding):
+            first = True
+            for piece in document:
+                if not piece:
+                    continue
+                if first and not ends_line:
+                    yield "\n"
+                first = False
+                for i in range(0, len(piece), _CHUNK):
+                    yield piece[i:i + _CHUNK]
+                ends_line = piece.endswith("\n")
 
 
 def describe(sources: list[Source]) -> str:
