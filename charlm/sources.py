@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import glob as globlib
+import os
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from .errors import CharlmError
 STDLIB = "stdlib"
 HF_PREFIX = "hf:"
 _SKIP_PARTS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
-_CHUNK = 1 << 22  # characters handed on at a time, so a huge document never sits in memory twice
+_CHUNK = 1 << 20  # characters handed on at a time, so a huge document never sits in memory twice
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Source:
     kind: str                                   # "files" | "disk" | "hub"
     files: list[Path] = field(default_factory=list)
     options: dict = field(default_factory=dict)  # hub: split, text_column, streaming
+    skip_binary: bool = False  # folder, glob: binary files are skipped when read, not listed
 
     def identity(self) -> list:
         """What the cache fingerprint needs to know: names, sizes and mtimes, or the dataset id."""
@@ -46,6 +48,13 @@ class Source:
             return [str(Path(self.spec).resolve()), state.read_text() if state.exists() else "",
                     sorted(self.options.items())]
         return [self.spec, sorted(self.options.items())]
+
+
+def absolute_spec(spec: str) -> str:
+    """A --data value that still means the same thing from another directory (for checkpoints)."""
+    if spec == STDLIB or spec.startswith(HF_PREFIX):
+        return spec
+    return os.path.abspath(os.path.expanduser(spec))
 
 
 def stdlib_files() -> list[Path]:
@@ -62,9 +71,11 @@ def looks_binary(path: Path) -> bool:
 
 
 def _text_files(directory: Path) -> list[Path]:
+    """Non-empty, non-hidden files; which are binary is checked when they are read, so a run
+    that finds its corpus cached opens none of them (the fingerprint needs only stat)."""
     files = [f for f in sorted(directory.rglob("*"))
              if f.is_file() and not any(p.startswith(".") for p in f.relative_to(directory).parts)]
-    return [f for f in files if f.stat().st_size > 0 and not looks_binary(f)]
+    return [f for f in files if f.stat().st_size > 0]
 
 
 def resolve(spec: str, *, split: str = "train", text_column: str = "text",
@@ -86,7 +97,7 @@ def resolve(spec: str, *, split: str = "train", text_column: str = "text",
         files = _text_files(path)
         if not files:
             raise CharlmError(f"the directory {spec} holds no text files")
-        return Source(spec, "files", files)
+        return Source(spec, "files", files, skip_binary=True)
     if path.is_file():
         if looks_binary(path):
             raise CharlmError(f"{spec} looks like a binary file (it contains NUL bytes), not text")
@@ -95,7 +106,7 @@ def resolve(spec: str, *, split: str = "train", text_column: str = "text",
         files = [Path(f) for f in sorted(globlib.glob(spec, recursive=True)) if Path(f).is_file()]
         if not files:
             raise CharlmError(f"the pattern {spec!r} matches no files")
-        return Source(spec, "files", [f for f in files if not looks_binary(f)])
+        return Source(spec, "files", files, skip_binary=True)
     raise CharlmError(f"no such file or directory: {spec}")
 
 
@@ -103,15 +114,18 @@ def _decode_error(path: Path, encoding: str) -> CharlmError:
     """Say at which byte of ``path`` decoding fails (read again in binary, in chunks)."""
     decoder, offset = codecs.getincrementaldecoder(encoding)(), 0
     with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
+        while True:
+            block = f.read(_CHUNK)
             pending = len(decoder.getstate()[0])  # bytes of a character cut by the last block
             try:
-                decoder.decode(block)
+                decoder.decode(block, final=not block)
             except UnicodeDecodeError as e:
                 at = offset - pending + e.start
                 return CharlmError(
                     f"{path} is not valid {encoding}: byte 0x{e.object[e.start]:02x} at offset "
                     f"{at} does not decode; pass --encoding (for example --encoding latin-1)")
+            if not block:
+                break
             offset += len(block)
     return CharlmError(f"{path} could not be decoded as {encoding}; pass --encoding")
 
@@ -132,7 +146,8 @@ def _documents(source: Source, encoding: str) -> Iterator[Iterator[str]]:
     """Each document of a source (a file, a dataset row) as an iterator of text pieces."""
     if source.kind == "files":
         for f in source.files:
-            yield _file_chunks(f, encoding)
+            if not (source.skip_binary and looks_binary(f)):
+                yield _file_chunks(f, encoding)
     else:
         for row in _rows(source):
             yield iter((row,))

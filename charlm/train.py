@@ -28,8 +28,9 @@ from .errors import CharlmError
 from .interrupt import GracefulStop
 from .lit import CharDataModule, CharLM, OptimConfig
 from .model import ModelConfig
-from .runlock import RunLock
+from .runlock import RunLock, is_rank_zero
 from .sampling import SampleSettings, generate
+from .sources import absolute_spec
 
 DEFAULT_EPOCHS = 10  # when no budget is given at all
 
@@ -282,14 +283,14 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     streams = dm.make_streams(0, world)
     total = _total_steps(config, streams.windows_per_epoch)
     dm.max_steps = total
-    if config.progress:
+    if config.progress and is_rank_zero():
         _report_data(corpus, dm, streams, world)
     optim = OptimConfig(lr=config.lr, weight_decay=config.weight_decay,
                         warmup_steps=config.warmup_steps, schedule=config.schedule,
                         total_steps=total,
                         max_time_s=config.max_time * 60 if config.max_time else None)
     module = CharLM(model_config.to_dict(), asdict(optim), corpus.vocab.chars,
-                    data={"sources": config.data or ["stdlib"],
+                    data={"sources": [absolute_spec(d) for d in config.data or ["stdlib"]],
                           "fingerprint": corpus.meta.get("fingerprint"),
                           "val_fraction": config.val_fraction,
                           "test_fraction": config.test_fraction, "seq_len": config.seq_len})
