@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
+from contextlib import nullcontext
 from pathlib import Path
 
 COLD = r"""
@@ -94,28 +94,23 @@ def build(folder: Path, megabytes: int, layout: str, texts: list[str]) -> tuple[
     """Write a corpus of about ``megabytes`` MB: copies of ``texts``, each with its own line
     prefix (so the copies differ). Returns the --data values and the size in bytes."""
     target, written, copy = megabytes * 1_000_000, 0, 0
-    if layout == "file":
-        path = folder / f"corpus_{megabytes}mb.txt"
-        out = open(path, "w", encoding="utf-8")
-    else:
-        root = folder / f"corpus_{megabytes}mb"
-        root.mkdir()
-    while written < target:
-        prefix = f"{copy:03d}| "
-        for i, text in enumerate(texts):
-            chunk = prefix + text.replace("\n", "\n" + prefix)
-            if layout == "file":
-                out.write(chunk)
-            else:
-                (root / f"c{copy:03d}_{i:04d}.txt").write_text(chunk, encoding="utf-8")
-            written += len(chunk.encode("utf-8"))
-            if written >= target:
-                break
-        copy += 1
-    if layout == "file":
-        out.close()
-        return [str(path)], path.stat().st_size
-    return [str(root)], written
+    path = folder / (f"corpus_{megabytes}mb" + (".txt" if layout == "file" else ""))
+    if layout == "dir":
+        path.mkdir()
+    with open(path, "w", encoding="utf-8") if layout == "file" else nullcontext() as out:
+        while written < target:
+            prefix = f"{copy:03d}| "
+            for i, text in enumerate(texts):
+                chunk = prefix + text.replace("\n", "\n" + prefix)
+                if layout == "file":
+                    out.write(chunk)
+                else:
+                    (path / f"c{copy:03d}_{i:04d}.txt").write_text(chunk, encoding="utf-8")
+                written += len(chunk.encode("utf-8"))
+                if written >= target:
+                    break
+            copy += 1
+    return [str(path)], written
 
 
 def child(code: str, data: list[str], cache: Path) -> dict:
@@ -123,7 +118,7 @@ def child(code: str, data: list[str], cache: Path) -> dict:
            "HF_DATASETS_CACHE": str(cache / "hf"), "HF_DATASETS_OFFLINE": "1",
            "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run([sys.executable, "-c", code, *data], env=env, capture_output=True,
-                          text=True)
+                          text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"child failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -193,8 +193,8 @@ def context_figures(repeats: int, hidden: int) -> list[dict]:
     rows = []
     for length in (100, 1000):
         clocks = {"charlm": Clock(charlm_fn(rnn, length), length),
-                  "rnn_refeed": Clock(lambda: refeed_loop(rnn, length), length),
-                  "gpt_full_context": Clock(lambda: refeed_loop(gpt, length, gpt.block), length)}
+                  "rnn_refeed": Clock(lambda n=length: refeed_loop(rnn, n), length),
+                  "gpt_full_context": Clock(lambda n=length: refeed_loop(gpt, n, gpt.block), length)}
         interleaved(clocks, repeats if length <= 100 else 1,  # the naive ones get slow
                     {"charlm": 5})
         row = {"figure": "sample_context", "length": length, "rnn": f"lstm 2x{hidden}",
@@ -217,7 +217,8 @@ def plain_figures(repeats: int, length: int) -> list[dict]:
             model = make_rnn(cell, hidden)
             n = length if hidden <= 128 else length // 2
             plain_loop(model, 20), generate(model, VOCAB, "", 20, seed=0)  # warm-up
-            ours, plain = Clock(charlm_fn(model, n), n), Clock(lambda: plain_loop(model, n), n)
+            ours = Clock(charlm_fn(model, n), n)
+            plain = Clock(lambda m=model, n=n: plain_loop(m, n), n)
             interleaved({"charlm": ours, "plain": plain}, repeats)
             row = {"figure": "sample_vs_plain", "cell": cell, "layers": 2, "hidden": hidden,
                    "chars": n, **rates("charlm_", ours), **rates("plain_", plain),

@@ -29,33 +29,41 @@ CONFIGS = [  # (cell, hidden, layers, steps scale): batch 64 x 128 chars as the 
     ("lstm", 128, 2, 1.0), ("lstm", 512, 2, 0.25), ("gru", 256, 2, 0.5), ("rnn", 256, 2, 1.0)]
 
 
-def plain_loop(ids, cell, hidden, layers, batch, seq, steps, lr=2e-3) -> float:
+def plain_loop(ids, cell, hidden, layers, batch, seq, steps, lr=2e-3, device="cpu",
+               precision="32-true") -> float:
     """A 30-line PyTorch loop: stateful TBPTT, AdamW, clipping. Returns chars/s."""
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(int(ids.max()) + 1, cell, hidden, layers, 64))
+    model = CharRNN(ModelConfig(int(ids.max()) + 1, cell, hidden, layers, 64)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     streams = TrainStreams(ids, batch, seq)
     state = None
     t0 = time.perf_counter()
     for step in range(steps):
         x, y, reset = streams.batch(step)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if reset:
             state = None
-        logits, state = model(x, state)
+        with torch.autocast(torch.device(device).type, torch.bfloat16,
+                            enabled=precision == "bf16-mixed"):
+            logits, state = model(x, state)
         state = detach_state(state)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
     return batch * seq * steps / (time.perf_counter() - t0)
 
 
-def charlm_run(data, cell, hidden, layers, batch, seq, steps) -> float:
+def charlm_run(data, cell, hidden, layers, batch, seq, steps, accelerator="cpu",
+               precision="32-true") -> float:
     with tempfile.TemporaryDirectory() as out:
         results = fit(TrainConfig(data=[data], cell=cell, hidden_size=hidden, num_layers=layers,
                                   batch_size=batch, seq_len=seq, max_steps=steps, eval_every=0,
-                                  out=out + "/run", progress=False, lr=2e-3))
+                                  out=out + "/run", progress=False, lr=2e-3,
+                                  accelerator=accelerator, devices=1, precision=precision))
     return results["train_chars_per_s"]
 
 
@@ -66,7 +74,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu"))
+    parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
     args = parser.parse_args()
+    device = "cuda" if args.accelerator == "gpu" else "cpu"
     corpus = load_corpus([args.data])
     ids = corpus.split(0.1, 0.0)["train"]
     rows = []
@@ -74,11 +85,13 @@ def main() -> None:
         steps = max(5, int(args.steps * scale))
         plain, ours = [], []
         for _ in range(args.repeats):  # interleaved pairs, so drift hits both alike
-            plain.append(plain_loop(ids, cell, hidden, layers, args.batch_size, args.seq_len, steps))
+            plain.append(plain_loop(ids, cell, hidden, layers, args.batch_size, args.seq_len, steps,
+                                    device=device, precision=args.precision))
             ours.append(charlm_run(args.data, cell, hidden, layers, args.batch_size, args.seq_len,
-                                   steps))
+                                   steps, accelerator=args.accelerator, precision=args.precision))
         row = {"figure": "train_chars_per_s", "cell": cell, "hidden": hidden, "layers": layers,
                "batch": args.batch_size, "seq_len": args.seq_len, "steps": steps,
+               "accelerator": args.accelerator, "precision": args.precision,
                "threads": torch.get_num_threads(),
                "plain": round(statistics.median(plain)), "charlm": round(statistics.median(ours)),
                "ratio": round(statistics.median(o / p for o, p in zip(ours, plain)), 3)}

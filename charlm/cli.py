@@ -99,11 +99,14 @@ def cli():
 @user_errors
 def train(data, hf_split, as_json, **options):
     """Train a model; the run folder gets best.ckpt, last.ckpt, metrics.csv, samples.txt, run.json."""
+    from .runlock import is_rank_zero
     from .train import TrainConfig, fit
     if options["devices"].isdigit():
         options["devices"] = int(options["devices"])
     config = TrainConfig(data=list(data), split=hf_split, progress=not as_json, **options)
     results = fit(config)
+    if not is_rank_zero():  # under DDP every process runs this command; one of them reports
+        return
     if as_json:
         emit_json({k: v for k, v in results.items() if k != "history"})
     else:

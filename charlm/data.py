@@ -25,6 +25,7 @@ from .vocab import CharVocab, codepoints
 
 CACHE_FORMAT = 1
 IGNORE = -100  # target id that the loss skips (padding, burn-in)
+_CHUNK = 1 << 20  # code points encoded at a time: ~15 MB of working memory, whatever the corpus
 
 
 def cache_root() -> Path:
@@ -100,7 +101,7 @@ def _load_cached(entry: Path) -> Corpus | None:
 def _encode(sources: list[src.Source], vocab: CharVocab | None, encoding: str,
             entry: Path) -> Corpus:
     """Two passes in chunks, so memory does not grow with the corpus: code points to a scratch
-    file (counting them for the vocabulary), then ids straight into the memory-mapped cache."""
+    file (counting them for the vocabulary), then ids into the cache that later runs memory-map."""
     entry.mkdir(parents=True, exist_ok=True)
     sweep_stale_temporaries(entry)  # what a killed run left; a live writer's files are kept
     scratch = entry / f"codepoints.tmp{os.getpid()}"
@@ -125,24 +126,26 @@ def _encode(sources: list[src.Source], vocab: CharVocab | None, encoding: str,
         known = vocab.lookup(np.arange(len(counts), dtype=np.uint32)) >= 0
         unknown = {chr(c): int(counts[c]) for c in np.flatnonzero(counts * ~known)}
         n = total - sum(unknown.values())
-        cps = np.memmap(scratch, dtype=np.uint32, mode="r") if total else np.zeros(0, np.uint32)
         tmp = entry / f"ids.tmp{os.getpid()}.npy"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.dtype, shape=(n,))
-        pos = 0
-        for i in tqdm(range(0, total, 1 << 24), desc="encoding", unit="chunk", leave=False):
-            ids = vocab.lookup(cps[i:i + (1 << 24)])
-            ids = ids[ids >= 0]  # characters outside a given vocabulary: counted above, skipped
-            out[pos:pos + len(ids)] = ids
-            pos += len(ids)
-        out.flush()
-        del out, cps
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        crc = 0
+        # read()/write() in chunks rather than memory maps: mapped pages would count in this
+        # process's resident memory, which then grows with the corpus
+        with open(scratch, "rb") as cps_file, open(tmp, "wb") as out:
+            np.lib.format.write_array_header_1_0(out, {
+                "descr": np.lib.format.dtype_to_descr(vocab.dtype), "fortran_order": False,
+                "shape": (n,)})
+            for _ in tqdm(range(0, total, _CHUNK), desc="encoding", unit="chunk", leave=False):
+                ids = vocab.lookup(np.fromfile(cps_file, dtype=np.uint32, count=_CHUNK))
+                ids = ids[ids >= 0].astype(vocab.dtype)  # outside a given vocabulary: skipped
+                out.write(ids.tobytes())
+                crc = zlib.crc32(ids, crc)  # the same as _checksum of the whole array
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, entry / "ids.npy")
     finally:
         scratch.unlink(missing_ok=True)
     ids = np.load(entry / "ids.npy", mmap_mode="r")
-    meta = {"format": CACHE_FORMAT, "chars": n, "crc32": _checksum(ids), "vocab": vocab.chars,
+    meta = {"format": CACHE_FORMAT, "chars": n, "crc32": crc, "vocab": vocab.chars,
             "sources": src.describe(sources), "encoding": encoding,
             "unknown": unknown, "fingerprint": entry.name}
     atomic_write_bytes(entry / "meta.json", json.dumps(meta).encode())

@@ -59,10 +59,13 @@ def pick(logits: Tensor, s: SampleSettings, generator: torch.Generator | None) -
         drop = sorted_p.cumsum(dim=-1) - sorted_p >= s.top_p
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
     # Draw by inverse CDF: one uniform number per row, where torch.multinomial draws one per
-    # character (5-15x slower per step). right=True never lands on a zero-probability character.
+    # character (5-15x slower per step). The first character whose cumulative probability
+    # exceeds u * total never has probability zero. u <= 1 - 2^-23 keeps u * total below total
+    # (1 up to rounding) whatever the rounding, so the draw never runs past the last character.
     cdf = probs.cumsum(dim=-1)  # (B, V)
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype)
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)  # (B,)
+    u = u.mul_(1 - 2 ** -24).mul_(cdf[:, -1:])  # (B, 1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)  # (B,)
 
 
 def _explicit_twin(model: CharRNN) -> _Explicit | None:
@@ -115,12 +118,13 @@ class Stepper:
         gx = self.table.index_select(0, ids)  # (B, G·H)
         if layers is None:
             layers = cell._unpack(None, gx)  # zeros, (B, H) per layer
+        h = None  # the h (B, H) of the layer below, then of the top layer
         for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
             if k:  # dropout between layers is off: generation runs in eval mode
                 gx = cell._project(h, w_ih, b_ih, b_hh)  # (B, G·H)
             gates = cell._cell(gx, layers[k], w_hh, b_hh)
             layers[k] = tuple(gates[key] for key in cell.state_keys)
-            h = gates["h"]  # (B, H)
+            h = gates["h"]
         return model.head(h), layers  # (B, V)
 
 

@@ -1,0 +1,83 @@
+"""Many processes: the full-pass validation loss is exact under DDP (sums of loss and counts are
+reduced across ranks), and ``charlm train --strategy ddp --devices 2`` trains with two processes,
+one of which writes the run folder and reports."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import markov_text
+
+from charlm.metrics import evaluate
+from charlm.model import CharRNN, ModelConfig
+
+SPLIT_SIZES = (300, 5000, 9000)  # one eval stream (rank 1 gets none), 2 streams, 4 streams
+SEQ_LEN = 64
+
+
+def fixed_model_and_ids() -> tuple[CharRNN, np.ndarray]:
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(12, "lstm", 16, 2, 8)).eval()
+    ids = np.random.default_rng(0).integers(0, 12, size=max(SPLIT_SIZES)).astype(np.uint8)
+    return model, ids
+
+
+def _eval_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model, ids = fixed_model_and_ids()
+
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            dist.all_reduce(t)
+            return t
+
+        results = [evaluate(model, ids[:n], SEQ_LEN, rank=rank, world=world, reduce=reduce)
+                   for n in SPLIT_SIZES]
+        if rank == 0:
+            Path(out).write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluate_under_two_gloo_processes_equals_one_process(tmp_path):
+    out = tmp_path / "ddp.json"
+    mp.spawn(_eval_worker, args=(2, str(tmp_path / "pg"), str(out)), nprocs=2, join=True)
+    ddp = json.loads(out.read_text())
+    model, ids = fixed_model_and_ids()
+    for n, got in zip(SPLIT_SIZES, ddp):
+        single = evaluate(model, ids[:n], SEQ_LEN)
+        assert got["chars"] == single["chars"] == n - 1  # every character after the first, once
+        assert got["loss"] == pytest.approx(single["loss"], rel=1e-6)
+
+
+def test_charlm_train_ddp_two_cpu_processes(tmp_path):
+    from charlm.evaluation import evaluate_checkpoint
+    text = tmp_path / "text.txt"
+    text.write_text(markov_text(100_000))  # val split of 10,000: 4 eval streams, 2 per rank
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "charlm", "train", "--data", str(text), "--hidden-size", "16",
+         "--embedding-dim", "8", "--seq-len", "32", "--batch-size", "4", "--max-steps", "2",
+         "--strategy", "ddp", "--devices", "2", "--accelerator", "cpu", "--out", str(run),
+         "--json"], env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in done.stderr  # a second process trained
+    json_lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(json_lines) == 1, done.stdout  # one report, from rank 0
+    result = json.loads(json_lines[0])
+    assert result["steps"] == 2
+    assert {"last.ckpt", "best.ckpt", "run.json", "metrics.csv"} <= {p.name for p in run.iterdir()}
+    assert not (run / "run.lock").exists()
+    # the logged val loss (reduced over both ranks) is the one-process full pass of the checkpoint
+    single = evaluate_checkpoint(result["best_checkpoint"], [])
+    assert single["chars"] == 9999
+    assert result["val_loss"] == pytest.approx(single["loss"], rel=1e-6)
