@@ -30,10 +30,12 @@ from .compare_run import MeasureSettings, run_isolated, train_and_measure
 from .data import Corpus, atomic_write_bytes, load_corpus
 from .errors import CharlmError
 from .gradflow import window_starts
+from .interrupt import Interrupted
 from .metrics import LN2
 from .model import CharRNN, ModelConfig, cell_names, hidden_size_for_params
 from .ngram import fit_best_order
 from .sampling import prompt_ids
+from .sources import absolute_spec
 from .train import TrainConfig
 
 DEFAULT_PARAMS = 250_000
@@ -200,7 +202,12 @@ def _one_run(c: CompareConfig, train: TrainConfig, run_dir: Path, overall: tqdm,
             overall.update(start + done - overall.n)
 
         execute = run_isolated if c.isolate else train_and_measure
-        return execute(spec, run_dir, report)
+        try:
+            return execute(spec, run_dir, report)
+        except (KeyboardInterrupt, Interrupted):
+            raise CharlmError(f"interrupted during {run_dir.name}; run the same command again to "
+                              f"skip the finished runs (with --resume to continue {run_dir.name} "
+                              f"from its last checkpoint)") from None
 
 
 def _checkpoint_run(path: str, c: CompareConfig, data: list[str]) -> dict:
@@ -224,7 +231,9 @@ def _checkpoint_run(path: str, c: CompareConfig, data: list[str]) -> dict:
     trained_on = info.get("data") or {}
     other_split = (trained_on.get("val_fraction"), trained_on.get("test_fraction")) != \
         (t.val_fraction, t.test_fraction)
-    if trained_on and (other_split or trained_on.get("sources") != (data or ["stdlib"])):
+    same_data = [absolute_spec(d) for d in trained_on.get("sources") or []] == \
+        [absolute_spec(d) for d in data or ["stdlib"]]
+    if trained_on and (other_split or not same_data):
         record["note"] = "trained on other data or splits: its val text may be text it trained on"
     if corpus.meta.get("unknown"):
         record["unknown_chars"] = sum(corpus.meta["unknown"].values())
@@ -248,7 +257,7 @@ def run_compare(c: CompareConfig) -> dict:
     """Train and measure every cell × seed (reusing finished runs), add checkpoints, write OUT."""
     out = Path(c.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = _checkpoint_data(c)
+    data = [absolute_spec(d) for d in _checkpoint_data(c)]  # the same from any directory
     t = replace(c.train, data=data)
     c = replace(c, train=t)
     corpus = load_corpus(data or None, encoding=t.encoding, split=t.split,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .compare_run import SAMPLE_REPEATS
 from .gradflow import format_decay
 
 if TYPE_CHECKING:
@@ -245,7 +246,7 @@ def report(results: dict) -> str:
         ("Val bpc of a full pass over the val split, against steps and against seconds of the "
          "run's clock (validation included); bands span the seeds."), "",
         "## Gradient flow", "", "![gradient flow](gradient_flow.png)", "", flow, "",
-        "## Runs", "", runs_table(results), "", _memory_note(s), "",
+        "## Runs", "", runs_table(results), "", _measures_note(s), "",
         "## Samples", "",
         f"Temperature {m['temperature']}, prompt {m['prompt']!r}, the first run of each cell.", ""]
     seen = set()
@@ -264,15 +265,25 @@ def _comparison_line(c: dict) -> str:
             f"{c['noise_bpc']:.3f}: {verdict}.")
 
 
+def _measures_note(s: dict) -> str:
+    m = s["measure"]
+    speed = (f"Train chars/s: training characters over the time spent in training steps "
+             f"(validation excluded). Sample chars/s: {m['sample_length']} characters at batch 1 "
+             f"on the CPU at temperature {m['temperature']}, the best of {SAMPLE_REPEATS} timings, "
+             f"in the run's process after training. Wall s: the run's clock, validation included. ")
+    return speed + _memory_note(s)
+
+
 def _memory_note(s: dict) -> str:
     if not s["isolated"]:
         return "Peak memory: not measured (runs shared one process, --in-process)."
     return ("Peak RSS: the largest resident memory of each run's own training process up to the "
-            "end of training (getrusage ru_maxrss). It includes the Python, torch and Lightning "
-            "runtime, shown as *RSS before training* (resident memory when training starts); "
-            "when the two are close, the model's own memory is lost under the runtime's, and the "
-            "cells do not differ in memory at this size. On a GPU run.json also records "
-            "peak_cuda_mb (torch.cuda.max_memory_allocated), the model's own footprint.")
+            "end of training (VmHWM in /proc/self/status; ru_maxrss where there is no /proc). It "
+            "includes the Python, torch and Lightning runtime, shown as *RSS before training* "
+            "(resident memory when training starts); when the two are close, the model's own "
+            "memory is lost under the runtime's and the cells do not differ in memory at this "
+            "size. On a GPU, run.json also records peak_cuda_mb "
+            "(torch.cuda.max_memory_allocated), the model's own footprint.")
 
 
 __all__ = ["NOISE_RULE", "json_line", "report", "runs_table", "summarise", "summary_table",

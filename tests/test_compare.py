@@ -9,9 +9,10 @@ import torch
 from click.testing import CliRunner
 
 from charlm import compare as compare_module
+from charlm import compare_report
 from charlm.cli import cli
 from charlm.compare import CompareConfig, hidden_sizes, ngram_baseline, run_compare
-from charlm.compare_run import MeasureSettings
+from charlm.compare_run import MeasureSettings, _proc_status_mb
 from charlm.data import load_corpus
 from charlm.errors import CharlmError
 from charlm.gradflow import decay_k, gradient_flow, steps_per_decade
@@ -171,11 +172,16 @@ def test_checkpoints_are_compared_on_the_same_split(text_file, tmp_path):
     assert r["grad_decay_k"] >= 1 and (out / "gradient_flow.png").exists()
 
 
-def test_isolated_run_reports_peak_memory(text_file, tmp_path):
+def test_isolated_run_reports_its_own_peak_memory(text_file, tmp_path):
+    ballast = b"x" * (600 << 20)  # resident in this process only: the run must not count it
     results = run_compare(tiny_compare(text_file, tmp_path / "cmp", cells=["rnn"], isolate=True))
     (r,) = results["runs"]
     assert r["peak_rss_mb"] >= r["rss_before_train_mb"] > 10
-    assert "ru_maxrss" in (tmp_path / "cmp" / "report.md").read_text()
+    here = _proc_status_mb("VmRSS")
+    if here is not None:  # Linux: a child exec'ed from this process must not report its memory
+        assert here > len(ballast) / 2**20 and r["peak_rss_mb"] < here - 300
+    assert "peak RSS MB" in compare_report.summary_table(results)
+    assert "VmHWM" in (tmp_path / "cmp" / "report.md").read_text()
 
 
 def test_user_mistakes_are_one_sentence(text_file, tmp_path):
@@ -186,3 +192,14 @@ def test_user_mistakes_are_one_sentence(text_file, tmp_path):
     assert result.exit_code == 1 and "not both" in result.output
     result = run(tmp_path / "missing.ckpt", "--data", text_file, "--out", tmp_path, ok=False)
     assert result.exit_code == 1 and "no such checkpoint" in result.output
+
+
+def test_an_interrupted_run_says_how_to_go_on(text_file, tmp_path, monkeypatch):
+    from charlm.interrupt import Interrupted
+
+    def interrupted(spec, run_dir, report=None):
+        raise Interrupted(5)
+
+    monkeypatch.setattr(compare_module, "train_and_measure", interrupted)
+    with pytest.raises(CharlmError, match="interrupted during rnn-s1337; run the same command"):
+        run_compare(tiny_compare(text_file, tmp_path / "cmp"))
