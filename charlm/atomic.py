@@ -41,6 +41,33 @@ def write_error(path: str | Path, error: OSError) -> CharlmError:
                        f"is intact")
 
 
+def commit_file(tmp: Path, path: Path) -> None:
+    """Make the fully written ``tmp`` become ``path``: fsync, rename, fsync the directory.
+
+    On failure the temporary file is removed and the previous ``path`` is left as it was.
+    """
+    try:
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, e) from None
+    fsync_dir(Path(path).parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from None
+    commit_file(tmp, path)
+
+
 def sweep_stale_temporaries(directory: Path) -> None:
     """Delete ``*.tmp<pid>*`` files whose writer is dead (left by a killed run); keep live ones."""
     from .runlock import pid_alive

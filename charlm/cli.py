@@ -52,6 +52,46 @@ def data_options(fn=None, *, split_flag: str = "--split"):
     return fn
 
 
+def options(*decorators):
+    """Apply click options in the order they are written (one decorator for a shared group)."""
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+    return apply
+
+
+model_options = options(  # train and compare
+    click.option("--num-layers", default=1, show_default=True),
+    click.option("--embedding-dim", default=64, show_default=True),
+    click.option("--dropout", default=0.0, show_default=True),
+    click.option("--impl", default="auto", show_default=True,
+                 type=click.Choice(["auto", "fused", "explicit"]),
+                 help="fused torch kernels, or the explicit cells written as the lecture note's "
+                      "equations (auto: fused where the cell has it)."),
+)
+
+optim_options = options(  # train and compare: the same batches, optimiser and budget
+    click.option("--seq-len", default=128, show_default=True,
+                 help="Characters per window (BPTT length)."),
+    click.option("--batch-size", default=16, show_default=True, help="Parallel streams per process."),
+    click.option("--lr", default=4e-3, show_default=True),
+    click.option("--weight-decay", default=0.0, show_default=True),
+    click.option("--warmup-steps", default=20, show_default=True),
+    click.option("--grad-clip", default=1.0, show_default=True),
+    click.option("--schedule", default="cosine", show_default=True,
+                 type=click.Choice(["cosine", "constant"])),
+    click.option("--max-steps", type=int, default=None),
+    click.option("--max-time", type=float, default=None, help="Wall-clock budget in minutes."),
+    click.option("--val-fraction", default=0.1, show_default=True),
+    click.option("--test-fraction", default=0.0, show_default=True),
+    click.option("--window", default="stream", show_default=True,
+                 type=click.Choice(["stream", "random"])),
+    click.option("--accelerator", default="auto", show_default=True),
+    click.option("--precision", default="32-true", show_default=True),
+)
+
+
 def emit_json(obj: dict) -> None:
     click.echo(json.dumps(obj))
 
@@ -64,37 +104,22 @@ def cli():
 
 @cli.command()
 @data_options
-@click.option("--cell", default="lstm", show_default=True, help="Recurrent cell (rnn, lstm, gru, or a registered one).")
-@click.option("--impl", default="auto", show_default=True,
-              type=click.Choice(["auto", "fused", "explicit"]),
-              help="fused torch kernels, or the explicit cells written as the lecture note's "
-                   "equations (auto: fused where the cell has it).")
+@click.option("--cell", default="lstm", show_default=True,
+              help="Recurrent cell (rnn, lstm, gru, gru-note, or a registered one).")
 @click.option("--hidden-size", default=256, show_default=True)
-@click.option("--num-layers", default=1, show_default=True)
-@click.option("--embedding-dim", default=64, show_default=True)
-@click.option("--dropout", default=0.0, show_default=True)
-@click.option("--seq-len", default=128, show_default=True, help="Characters per window (BPTT length).")
-@click.option("--batch-size", default=16, show_default=True, help="Parallel streams per process.")
-@click.option("--lr", default=4e-3, show_default=True)
-@click.option("--weight-decay", default=0.0, show_default=True)
-@click.option("--grad-clip", default=1.0, show_default=True)
-@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "constant"]))
-@click.option("--max-steps", type=int, default=None)
+@model_options
+@optim_options
 @click.option("--max-epochs", type=int, default=None)
-@click.option("--max-time", type=float, default=None, help="Wall-clock budget in minutes.")
-@click.option("--val-fraction", default=0.1, show_default=True)
-@click.option("--test-fraction", default=0.0, show_default=True)
 @click.option("--seed", default=1337, show_default=True)
 @click.option("--out", default="checkpoints/run", show_default=True, help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.ckpt.")
-@click.option("--eval-every", default=250, show_default=True, help="Validate and checkpoint every N steps (0: only at the end).")
-@click.option("--sample-every", default=0, show_default=True, help="Write samples every N steps (0: never).")
-@click.option("--window", default="stream", show_default=True, type=click.Choice(["stream", "random"]))
-@click.option("--accelerator", default="auto", show_default=True)
+@click.option("--eval-every", default=250, show_default=True,
+              help="Validate and checkpoint every N steps (0: only at the end).")
+@click.option("--sample-every", default=0, show_default=True,
+              help="Write samples every N steps (0: never).")
 @click.option("--devices", default="auto", show_default=True)
 @click.option("--strategy", default="auto", show_default=True)
 @click.option("--num-nodes", default=1, show_default=True)
-@click.option("--precision", default="32-true", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @user_errors
 def train(data, hf_split, as_json, **options):
@@ -214,181 +239,6 @@ def export(checkpoint, out_dir):
     click.echo(f"exported to {export_(checkpoint, out_dir)}")
 
 
-@cli.command()
-@click.argument("checkpoints", nargs=-1)
-@data_options
-@click.option("--cells", default=None,
-              help="Comma-separated cells to train [default: rnn,lstm,gru; none when CHECKPOINTS "
-                   "are given].")
-@click.option("--params", type=int, default=None,
-              help="Solve each cell's hidden size for this many parameters [default: 250000].")
-@click.option("--hidden-size", type=int, default=None,
-              help="The same hidden size for every cell instead.")
-@click.option("--num-layers", default=1, show_default=True)
-@click.option("--embedding-dim", default=64, show_default=True)
-@click.option("--dropout", default=0.0, show_default=True)
-@click.option("--impl", default="auto", show_default=True,
-              type=click.Choice(["auto", "fused", "explicit"]),
-              help="fused torch kernels or the explicit cells (auto: fused where the cell has it).")
-@click.option("--seq-len", default=128, show_default=True)
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--lr", default=4e-3, show_default=True)
-@click.option("--weight-decay", default=0.0, show_default=True)
-@click.option("--warmup-steps", default=20, show_default=True)
-@click.option("--grad-clip", default=1.0, show_default=True)
-@click.option("--schedule", default="cosine", show_default=True,
-              type=click.Choice(["cosine", "constant"]))
-@click.option("--max-steps", type=int, default=None,
-              help="Steps per run [default: 500 unless --max-time].")
-@click.option("--max-time", type=float, default=None, help="Wall-clock minutes per run.")
-@click.option("--seeds", default=1, show_default=True,
-              help="Runs per cell, seeds SEED, SEED+1, ...")
-@click.option("--seed", default=1337, show_default=True, help="The first seed.")
-@click.option("--val-fraction", default=0.1, show_default=True)
-@click.option("--test-fraction", default=0.0, show_default=True)
-@click.option("--eval-every", type=int, default=None,
-              help="Validate every N steps [default: a tenth of --max-steps].")
-@click.option("--window", default="stream", show_default=True,
-              type=click.Choice(["stream", "random"]))
-@click.option("--accelerator", default="auto", show_default=True)
-@click.option("--precision", default="32-true", show_default=True)
-@click.option("--probe-k", default=64, show_default=True,
-              help="Gradient flow: how many steps back to measure.")
-@click.option("--probe-windows", default=64, show_default=True,
-              help="Gradient flow: windows of the val split averaged.")
-@click.option("--prompt", default="",
-              help="Prompt of every cell's sample (default: the start of a line).")
-@click.option("--out", default="checkpoints/compare", show_default=True, help="Comparison folder.")
-@click.option("--resume", is_flag=True, help="Continue unfinished runs from their last.ckpt.")
-@click.option("--in-process", is_flag=True,
-              help="Train in this process (starts faster; peak memory is then not measured).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
-@user_errors
-def compare(checkpoints, data, hf_split, cells, params, hidden_size, seeds, out, resume, in_process,
-            probe_k, probe_windows, prompt, as_json, eval_every, **options):
-    """Compare cells fairly (same data, batches, budget) against an n-gram baseline; or CHECKPOINTS.
-
-    Writes OUT/report.md, results.json, learning_curves.png, gradient_flow.png and one folder per
-    run under OUT/runs; a rerun with the same --out reuses the finished runs.
-    """
-    from .compare import DEFAULT_STEPS, CompareConfig, default_eval_every, run_compare
-    from .compare_report import json_line, summary_table
-    from .compare_run import MeasureSettings
-    from .train import TrainConfig
-    names = [c.strip() for c in cells.split(",") if c.strip()] if cells is not None else \
-        ([] if checkpoints else ["rnn", "lstm", "gru"])
-    if options["max_steps"] is None and options["max_time"] is None:
-        options["max_steps"] = DEFAULT_STEPS
-    if eval_every is None:
-        eval_every = default_eval_every(options["max_steps"])
-    train = TrainConfig(data=list(data), split=hf_split, eval_every=eval_every, devices=1,
-                        progress=False, **options)
-    config = CompareConfig(train=train, cells=names, checkpoints=list(checkpoints), params=params,
-                           hidden_size=hidden_size, seeds=seeds, out=out, resume=resume,
-                           isolate=not in_process,
-                           measure=MeasureSettings(probe_k=probe_k, probe_windows=probe_windows,
-                                                   prompt=prompt))
-    results = run_compare(config)
-    click.echo(summary_table(results))
-    click.echo(f"\nreport: {out}/report.md")
-    if as_json:
-        emit_json(json_line(results))
-
-
-def _unit_list(ctx, param, value):
-    """--units 3,17,42 → [3, 17, 42]."""
-    if not value:
-        return []
-    try:
-        return [int(u) for u in value.split(",") if u.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected unit numbers separated by commas, like 3,17; "
-                                 f"got {value!r}") from None
-
-
-def inspect_options(fn):
-    """What visualize and inspect share: the text to read, how much of it, which layer."""
-    for decorator in reversed([
-        click.argument("checkpoint"),
-        click.option("--text", "text_file", metavar="FILE", help="A text file to read."),
-        click.option("--data", "data", multiple=True, metavar="SOURCE",
-                     help="Or a corpus source: text file, directory, glob, save_to_disk folder, "
-                          "hf:NAME or stdlib (repeatable)."),
-        click.option("--encoding", default="utf-8", show_default=True, help="Text file encoding."),
-        click.option("--text-column", default="text", show_default=True,
-                     help="Column of a dataset that holds the text."),
-        click.option("--hf-split", "hf_split", default="train", show_default=True,
-                     help="Split of a Hugging Face / save_to_disk dataset."),
-        click.option("--streaming", is_flag=True, help="Stream an hf: dataset."),
-        click.option("--chars", default=2000, show_default=True,
-                     help="Characters of the text to read (from its start)."),
-        click.option("--layer", type=int, default=None,
-                     help="Only this layer (0 is the first) [default: every layer; the page "
-                          "shows --units of the top layer]."),
-        click.option("--top", default=3, show_default=True, help="Best units listed per feature."),
-    ]):
-        fn = decorator(fn)
-    return fn
-
-
-def _echo_inspection(insp) -> None:
-    from .inspect_units import gates_table, units_table
-    for note in insp.notes:
-        click.echo(f"note: {note}")
-    click.echo(f"\nunits that track features of the text ({len(insp.acts.text):,} characters, "
-               f"Pearson r):\n{units_table(insp.matches, insp.absent)}")
-    if insp.stats:
-        click.echo(f"\ngate saturation (fraction of characters, mean over units):\n"
-                   f"{gates_table(insp.stats)}")
-
-
-@cli.command()
-@inspect_options
-@click.option("--units", callback=_unit_list, metavar="3,17,...",
-              help="Units of --layer to show first [default: the finder's best units].")
-@click.option("--out", required=True, metavar="PAGE.html", help="The page to write.")
-@user_errors
-def visualize(checkpoint, text_file, data, hf_split, chars, layer, top, units, out, **read_options):
-    """Write PAGE.html: the text coloured by chosen units, with next-character predictions.
-
-    A self-contained page (no network): every character's background is a unit's activation after
-    reading it (LSTM: tanh(c) and h; GRU, RNN: h), -1 red to +1 blue; hovering a character shows
-    the model's top-5 next characters. The page opens on the units that best track simple
-    features of the text (inside quotes, position in line, bracket depth, indentation, inside a
-    word, after a newline) and holds the gate-saturation table, also printed here and plotted to
-    PAGE_gates.png. Characters outside the model's vocabulary are skipped, with a note.
-    """
-    from .visualize import visualize as visualize_
-    insp, page, png = visualize_(checkpoint, out, units=units, layer=layer, text_file=text_file,
-                                 data=list(data), chars=chars, top=top, split=hf_split,
-                                 **read_options)
-    _echo_inspection(insp)
-    click.echo(f"\nwrote {page}" + (f" and {png}" if png else ""))
-
-
-@cli.command("inspect")
-@inspect_options
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object (per-unit saturation included) as the last line.")
-@user_errors
-def inspect_(checkpoint, text_file, data, hf_split, chars, layer, top, as_json, **read_options):
-    """Print the units that track features of the text, and the gates' saturation.
-
-    For each feature (inside quotes, position in line, bracket depth, indentation, inside a word,
-    after a newline) the --top units whose activation (LSTM: tanh(c) or h; GRU, RNN: h)
-    correlates best with it (Pearson r, signed); then, per layer and sigmoid gate, the fraction of
-    characters at which the gate is below 0.1 and above 0.9, as in Karpathy, Johnson & Fei-Fei
-    2015. `charlm visualize` shows the same on a page.
-    """
-    from .visualize import inspect_checkpoint
-    insp = inspect_checkpoint(checkpoint, text_file=text_file, data=list(data), chars=chars,
-                              layer=layer, top=top, split=hf_split, **read_options)
-    if as_json:
-        emit_json(insp.to_json())
-    else:
-        _echo_inspection(insp)
-
-
 @cli.group()
 def data():
     """Inspect, prepare and download corpora."""
@@ -454,6 +304,9 @@ def data_get(name, data_dir):
     except (ValueError, corpora.DownloadError) as e:
         raise CharlmError(str(e)) from None
     click.echo(f"{name}: {path}")
+
+
+from . import cli_lab  # noqa: E402,F401  (registers compare, visualize and inspect)
 
 
 def main() -> None:  # pragma: no cover

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import sources as src
-from .atomic import fsync_dir, sweep_stale_temporaries
+from .atomic import atomic_write_bytes, sweep_stale_temporaries  # noqa: F401 (re-exported)
 from .errors import CharlmError
 from .vocab import CharVocab, codepoints
 
@@ -31,17 +31,6 @@ _CHUNK = 1 << 20  # code points encoded at a time: ~15 MB of working memory, wha
 def cache_root() -> Path:
     """Where encoded corpora live: $CHARLM_CACHE, else ~/.cache/charlm."""
     return Path(os.environ.get("CHARLM_CACHE", Path.home() / ".cache" / "charlm"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all (temporary file, fsync, rename)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 @dataclass

@@ -90,6 +90,6 @@ class GracefulStop(Callback):
         if trainer.should_stop or (folder.total_steps is not None and step >= folder.total_steps):
             return  # this was the last step anyway: the run ends normally, results and all
         if folder.last_eval_step != step:
-            from .train import atomic_save  # train imports this module
+            from .runfolder import atomic_save
             atomic_save(trainer, folder.out / "last.ckpt")
         raise Interrupted(step)

@@ -9,27 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
 
-from .atomic import fsync_dir, write_error
+from .atomic import atomic_write_bytes
 from .checkpoint import _read_ckpt
-from .data import atomic_write_bytes
 from .errors import CharlmError
 from .interrupt import GracefulStop
 from .lit import CharDataModule, CharLM, OptimConfig
 from .model import ModelConfig
 from .runlock import RunLock, is_rank_zero
-from .sampling import SampleSettings, generate
+from .runfolder import RunFolder, loggers, merge_metrics, set_aside_metrics
 from .sources import absolute_spec
 
 DEFAULT_EPOCHS = 10  # when no budget is given at all
@@ -97,134 +92,6 @@ class TrainConfig:
                                self.embedding_dim, self.dropout, self.impl)
         except ValueError as e:
             raise CharlmError(str(e)) from None
-
-
-def atomic_save(trainer: L.Trainer, path: Path) -> None:
-    """trainer.save_checkpoint to a temporary file, fsync, rename: whole or not at all.
-
-    A stale .tmp left by a killed run is simply overwritten; a full disk is one clear error.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        trainer.save_checkpoint(tmp, weights_only=False)
-        if trainer.is_global_zero:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, e) from None
-    trainer.strategy.barrier()
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-        fsync_dir(dst.parent)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise write_error(dst, e) from None
-
-
-class RunFolder(Callback):
-    """Validation, checkpoints, samples and the time budget, every so many steps and at the end."""
-
-    def __init__(self, out: Path, dm: CharDataModule, config: TrainConfig, total_steps: int | None):
-        self.out, self.dm, self.config, self.total_steps = out, dm, config, total_steps
-        self.best_val_loss = float("inf")
-        self.best_step = -1
-        self.last_eval_step = -1
-        self.history: list[dict] = []
-
-    def state_dict(self) -> dict:
-        return {"best_val_loss": self.best_val_loss, "best_step": self.best_step,
-                "history": self.history}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best_val_loss = state["best_val_loss"]
-        self.best_step = state["best_step"]
-        self.history = state.get("history", [])
-
-    def on_train_batch_end(self, trainer, pl_module: CharLM, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
-        if not torch.isfinite(torch.tensor(loss)):
-            raise CharlmError(f"the training loss became {loss} at step {step}; best.ckpt is "
-                              f"untouched (try a lower --lr or --grad-clip)")
-        out_of_time = (self.config.max_time is not None
-                       and pl_module.tick() >= self.config.max_time * 60)
-        out_of_time = bool(trainer.strategy.broadcast(out_of_time, src=0))
-        final = out_of_time or (self.total_steps is not None and step >= self.total_steps)
-        if out_of_time:
-            trainer.should_stop = True
-        if self.config.sample_every and step % self.config.sample_every == 0:
-            self.write_samples(trainer, pl_module, step)
-        if final or (self.config.eval_every and step % self.config.eval_every == 0):
-            self.validate(trainer, pl_module, step)
-
-    def on_train_end(self, trainer, pl_module: CharLM) -> None:
-        # A run that stopped for another reason (end of epochs) still validates and saves.
-        if self.last_eval_step != trainer.global_step:
-            self.validate(trainer, pl_module, trainer.global_step)
-
-    def validate(self, trainer, pl_module: CharLM, step: int) -> None:
-        t0 = time.perf_counter()
-        try:
-            self._validate(trainer, pl_module, step)
-        finally:
-            pl_module.aside_s += time.perf_counter() - t0
-
-    def _validate(self, trainer, pl_module: CharLM, step: int) -> None:
-        val = pl_module.evaluate_split(self.dm.splits["val"], self.dm.eval_seq_len)
-        self.last_eval_step = step
-        record = {"step": step, "elapsed_s": round(pl_module.tick(), 2),
-                  "val_loss": val["loss"], "val_bpc": val["bpc"]}
-        self.history.append(record)
-        for logger in trainer.loggers:
-            logger.log_metrics({"val_loss": val["loss"], "val_bpc": val["bpc"],
-                                "elapsed_s": record["elapsed_s"]}, step=step)
-        pl_module.log("val_bpc", val["bpc"], prog_bar=True, logger=False, rank_zero_only=True)
-        improved = val["loss"] < self.best_val_loss
-        if improved:
-            self.best_val_loss, self.best_step = val["loss"], step
-        atomic_save(trainer, self.out / "last.ckpt")
-        if improved and trainer.is_global_zero:
-            atomic_copy(self.out / "last.ckpt", self.out / "best.ckpt")
-        if trainer.is_global_zero and self.config.progress:
-            _say(trainer, f"step {step}: val loss {val['loss']:.4f} nats, {val['bpc']:.4f} bpc"
-                          f"{' (best)' if improved else ''}")
-
-    def write_samples(self, trainer, pl_module: CharLM, step: int) -> None:
-        if not trainer.is_global_zero:
-            return
-        t0 = time.perf_counter()
-        try:
-            self._write_samples(trainer, pl_module, step)
-        finally:
-            pl_module.aside_s += time.perf_counter() - t0
-
-    def _write_samples(self, trainer, pl_module: CharLM, step: int) -> None:
-        model = pl_module.model
-        lines = [f"=== step {step} ==="]
-        for temperature in (0.5, 0.8, 1.0):
-            text = generate(model, pl_module.vocab, "", 200, SampleSettings(temperature), seed=step)[0]
-            lines.append(f"--- temperature {temperature} ---\n{text}")
-        model.train()
-        block = "\n".join(lines) + "\n"
-        with open(self.out / "samples.txt", "a", encoding="utf-8") as f:
-            f.write(block)
-        if self.config.progress:
-            _say(trainer, block)
-
-
-def _say(trainer, text: str) -> None:
-    from tqdm.auto import tqdm
-    tqdm.write(text)
 
 
 def _total_steps(config: TrainConfig, windows_per_epoch: int) -> int | None:
@@ -302,7 +169,7 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
         max_steps=total if total is not None else -1,
         max_epochs=-1 if total is None else None,
         limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=config.grad_clip or None,
-        logger=_loggers(out), callbacks=callbacks,
+        logger=loggers(out), callbacks=callbacks,
         enable_checkpointing=False, enable_progress_bar=config.progress,
         enable_model_summary=False, log_every_n_steps=10, use_distributed_sampler=False,
         deterministic=False, **trainer_kwargs)
@@ -311,7 +178,7 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning, not ours
     # The folder holds run.lock (and, on --resume, the run); metrics.csv is merged, not lost.
     warnings.filterwarnings("ignore", message=".*Experiment logs directory.*not empty.*")
-    previous = _set_aside_metrics(out) if config.resume else None
+    previous = set_aside_metrics(out) if config.resume else None
     resumed_at = resumed["global_step"] if resumed is not None else 0
     t0 = time.time()
     try:
@@ -324,7 +191,7 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
                           f"{saved}") from None
     finally:
         if previous is not None and trainer.is_global_zero:
-            _merge_metrics(out / "metrics.csv", previous, resumed_at)
+            merge_metrics(out / "metrics.csv", previous, resumed_at)
     results = {
         "checkpoint": str(last), "best_checkpoint": str(out / "best.ckpt"),
         "val_loss": run_folder.best_val_loss, "val_bpc": run_folder.best_val_loss / 0.6931471805599453,
@@ -349,48 +216,6 @@ def _resume_info(last: Path) -> dict:
     ckpt = _read_ckpt(last)
     return {"model": ckpt["hyper_parameters"].get("model") or {},
             "global_step": ckpt.get("global_step", 0)}
-
-
-def _loggers(out: Path) -> list:
-    """metrics.csv always; TensorBoard logs in OUT/tensorboard when tensorboard is installed."""
-    import importlib.util
-    loggers = [CSVLogger(out, name="", version="")]
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        from lightning.pytorch.loggers import TensorBoardLogger
-        loggers.append(TensorBoardLogger(out, name="tensorboard", version=""))
-    return loggers
-
-
-def _set_aside_metrics(out: Path) -> Path | None:
-    """Lightning's CSVLogger deletes an existing metrics.csv; keep it to merge after the run."""
-    metrics = out / "metrics.csv"
-    if not metrics.exists():
-        return None
-    kept = out / "metrics.resumed.csv"
-    if kept.exists():  # an earlier resume was interrupted before merging: merge that first
-        _merge_metrics(metrics, kept, None)
-    os.replace(metrics, kept)
-    return kept
-
-
-def _merge_metrics(metrics: Path, previous: Path, upto: int | None) -> None:
-    """metrics.csv = the earlier session's rows up to the resumed step + this session's rows."""
-    import csv
-    with open(previous, newline="") as f:
-        old = list(csv.DictReader(f))
-    new = []
-    if metrics.exists():
-        with open(metrics, newline="") as f:
-            new = list(csv.DictReader(f))
-    rows = [r for r in old if upto is None or int(r["step"]) <= upto] + new
-    fields = sorted({k for r in rows for k in r})
-    tmp = metrics.with_name(metrics.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, metrics)
-    previous.unlink()
 
 
 def _test_metrics(best: Path, dm: CharDataModule) -> dict:

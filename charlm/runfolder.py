@@ -1,0 +1,198 @@
+"""The run folder: validation, checkpoints, samples and logs of one training run.
+
+    OUT/best.ckpt     the weights with the lowest validation loss
+    OUT/last.ckpt     exact resume (weights, optimiser, step, carried state, RNG, clock)
+    OUT/metrics.csv   train loss every 10 steps, val loss at every evaluation (kept across resumes)
+    OUT/samples.txt   samples every --sample-every steps
+    OUT/run.json      config and results (written by charlm.train.fit)
+
+Every file is written whole or not at all (charlm.atomic).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+
+from .atomic import commit_file
+from .errors import CharlmError
+from .lit import CharDataModule, CharLM
+from .sampling import SampleSettings, generate
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+
+def atomic_save(trainer: L.Trainer, path: Path) -> None:
+    """trainer.save_checkpoint to a temporary file, then commit it: whole or not at all.
+
+    A stale .tmp left by a killed run is simply overwritten; a full disk is one clear error.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        trainer.save_checkpoint(tmp, weights_only=False)
+    except OSError as e:
+        from .atomic import write_error
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from None
+    if trainer.is_global_zero:
+        commit_file(tmp, path)
+    trainer.strategy.barrier()
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` onto ``dst`` whole or not at all."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        shutil.copyfile(src, tmp)
+    except OSError as e:
+        from .atomic import write_error
+        tmp.unlink(missing_ok=True)
+        raise write_error(dst, e) from None
+    commit_file(tmp, dst)
+
+
+class RunFolder(Callback):
+    """Validation, checkpoints, samples and the time budget, every so many steps and at the end."""
+
+    def __init__(self, out: Path, dm: CharDataModule, config: TrainConfig, total_steps: int | None):
+        self.out, self.dm, self.config, self.total_steps = out, dm, config, total_steps
+        self.best_val_loss = float("inf")
+        self.best_step = -1
+        self.last_eval_step = -1
+        self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"best_val_loss": self.best_val_loss, "best_step": self.best_step,
+                "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_val_loss = state["best_val_loss"]
+        self.best_step = state["best_step"]
+        self.history = state.get("history", [])
+
+    def on_train_batch_end(self, trainer, pl_module: CharLM, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
+        if not torch.isfinite(torch.tensor(loss)):
+            raise CharlmError(f"the training loss became {loss} at step {step}; best.ckpt is "
+                              f"untouched (try a lower --lr or --grad-clip)")
+        out_of_time = (self.config.max_time is not None
+                       and pl_module.tick() >= self.config.max_time * 60)
+        out_of_time = bool(trainer.strategy.broadcast(out_of_time, src=0))
+        final = out_of_time or (self.total_steps is not None and step >= self.total_steps)
+        if out_of_time:
+            trainer.should_stop = True
+        if self.config.sample_every and step % self.config.sample_every == 0:
+            self.write_samples(trainer, pl_module, step)
+        if final or (self.config.eval_every and step % self.config.eval_every == 0):
+            self.validate(trainer, pl_module, step)
+
+    def on_train_end(self, trainer, pl_module: CharLM) -> None:
+        # A run that stopped for another reason (end of epochs) still validates and saves.
+        if self.last_eval_step != trainer.global_step:
+            self.validate(trainer, pl_module, trainer.global_step)
+
+    def validate(self, trainer, pl_module: CharLM, step: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._validate(trainer, pl_module, step)
+        finally:
+            pl_module.aside_s += time.perf_counter() - t0
+
+    def _validate(self, trainer, pl_module: CharLM, step: int) -> None:
+        val = pl_module.evaluate_split(self.dm.splits["val"], self.dm.eval_seq_len)
+        self.last_eval_step = step
+        record = {"step": step, "elapsed_s": round(pl_module.tick(), 2),
+                  "val_loss": val["loss"], "val_bpc": val["bpc"]}
+        self.history.append(record)
+        for logger in trainer.loggers:
+            logger.log_metrics({"val_loss": val["loss"], "val_bpc": val["bpc"],
+                                "elapsed_s": record["elapsed_s"]}, step=step)
+        pl_module.log("val_bpc", val["bpc"], prog_bar=True, logger=False, rank_zero_only=True)
+        improved = val["loss"] < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_step = val["loss"], step
+        atomic_save(trainer, self.out / "last.ckpt")
+        if improved and trainer.is_global_zero:
+            atomic_copy(self.out / "last.ckpt", self.out / "best.ckpt")
+        if trainer.is_global_zero and self.config.progress:
+            _say(trainer, f"step {step}: val loss {val['loss']:.4f} nats, {val['bpc']:.4f} bpc"
+                          f"{' (best)' if improved else ''}")
+
+    def write_samples(self, trainer, pl_module: CharLM, step: int) -> None:
+        if not trainer.is_global_zero:
+            return
+        t0 = time.perf_counter()
+        try:
+            self._write_samples(trainer, pl_module, step)
+        finally:
+            pl_module.aside_s += time.perf_counter() - t0
+
+    def _write_samples(self, trainer, pl_module: CharLM, step: int) -> None:
+        model = pl_module.model
+        lines = [f"=== step {step} ==="]
+        for temperature in (0.5, 0.8, 1.0):
+            text = generate(model, pl_module.vocab, "", 200, SampleSettings(temperature), seed=step)[0]
+            lines.append(f"--- temperature {temperature} ---\n{text}")
+        model.train()
+        block = "\n".join(lines) + "\n"
+        with open(self.out / "samples.txt", "a", encoding="utf-8") as f:
+            f.write(block)
+        if self.config.progress:
+            _say(trainer, block)
+
+
+def _say(trainer, text: str) -> None:
+    from tqdm.auto import tqdm
+    tqdm.write(text)
+
+
+def loggers(out: Path) -> list:
+    """metrics.csv always; TensorBoard logs in OUT/tensorboard when tensorboard is installed."""
+    loggers = [CSVLogger(out, name="", version="")]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        from lightning.pytorch.loggers import TensorBoardLogger
+        loggers.append(TensorBoardLogger(out, name="tensorboard", version=""))
+    return loggers
+
+
+def set_aside_metrics(out: Path) -> Path | None:
+    """Lightning's CSVLogger deletes an existing metrics.csv; keep it to merge after the run."""
+    metrics = out / "metrics.csv"
+    if not metrics.exists():
+        return None
+    kept = out / "metrics.resumed.csv"
+    if kept.exists():  # an earlier resume was interrupted before merging: merge that first
+        merge_metrics(metrics, kept, None)
+    os.replace(metrics, kept)
+    return kept
+
+
+def merge_metrics(metrics: Path, previous: Path, upto: int | None) -> None:
+    """metrics.csv = the earlier session's rows up to the resumed step + this session's rows."""
+    with open(previous, newline="") as f:
+        old = list(csv.DictReader(f))
+    new = []
+    if metrics.exists():
+        with open(metrics, newline="") as f:
+            new = list(csv.DictReader(f))
+    rows = [r for r in old if upto is None or int(r["step"]) <= upto] + new
+    fields = sorted({k for r in rows for k in r})
+    tmp = metrics.with_name(metrics.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, metrics)
+    previous.unlink()
