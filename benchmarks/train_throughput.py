@@ -29,6 +29,33 @@ CONFIGS = [  # (cell, hidden, layers, steps scale): batch 64 x 128 chars as the 
     ("lstm", 128, 2, 1.0), ("lstm", 512, 2, 0.25), ("gru", 256, 2, 0.5), ("rnn", 256, 2, 1.0)]
 
 
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # weight blocks per layer (i, f, g, o for the LSTM)
+
+
+def model_flops_per_char(cell: str, hidden: int, layers: int, vocab: int, emb: int = 64) -> float:
+    """Training FLOPs per character: the matmuls of the forward pass (2 per multiply-add: input and
+    recurrent weights of every layer, and the output head), times 3 for forward plus backward
+    (the backward pass does two matmuls of the same size per forward one). Element-wise gate
+    arithmetic is left out, as is usual for model FLOP utilisation."""
+    g = GATES[cell]
+    recurrent = sum(2 * g * hidden * ((emb if k == 0 else hidden) + hidden) for k in range(layers))
+    return 3 * (recurrent + 2 * hidden * vocab)
+
+
+def matmul_peak(batch: int, seq: int, cell: str, hidden: int, repeats: int = 5) -> float:
+    """fp32 FLOP/s of the largest matmul the step does, (B·T, H) @ (H, G·H), at this thread count:
+    the ceiling the step's own shapes could reach."""
+    a = torch.randn(batch * seq, hidden)
+    w = torch.randn(hidden, GATES[cell] * hidden)
+    a @ w  # warm up
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ w
+        best = max(best, 2 * a.shape[0] * a.shape[1] * w.shape[1] / (time.perf_counter() - t0))
+    return best
+
+
 def plain_loop(ids, cell, hidden, layers, batch, seq, steps, lr=2e-3, device="cpu",
                precision="32-true") -> float:
     """A 30-line PyTorch loop: stateful TBPTT, AdamW, clipping. Returns chars/s."""
@@ -76,12 +103,16 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu"))
     parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
+    parser.add_argument("--configs", default=None,
+                        help="Only these, e.g. lstm:256:1,gru:256:2 (cell:hidden:layers).")
     args = parser.parse_args()
     device = "cuda" if args.accelerator == "gpu" else "cpu"
     corpus = load_corpus([args.data])
     ids = corpus.split(0.1, 0.0)["train"]
     rows = []
-    for cell, hidden, layers, scale in CONFIGS:
+    configs = CONFIGS if not args.configs else [
+        (c, int(h), int(n), 1.0) for c, h, n in (x.split(":") for x in args.configs.split(","))]
+    for cell, hidden, layers, scale in configs:
         steps = max(5, int(args.steps * scale))
         plain, ours = [], []
         for _ in range(args.repeats):  # interleaved pairs, so drift hits both alike
@@ -95,12 +126,17 @@ def main() -> None:
                "threads": torch.get_num_threads(),
                "plain": round(statistics.median(plain)), "charlm": round(statistics.median(ours)),
                "ratio": round(statistics.median(o / p for o, p in zip(ours, plain)), 3)}
+        flops = model_flops_per_char(cell, hidden, layers, int(ids.max()) + 1)
+        peak = matmul_peak(args.batch_size, args.seq_len, cell, hidden)
+        row.update({"model_gflop_per_s": round(row["charlm"] * flops / 1e9, 2),
+                    "matmul_peak_gflop_per_s": round(peak / 1e9, 1),
+                    "mfu": round(row["charlm"] * flops / peak, 3)})
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print(f"\n{'config':<14}{'plain chars/s':>15}{'charlm chars/s':>16}{'ratio':>8}")
+    print(f"\n{'config':<14}{'plain chars/s':>15}{'charlm chars/s':>16}{'ratio':>8}{'MFU':>7}")
     for r in rows:
         print(f"{r['cell']} {r['layers']}x{r['hidden']:<7}{r['plain']:>15,}{r['charlm']:>16,}"
-              f"{r['ratio']:>8.3f}")
+              f"{r['ratio']:>8.3f}{r['mfu']:>7.2f}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ the rule is a screen, not a test; with one seed there is no estimate and nothing
 
 from __future__ import annotations
 
+import html
 import json
 import math
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,10 +88,10 @@ def _verdict(row: dict, ngram: dict, budget: str) -> str:
     noise = 2 * row["val_bpc_std"] / math.sqrt(n) if n > 1 else 0.0
     base = f"the order-{ngram['order']} n-gram baseline ({ngram['val_bpc']:.3f} bpc)"
     if n > 1 and abs(delta) < noise:
-        return f"{row['group']} is level with {base} within seed noise after {budget}."
+        return f"{md(row['group'])} is level with {base} within seed noise after {budget}."
     if delta < 0:
-        return f"{row['group']} beats {base} by {-delta:.3f} bpc after {budget}."
-    return (f"{row['group']} does not beat {base}: it is {delta:.3f} bpc worse after {budget}. "
+        return f"{md(row['group'])} beats {base} by {-delta:.3f} bpc after {budget}."
+    return (f"{md(row['group'])} does not beat {base}: it is {delta:.3f} bpc worse after {budget}. "
             f"Short runs may not beat it; give it a longer budget to see what the cell can do.")
 
 
@@ -111,6 +113,19 @@ def _settings(config: CompareConfig) -> dict:
 
 # -- tables --------------------------------------------------------------------------------------
 
+def md(text: object) -> str:
+    """User-given text (file names, labels, prompts) made inert in markdown: no HTML, no table
+    breaks, however a viewer renders the report."""
+    return html.escape(str(text), quote=False).replace("|", "\\|")
+
+
+def fenced(text: str) -> list[str]:
+    """A code block that ``text`` cannot close: its fence is longer than any backtick run in it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence, text, fence]
+
+
 def _fmt(value, spec: str = ".3f") -> str:
     return "–" if value is None else format(value, spec)
 
@@ -131,7 +146,7 @@ def summary_table(results: dict) -> str:
         return "/".join(format_decay(d, k) for d in s[key])
 
     columns = [
-        ("cell", lambda s: s["group"]), ("params", lambda s: f"{s['params']:,}"),
+        ("cell", lambda s: md(s["group"])), ("params", lambda s: f"{s['params']:,}"),
         ("hidden", lambda s: str(s["hidden_size"])), ("seeds", lambda s: str(s["runs"])),
         ("val bpc (mean ± sd)", lambda s: f"{s['val_bpc_mean']:.3f}" + (  # no sd from one run
             f" ± {s['val_bpc_std']:.3f}" if s["runs"] > 1 else "")),
@@ -162,7 +177,7 @@ def runs_table(results: dict) -> str:
     """Every run on its own row."""
     k = results["settings"]["measure"]["probe_k"]
     columns = [
-        ("run", lambda r: r["label"]), ("cell", lambda r: r["cell"]),
+        ("run", lambda r: md(r["label"])), ("cell", lambda r: md(r["cell"])),
         ("params", lambda r: f"{r['params']:,}"), ("hidden", lambda r: str(r["hidden_size"])),
         ("steps", lambda r: str(r.get("steps"))), ("val loss", lambda r: f"{r['val_loss']:.4f}"),
         ("val bpc", lambda r: f"{r['val_bpc']:.3f}"),
@@ -204,10 +219,10 @@ def report(results: dict) -> str:
     sizing = (f"hidden size solved per cell for {s['params']:,} parameters (exact counts below)"
               if s["params"] else f"hidden size {s['hidden_size']} for every cell")
     budget = f"{t['max_steps']} steps" if t["max_steps"] else f"{t['max_time']:g} minutes"
-    data = (f"Data: {', '.join(t['data']) or 'stdlib'} (val fraction {t['val_fraction']}, test "
+    data = (f"Data: {md(', '.join(t['data']) or 'stdlib')} (val fraction {t['val_fraction']}, test "
             f"fraction {t['test_fraction']}).")
     settings = data + (
-        f" Cells: {', '.join(s['cells'])}; {sizing}; "
+        f" Cells: {md(', '.join(s['cells']))}; {sizing}; "
         f"{t['num_layers']} layer(s), embedding {t['embedding_dim']}, dropout {t['dropout']}, "
         f"impl {t['impl']}. Every run: {budget}, batch {t['batch_size']} × seq {t['seq_len']}, "
         f"lr {t['lr']} ({t['schedule']}, warm-up {t['warmup_steps']}), grad clip "
@@ -219,7 +234,7 @@ def report(results: dict) -> str:
         settings = data
     if s["checkpoints"]:
         settings += (f" Checkpoints trained elsewhere, evaluated on the same split with their own "
-                     f"vocabularies: {', '.join(s['checkpoints'])}.")
+                     f"vocabularies: {md(', '.join(s['checkpoints']))}.")
     baseline = (
         f"Interpolated modified Kneser–Ney, order {ngram['order']} chosen on val: "
         f"{ngram['val_bpc']:.3f} val bpc. The n-gram scores every val character including the "
@@ -248,20 +263,22 @@ def report(results: dict) -> str:
         "## Gradient flow", "", "![gradient flow](gradient_flow.png)", "", flow, "",
         "## Runs", "", runs_table(results), "", _measures_note(s), "",
         "## Samples", "",
-        f"Temperature {m['temperature']}, prompt {m['prompt']!r}, the first run of each cell.", ""]
+        f"Temperature {m['temperature']}, prompt {md(repr(m['prompt']))}, the first run of each "
+        f"cell.", ""]
     seen = set()
     for r in results["runs"]:
         if r.get("sample") is not None and (r.get("seed") is None or r["cell"] not in seen):
             seen.add(r["cell"])
-            parts += [f"**{r['label']}**", "", "```", r["sample"][:400], "```", ""]
-    parts += [f"Note on {r['label']}: {r['note']}." for r in results["runs"] if r.get("note")]
+            parts += [f"**{md(r['label'])}**", "", *fenced(r["sample"][:400]), ""]
+    parts += [f"Note on {md(r['label'])}: {md(r['note'])}." for r in results["runs"]
+              if r.get("note")]
     return "\n".join(parts) + "\n"
 
 
 def _comparison_line(c: dict) -> str:
     verdict = {None: "one seed each: no noise estimate", True: "within seed noise",
                False: "larger than seed noise"}[c["within_noise"]]
-    return (f"- {c['b']} − {c['a']}: Δ = {c['delta_bpc']:+.3f} bpc, noise band "
+    return (f"- {md(c['b'])} − {md(c['a'])}: Δ = {c['delta_bpc']:+.3f} bpc, noise band "
             f"{c['noise_bpc']:.3f}: {verdict}.")
 
 

@@ -203,3 +203,10 @@ def test_an_interrupted_run_says_how_to_go_on(text_file, tmp_path, monkeypatch):
     monkeypatch.setattr(compare_module, "train_and_measure", interrupted)
     with pytest.raises(CharlmError, match="interrupted during rnn-s1337; run the same command"):
         run_compare(tiny_compare(text_file, tmp_path / "cmp"))
+
+
+def test_report_text_cannot_inject_markup():
+    from charlm.compare_report import fenced, md
+    assert md("<script>alert(1)</script> | x") == "&lt;script&gt;alert(1)&lt;/script&gt; \\| x"
+    block = fenced("a ``` b ```` c")
+    assert block[0] == block[-1] == "`````"  # longer than any backtick run inside
