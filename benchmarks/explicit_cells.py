@@ -20,7 +20,8 @@ SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinysha
 def chars_per_s(data: str, cell: str, impl: str, steps: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         return fit(TrainConfig(data=[data], cell=cell, impl=impl, max_steps=steps, eval_every=0,
-                               out=out + "/run", progress=False))["train_chars_per_s"]
+                               batch_size=16, out=out + "/run",
+                               progress=False))["train_chars_per_s"]
 
 
 def main() -> None:

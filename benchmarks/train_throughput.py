@@ -61,7 +61,7 @@ def plain_loop(ids, cell, hidden, layers, batch, seq, steps, lr=2e-3, device="cp
     """A 30-line PyTorch loop: stateful TBPTT, AdamW, clipping. Returns chars/s."""
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(int(ids.max()) + 1, cell, hidden, layers, 64)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
     streams = TrainStreams(ids, batch, seq)
     state = None
     t0 = time.perf_counter()

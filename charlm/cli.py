@@ -74,11 +74,11 @@ model_options = options(  # train and compare
 optim_options = options(  # train and compare: the same batches, optimiser and budget
     click.option("--seq-len", default=128, show_default=True,
                  help="Characters per window (BPTT length)."),
-    click.option("--batch-size", default=16, show_default=True, help="Parallel streams per process."),
+    click.option("--batch-size", default=8, show_default=True, help="Parallel streams per process."),
     click.option("--lr", default=4e-3, show_default=True),
     click.option("--weight-decay", default=0.0, show_default=True),
-    click.option("--warmup-steps", default=20, show_default=True),
-    click.option("--grad-clip", default=1.0, show_default=True),
+    click.option("--warmup-steps", default=0, show_default=True),
+    click.option("--grad-clip", default=5.0, show_default=True),
     click.option("--schedule", default="cosine", show_default=True,
                  type=click.Choice(["cosine", "constant"])),
     click.option("--max-steps", type=int, default=None),
@@ -113,7 +113,7 @@ def cli():
 @click.option("--seed", default=1337, show_default=True)
 @click.option("--out", default="checkpoints/run", show_default=True, help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.ckpt.")
-@click.option("--eval-every", default=250, show_default=True,
+@click.option("--eval-every", default=500, show_default=True,
               help="Validate and checkpoint every N steps (0: only at the end).")
 @click.option("--sample-every", default=0, show_default=True,
               help="Write samples every N steps (0: never).")

@@ -29,8 +29,8 @@ class OptimConfig:
 
     lr: float = 4e-3
     weight_decay: float = 0.0
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.05
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
     schedule: str = "cosine"  # "cosine" | "constant"
     total_steps: int | None = None   # the step budget, when there is one
     max_time_s: float | None = None  # the wall-clock budget, when there is one
@@ -101,7 +101,7 @@ class CharLM(L.LightningModule):
         rest = [p for n, p in self.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
         return torch.optim.AdamW([{"params": decay, "weight_decay": self.optim.weight_decay},
                                   {"params": rest, "weight_decay": 0.0}],
-                                 lr=self.optim.lr, betas=(0.9, 0.99))
+                                 lr=self.optim.lr, betas=(0.9, 0.999))
 
     def on_train_start(self) -> None:
         self._clock = time.monotonic() - self.elapsed_s

@@ -42,11 +42,11 @@ class TrainConfig:
     dropout: float = 0.0
     impl: str = "auto"
     seq_len: int = 128
-    batch_size: int = 16
+    batch_size: int = 8
     lr: float = 4e-3
     weight_decay: float = 0.0
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    grad_clip: float = 5.0
     schedule: str = "cosine"
     max_steps: int | None = None
     max_epochs: int | None = None
@@ -56,7 +56,7 @@ class TrainConfig:
     seed: int = 1337
     out: str = "checkpoints/run"
     resume: bool = False
-    eval_every: int = 250
+    eval_every: int = 500
     sample_every: int = 0
     window: str = "stream"
     accelerator: str = "auto"
