@@ -256,7 +256,6 @@ def data():
 def data_info(source, val_fraction, test_fraction, encoding, text_column, hf_split, as_json):
     """Characters, vocabulary, split sizes and cache path of SOURCE (encoding it if needed)."""
     from .data import load_corpus
-    from .vocab import printable
     corpus = load_corpus(list(source) or None, encoding=encoding, text_column=text_column,
                          split=hf_split)
     splits = corpus.split(val_fraction, test_fraction)
@@ -272,7 +271,6 @@ def data_info(source, val_fraction, test_fraction, encoding, text_column, hf_spl
                f"            {corpus.vocab.describe()}\n"
                f"splits:     " + ", ".join(f"{k} {v:,}" for k, v in info["splits"].items()) +
                f"\ncache:      {info['cache']}")
-    _ = printable
 
 
 @data.command("prepare")
