@@ -291,6 +291,7 @@ def signal_during_steps(monkeypatch, signum, steps, times=1):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_and_sigterm_save_a_checkpoint_that_resumes_exactly(
         signum, text_file, tmp_path, monkeypatch, raise_on_unhandled_sigterm):
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite itself runs in background
     whole = fit(TrainConfig(data=[str(text_file)], out=str(tmp_path / "whole"), progress=False,
                             **SIGNAL_SETTINGS))
     out = tmp_path / "run"
@@ -299,7 +300,7 @@ def test_ctrl_c_and_sigterm_save_a_checkpoint_that_resumes_exactly(
         result = run("train", "--data", text_file, "--out", out, *SIGNAL_ARGS)
     one_error(result, "interrupted at step 10; resume with --resume")
     assert result.exit_code == 1 and step_of(out / "last.ckpt") == 10
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert signal.getsignal(signal.SIGINT) is before  # handlers put back
     assert not (out / LOCK_NAME).exists()
 
     resumed = run("train", "--data", text_file, "--out", out, "--resume", *SIGNAL_ARGS)
@@ -311,11 +312,12 @@ def test_ctrl_c_and_sigterm_save_a_checkpoint_that_resumes_exactly(
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(text_file, tmp_path,
                                                                       monkeypatch):
     out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGINT)
     signal_during_steps(monkeypatch, signal.SIGINT, {8}, times=2)
     result = run("train", "--data", text_file, "--out", out, *SIGNAL_ARGS)
     one_error(result, "interrupted at step", "before it was saved", "resume with --resume")
     assert step_of(out / "last.ckpt") == 6  # the eval checkpoint before, whole
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 # --- two runs on one folder -----------------------------------------------------------------------
