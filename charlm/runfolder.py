@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import math
 import os
 import shutil
 import time
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
@@ -84,12 +84,13 @@ class RunFolder(Callback):
     def on_train_batch_end(self, trainer, pl_module: CharLM, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
-        if not torch.isfinite(torch.tensor(loss)):
+        if not math.isfinite(loss):
             raise CharlmError(f"the training loss became {loss} at step {step}; best.ckpt is "
                               f"untouched (try a lower --lr or --grad-clip)")
-        out_of_time = (self.config.max_time is not None
-                       and pl_module.tick() >= self.config.max_time * 60)
-        out_of_time = bool(trainer.strategy.broadcast(out_of_time, src=0))
+        out_of_time = False
+        if self.config.max_time is not None:  # rank 0's clock decides, so all ranks stop together
+            out_of_time = pl_module.tick() >= self.config.max_time * 60
+            out_of_time = bool(trainer.strategy.broadcast(out_of_time, src=0))
         final = out_of_time or (self.total_steps is not None and step >= self.total_steps)
         if out_of_time:
             trainer.should_stop = True
