@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 from charlm.checkpoint import load
-from charlm.data import load_corpus
+from charlm.evaluation import run_corpus, run_split
 from charlm.sampling import SampleSettings, generate
 from charlm.textstats import TrainingText
 
@@ -29,9 +29,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     model, vocab, info = load(args.checkpoint)
-    run = info["data"]
-    corpus = load_corpus(run["sources"], vocab=vocab)
-    train = corpus.split(run.get("val_fraction", 0.1), run.get("test_fraction", 0.0))["train"]
+    train = run_split(run_corpus(info, vocab), info, "train")
     index = TrainingText(np.asarray(train), vocab)
     rows = []
     for t in TEMPERATURES:

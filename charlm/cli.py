@@ -163,7 +163,7 @@ def sample(checkpoint, prompt, length, temperature, top_k, top_p, greedy, num_sa
     settings = SampleSettings(temperature, top_k, top_p, greedy)
     if length < 0:
         raise CharlmError(f"--length must be at least 0, not {length}")
-    model, vocab, _ = load(checkpoint)
+    model, vocab, info = load(checkpoint)
     prompt_ids(vocab, prompt)  # an unknown character is an error before anything is printed
     stream = not as_json and num_samples == 1
     if stream:
@@ -174,7 +174,7 @@ def sample(checkpoint, prompt, length, temperature, top_k, top_p, greedy, num_sa
     seconds = time.perf_counter() - t0
     result = {"samples": texts, "chars_per_s": num_samples * length / max(seconds, 1e-9)}
     if stats:
-        result["stats"] = _sample_stats(checkpoint, [t[len(prompt):] for t in texts])
+        result["stats"] = _sample_stats(vocab, info, [t[len(prompt):] for t in texts])
     if as_json:
         emit_json(result)
         return
@@ -190,17 +190,11 @@ def sample(checkpoint, prompt, length, temperature, top_k, top_p, greedy, num_sa
                    f"({s['words']} words)", err=True)
 
 
-def _sample_stats(checkpoint: str, texts: list[str]) -> dict:
+def _sample_stats(vocab, info: dict, texts: list[str]) -> dict:
     """Generated text against the checkpoint's training split."""
-    from .checkpoint import load
-    from .data import load_corpus
+    from .evaluation import run_corpus, run_split
     from .textstats import TrainingText
-    _, vocab, info = load(checkpoint)
-    run = info.get("data") or {}
-    if not run.get("sources"):
-        raise CharlmError("--stats needs the training data, which this model does not record")
-    corpus = load_corpus(run["sources"], vocab=vocab)
-    train = corpus.split(run.get("val_fraction", 0.1), run.get("test_fraction", 0.0))["train"]
+    train = run_split(run_corpus(info, vocab), info, "train")
     return TrainingText(np.asarray(train), vocab).stats(texts)
 
 

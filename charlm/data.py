@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import sources as src
-from .atomic import atomic_write_bytes, sweep_stale_temporaries  # noqa: F401 (re-exported)
+from .atomic import atomic_write_bytes, commit_file, sweep_stale_temporaries
 from .errors import CharlmError
 from .vocab import CharVocab, codepoints
 
@@ -128,9 +128,7 @@ def _encode(sources: list[src.Source], vocab: CharVocab | None, encoding: str,
                 ids = ids[ids >= 0].astype(vocab.dtype)  # outside a given vocabulary: skipped
                 out.write(ids.tobytes())
                 crc = zlib.crc32(ids, crc)  # the same as _checksum of the whole array
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, entry / "ids.npy")
+        commit_file(tmp, entry / "ids.npy")
     finally:
         scratch.unlink(missing_ok=True)
     ids = np.load(entry / "ids.npy", mmap_mode="r")

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .checkpoint import load
-from .data import load_corpus
+from .data import Corpus, load_corpus
 from .errors import CharlmError
 from .metrics import evaluate
+from .vocab import CharVocab
+
+
+def run_corpus(info: dict, vocab: CharVocab, data: list[str] | None = None,
+               **load_options) -> Corpus:
+    """``data``, or else the data the checkpoint was trained on, encoded with its vocabulary."""
+    sources = data or (info.get("data") or {}).get("sources")
+    if not sources:
+        raise CharlmError("this model does not record its training data; pass --data")
+    return load_corpus(sources, vocab=vocab, **load_options)
+
+
+def run_split(corpus: Corpus, info: dict, which: str) -> np.ndarray:
+    """``all`` of the corpus, or its train / val / test split cut with the run's fractions."""
+    if which == "all":
+        return corpus.ids
+    run = info.get("data") or {}
+    ids = corpus.split(run.get("val_fraction", 0.1), run.get("test_fraction", 0.0))[which]
+    if len(ids) < 2:
+        raise CharlmError(f"the {which} split is empty for this run; use --split all or another")
+    return ids
 
 
 def evaluate_checkpoint(checkpoint: str, data: list[str], which: str = "val", *,
@@ -17,20 +40,9 @@ def evaluate_checkpoint(checkpoint: str, data: list[str], which: str = "val", *,
     reported (``unknown_chars``, ``unknown``), never dropped silently.
     """
     model, vocab, info = load(checkpoint)
-    run = info.get("data") or {}
-    sources = data or run.get("sources")
-    if not sources:
-        raise CharlmError("this model does not record its training data; pass --data")
-    corpus = load_corpus(sources, vocab=vocab, encoding=encoding, text_column=text_column,
-                         split=hf_split, streaming=streaming)
-    if which == "all":
-        ids = corpus.ids
-    else:
-        splits = corpus.split(run.get("val_fraction", 0.1), run.get("test_fraction", 0.0))
-        ids = splits[which]
-        if len(ids) < 2:
-            raise CharlmError(f"the {which} split is empty for this run; use --split all or another")
-    result = {**evaluate(model, ids, seq_len), "split": which}
+    corpus = run_corpus(info, vocab, data, encoding=encoding, text_column=text_column,
+                        split=hf_split, streaming=streaming)
+    result = {**evaluate(model, run_split(corpus, info, which), seq_len), "split": which}
     unknown = corpus.meta.get("unknown") or {}
     if unknown:
         result["unknown_chars"] = sum(unknown.values())
