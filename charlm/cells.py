@@ -107,6 +107,7 @@ class _Explicit(nn.Module):
 
     gate_blocks = 1                            # G: blocks of H rows in each weight
     state_keys: tuple[str, ...] = ("h",)       # what a layer carries from step to step
+    steps_by_weights = True  # _project and _cell need nothing but the four weights (fast sampling)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  dropout: float = 0.0):
@@ -144,6 +145,16 @@ class _Explicit(nn.Module):
         """One layer, one step: gx (B, G·H) and the layer's state → its gates and new state."""
         raise NotImplementedError
 
+    def _project_layer(self, k: int, x: Tensor) -> Tensor:
+        """Layer k's ``_project`` with its own weights."""
+        w_ih, _, b_ih, b_hh = self._layer_params(k)
+        return self._project(x, w_ih, b_ih, b_hh)
+
+    def _step_layer(self, k: int, gx: Tensor, s: LayerState) -> dict[str, Tensor]:
+        """Layer k's ``_cell`` with its own weights."""
+        _, w_hh, _, b_hh = self._layer_params(k)
+        return self._cell(gx, s, w_hh, b_hh)
+
     def _unpack(self, state: State | None, x: Tensor) -> list[LayerState]:
         if state is None:
             zeros = x.new_zeros(self.num_layers, x.shape[0], self.hidden_size)  # (L, B, H)
@@ -165,11 +176,10 @@ class _Explicit(nn.Module):
     def _run(self, x: Tensor, state: State | None) -> tuple[list[list[dict]], list[LayerState]]:
         layer_states, per_layer_gates = self._unpack(state, x), []
         for k in range(self.num_layers):
-            w_ih, w_hh, b_ih, b_hh = self._layer_params(k)
-            gx = self._project(x, w_ih, b_ih, b_hh)     # (B, T, G·H): every step in one matmul
+            gx = self._project_layer(k, x)  # (B, T, G·H): every step in one matmul
             s, steps = layer_states[k], []
             for t in range(x.shape[1]):
-                gates = self._cell(gx[:, t], s, w_hh, b_hh)
+                gates = self._step_layer(k, gx[:, t], s)
                 s = tuple(gates[key] for key in self.state_keys)
                 steps.append(gates)
             layer_states[k] = s
@@ -186,8 +196,7 @@ class _Explicit(nn.Module):
         """One time step: x_t (B, I) → the top layer's h (B, H) and the new state."""
         layer_states = self._unpack(state, x_t)
         for k in range(self.num_layers):
-            w_ih, w_hh, b_ih, b_hh = self._layer_params(k)
-            gates = self._cell(self._project(x_t, w_ih, b_ih, b_hh), layer_states[k], w_hh, b_hh)
+            gates = self._step_layer(k, self._project_layer(k, x_t), layer_states[k])
             layer_states[k] = tuple(gates[key] for key in self.state_keys)
             x_t = self._between_layers(gates["h"], k)
         return x_t, self._pack(layer_states)
@@ -282,6 +291,48 @@ class NoteGRU(_Explicit):
         return {"r": r, "z": z, "n": h_tilde, "h": note_gru_hidden(z, h, h_tilde)}
 
 
+class LayerNormLSTM(ExplicitLSTM):
+    """The note's LSTM with layer normalisation (Ba, Kiros and Hinton 2016); explicit only.
+
+        a_t = LN_x(W_ih x_t) + LN_h(W_hh h_{t-1}) + b     (i, f, g, o blocks of a_t as in the note)
+        C_t = f_t * C_{t-1} + i_t * g_t,   h_t = o_t * tanh(LN_c(C_t))
+
+    Each normalisation has its own gain and shift (``norms.{k}`` of layer k, sizes 4H, 4H, H),
+    so the gates' inputs keep the same scale whatever the weights grow to. The weights have
+    nn.LSTM's names and layout; the extra parameters mean no fused kernel computes it, so it
+    trains at the explicit cells' speed.
+    """
+
+    steps_by_weights = False  # the norms are per layer: sampling steps it through forward
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 dropout: float = 0.0):
+        super().__init__(input_size, hidden_size, num_layers, dropout)
+        g = self.gate_blocks * hidden_size
+        self.norms = nn.ModuleList(
+            nn.ModuleList([nn.LayerNorm(g), nn.LayerNorm(g), nn.LayerNorm(hidden_size)])
+            for _ in range(num_layers))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for norm in getattr(self, "norms", ()):  # absent while the base constructor runs
+            for ln in norm:
+                ln.reset_parameters()
+
+    def _project_layer(self, k: int, x: Tensor) -> Tensor:
+        w_ih, _, b_ih, b_hh = self._layer_params(k)
+        return self.norms[k][0](F.linear(x, w_ih)) + (b_ih + b_hh)
+
+    def _step_layer(self, k: int, gx: Tensor, s: LayerState) -> dict[str, Tensor]:
+        _, w_hh, _, _ = self._layer_params(k)
+        _, ln_h, ln_c = self.norms[k]
+        h, c = s
+        a_i, a_f, a_g, a_o = (gx + ln_h(h @ w_hh.t())).chunk(4, 1)  # each (B, H)
+        i, f, g, o = input_gate(a_i), forget_gate(a_f), gate_gate(a_g), output_gate(a_o)
+        c = cell_state(f, c, i, g)
+        return {"i": i, "f": f, "g": g, "o": o, "c": c, "h": lstm_hidden(o, ln_c(c))}
+
+
 # --- converting between torch's fused modules and these
 
 _EXPLICIT: dict[type[nn.RNNBase], type[_Explicit]] = {
@@ -321,5 +372,6 @@ def to_fused(explicit: _Explicit) -> nn.RNNBase:
 for _name, _kind in (("rnn", ExplicitRNN), ("lstm", ExplicitLSTM), ("gru", ExplicitGRU)):
     model.register_cell(_name, model._CELLS[_name].fused, explicit=_kind)
 model.register_cell("gru-note", None, explicit=NoteGRU)  # type: ignore[arg-type]  # explicit only
+model.register_cell("lstm-ln", None, explicit=LayerNormLSTM)  # type: ignore[arg-type]
 
-__all__ = ["ExplicitGRU", "ExplicitLSTM", "ExplicitRNN", "NoteGRU", "to_explicit", "to_fused"]
+__all__ = ["ExplicitGRU", "ExplicitLSTM", "ExplicitRNN", "LayerNormLSTM", "NoteGRU", "to_explicit", "to_fused"]

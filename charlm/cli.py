@@ -13,6 +13,7 @@ import numpy as np
 
 from . import __version__
 from .errors import CharlmError
+from .presets import PRESETS
 
 
 def user_errors(fn):
@@ -64,7 +65,13 @@ def options(*decorators):
 model_options = options(  # train and compare
     click.option("--num-layers", default=1, show_default=True),
     click.option("--embedding-dim", default=64, show_default=True),
-    click.option("--dropout", default=0.0, show_default=True),
+    click.option("--dropout", default=0.0, show_default=True,
+                 help="Dropout between stacked layers and before the output layer."),
+    click.option("--weight-drop", default=0.0, show_default=True,
+                 help="DropConnect on the recurrent (hidden-to-hidden) weights while training."),
+    click.option("--init", default="default", show_default=True,
+                 type=click.Choice(["default", "orthogonal"]),
+                 help="Recurrent weights: torch's uniform, or an orthogonal block per gate."),
     click.option("--impl", default="auto", show_default=True,
                  type=click.Choice(["auto", "fused", "explicit"]),
                  help="fused torch kernels, or the explicit cells written as the lecture note's "
@@ -120,12 +127,20 @@ def cli():
 @click.option("--devices", default="auto", show_default=True)
 @click.option("--strategy", default="auto", show_default=True)
 @click.option("--num-nodes", default=1, show_default=True)
+@click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)),
+              help="Measured settings for a job; flags you give override them. " + " ".join(
+                  f"{p.name}: {p.summary}." for p in PRESETS.values()))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @user_errors
-def train(data, hf_split, as_json, **options):
+def train(data, hf_split, as_json, preset, **options):
     """Train a model; the run folder gets best.ckpt, last.ckpt, metrics.csv, samples.txt, run.json."""
+    from . import presets
     from .runlock import is_rank_zero
     from .train import TrainConfig, fit
+    ctx = click.get_current_context()
+    given = {k for k in options
+             if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    options = presets.apply(options, preset, given)
     if options["devices"].isdigit():
         options["devices"] = int(options["devices"])
     config = TrainConfig(data=list(data), split=hf_split, progress=not as_json, **options)

@@ -97,12 +97,7 @@ def default_eval_every(max_steps: int | None) -> int:
 
 
 def _model_config(c: CompareConfig, vocab_size: int, cell: str, hidden: int) -> ModelConfig:
-    t = c.train
-    try:
-        return ModelConfig(vocab_size, cell, hidden, t.num_layers, t.embedding_dim, t.dropout,
-                           t.impl)
-    except ValueError as e:
-        raise CharlmError(str(e)) from None
+    return replace(c.train, cell=cell, hidden_size=hidden).model_config(vocab_size)
 
 
 def hidden_sizes(c: CompareConfig, vocab_size: int) -> dict[str, tuple[int, int]]:

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from .cells import to_explicit
 from .errors import CharlmError
-from .model import CharRNN, State, build_cell
+from .model import CharRNN, State
+from .sampling import explicit_form
 from .vocab import CharVocab, codepoints
 
 UNIT_KINDS = ("tanh(c)", "h")  # what the finder and the page look at (tanh(c) only for LSTMs)
@@ -61,13 +62,9 @@ def explicit_twin(model: CharRNN) -> nn.Module | None:
     rnn = model.rnn
     if callable(getattr(rnn, "trace", None)):
         return rnn
-    try:  # the registry's explicit twin of this cell: same parameter names, so the weights load
-        twin = build_cell(model.config, impl="explicit")
-        twin.load_state_dict(rnn.state_dict())
-        if callable(getattr(twin, "trace", None)):
-            return twin.eval()
-    except (ValueError, RuntimeError):
-        pass
+    twin = explicit_form(model)  # the registry's explicit twin of this cell, sharing its weights
+    if twin is not None:
+        return twin
     try:  # a plain torch RNN/LSTM/GRU registered under another name
         return to_explicit(rnn).eval()
     except ValueError:

@@ -91,5 +91,6 @@ class GracefulStop(Callback):
             return  # this was the last step anyway: the run ends normally, results and all
         if folder.last_eval_step != step:
             from .runfolder import atomic_save
+            folder.check_loss()  # a run whose loss went NaN is never saved
             atomic_save(trainer, folder.out / "last.ckpt")
         raise Interrupted(step)

@@ -86,6 +86,7 @@ def state_hidden(state: State) -> Tensor:
 
 
 IMPLS = ("auto", "fused", "explicit")
+INITS = ("default", "orthogonal")
 
 
 @dataclass
@@ -100,6 +101,8 @@ class ModelConfig:
     dropout: float = 0.0
     impl: str = "auto"  # auto: fused where the cell has it, else explicit
     extra: dict = field(default_factory=dict)  # room for a plugged-in cell's own settings
+    weight_drop: float = 0.0  # DropConnect on the recurrent weights while training
+    init: str = "default"     # or "orthogonal" recurrent weights
 
     def __post_init__(self) -> None:
         _cell(self.cell)  # raises with the list of valid names
@@ -115,8 +118,11 @@ class ModelConfig:
                             ("--embedding-dim", self.embedding_dim), ("vocab size", self.vocab_size)):
             if value < 1:
                 raise ValueError(f"{flag} must be at least 1, not {value}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"--dropout must be in [0, 1), not {self.dropout}")
+        for flag, value in (("--dropout", self.dropout), ("--weight-drop", self.weight_drop)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{flag} must be in [0, 1), not {value}")
+        if self.init not in INITS:
+            raise ValueError(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,7 +138,12 @@ def build_cell(config: ModelConfig, impl: str | None = None) -> nn.Module:
 
 
 class CharRNN(nn.Module):
-    """Embedding → recurrent stack → dropout → linear head over the vocabulary."""
+    """Embedding → recurrent stack → dropout → linear head over the vocabulary.
+
+    Regularisers, all off by default: ``dropout`` between stacked layers and before the head;
+    ``weight_drop``, DropConnect on every hidden-to-hidden matrix (Merity et al. 2017, AWD-LSTM):
+    one mask per training window, shared by every time step, so the fused kernels still run.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -144,9 +155,16 @@ class CharRNN(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        if self.config.init == "orthogonal":  # each gate's H×H recurrent block: an orthogonal map
+            h = self.config.hidden_size
+            for name, p in self.rnn.named_parameters():
+                if name.startswith("weight_hh"):
+                    with torch.no_grad():
+                        for block in p.split(h, 0):
+                            nn.init.orthogonal_(block)
         # LSTM forget-gate bias 1 (Jozefowicz et al. 2015): the cell remembers by default.
         # torch lays LSTM gates out as (i, f, g, o), so f is the second quarter.
-        if self.config.cell == "lstm":
+        if self.config.cell in ("lstm", "lstm-ln"):  # the cells in torch's LSTM layout
             h = self.config.hidden_size
             for name, p in self.rnn.named_parameters():
                 if name.startswith("bias_ih"):
@@ -159,8 +177,17 @@ class CharRNN(nn.Module):
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) → logits (B, T, V) and the state after the last step."""
         x = self.embedding(ids)                 # (B, T, E)
-        out, state = self.rnn(x, state)         # (B, T, H)
+        if self.training and self.config.weight_drop > 0:
+            out, state = torch.func.functional_call(self.rnn, self._dropped_weights(), (x, state))
+        else:
+            out, state = self.rnn(x, state)     # (B, T, H)
         return self.head(self.drop(out)), state  # (B, T, V)
+
+    def _dropped_weights(self) -> dict[str, Tensor]:
+        """The recurrent stack's parameters with a fresh dropout mask on each W_hh."""
+        p = self.config.weight_drop
+        return {name: nn.functional.dropout(w, p) if name.startswith("weight_hh") else w
+                for name, w in self.rnn.named_parameters()}
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
@@ -62,6 +63,12 @@ def atomic_copy(src: Path, dst: Path) -> None:
     commit_file(tmp, dst)
 
 
+def _refuse_non_finite(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise CharlmError(f"the training loss became {loss} at step {step}; best.ckpt is "
+                          f"untouched (try a lower --lr or --grad-clip)")
+
+
 class RunFolder(Callback):
     """Validation, checkpoints, samples and the time budget, every so many steps and at the end."""
 
@@ -71,6 +78,7 @@ class RunFolder(Callback):
         self.best_step = -1
         self.last_eval_step = -1
         self.history: list[dict] = []
+        self._bad: tuple | None = None  # (first non-finite step or -1, its loss): see watch_loss
 
     def state_dict(self) -> dict:
         return {"best_val_loss": self.best_val_loss, "best_step": self.best_step,
@@ -83,10 +91,7 @@ class RunFolder(Callback):
 
     def on_train_batch_end(self, trainer, pl_module: CharLM, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
-        if not math.isfinite(loss):
-            raise CharlmError(f"the training loss became {loss} at step {step}; best.ckpt is "
-                              f"untouched (try a lower --lr or --grad-clip)")
+        self.watch_loss(outputs["loss"] if isinstance(outputs, dict) else outputs, step)
         out_of_time = False
         if self.config.max_time is not None:  # rank 0's clock decides, so all ranks stop together
             out_of_time = pl_module.tick() >= self.config.max_time * 60
@@ -94,14 +99,38 @@ class RunFolder(Callback):
         final = out_of_time or (self.total_steps is not None and step >= self.total_steps)
         if out_of_time:
             trainer.should_stop = True
+        will_save = final or (self.config.eval_every and step % self.config.eval_every == 0) \
+            or (self.config.sample_every and step % self.config.sample_every == 0)
+        if will_save:
+            self.check_loss()
         if self.config.sample_every and step % self.config.sample_every == 0:
             self.write_samples(trainer, pl_module, step)
         if final or (self.config.eval_every and step % self.config.eval_every == 0):
             self.validate(trainer, pl_module, step)
 
+    def watch_loss(self, loss: torch.Tensor, step: int, lazy: bool | None = None) -> None:
+        """Stop on a non-finite training loss before anything is saved from it. On the CPU the
+        check is immediate; on a GPU, reading the loss every step would make the host wait for
+        the device, so the first bad step is kept on the device and read by ``check_loss``."""
+        loss = loss.detach()
+        if not (loss.device.type != "cpu" if lazy is None else lazy):
+            _refuse_non_finite(float(loss), step)
+            return
+        if self._bad is None:
+            self._bad = (torch.full((), -1, device=loss.device), torch.zeros_like(loss))
+        first, value = self._bad
+        bad = ~torch.isfinite(loss) & (first < 0)
+        self._bad = (torch.where(bad, step, first), torch.where(bad, loss, value))
+
+    def check_loss(self) -> None:
+        """Raise if a training loss kept on the device (see ``watch_loss``) was not finite."""
+        if self._bad is not None and int(self._bad[0]) >= 0:
+            _refuse_non_finite(float(self._bad[1]), int(self._bad[0]))
+
     def on_train_end(self, trainer, pl_module: CharLM) -> None:
         # A run that stopped for another reason (end of epochs) still validates and saves.
         if self.last_eval_step != trainer.global_step:
+            self.check_loss()
             self.validate(trainer, pl_module, trainer.global_step)
 
     def validate(self, trainer, pl_module: CharLM, step: int) -> None:

@@ -69,9 +69,19 @@ def pick(logits: Tensor, s: SampleSettings, generator: torch.Generator | None) -
 
 
 def _explicit_twin(model: CharRNN) -> _Explicit | None:
-    """The model's cell written out (same weights, device and dtype), or None if it has none."""
+    """The model's cell written out (same weights, device and dtype), or None where stepping the
+    model's own module is as fast: a cell with no explicit form, and a fused cell on a GPU, whose
+    cuDNN kernel steps faster than the explicit cell's small kernels (H100, 2x512 and 3x1024
+    LSTM, 500 characters: 1.3-1.7x at batch 1, 1.2-1.5x at batch 64; benchmarks/gpu.py)."""
     if isinstance(model.rnn, _Explicit):
-        return model.rnn
+        return model.rnn if model.rnn.steps_by_weights else None
+    if next(model.parameters()).device.type == "cuda":
+        return None
+    return explicit_form(model)
+
+
+def explicit_form(model: CharRNN) -> _Explicit | None:
+    """The explicit cell sharing a fused model's weights, or None if the cell has none."""
     try:
         with torch.device("meta"):  # no memory, no random initialisation: the weights come next
             twin = build_cell(model.config, impl="explicit")

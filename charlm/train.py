@@ -40,6 +40,8 @@ class TrainConfig:
     num_layers: int = 1
     embedding_dim: int = 64
     dropout: float = 0.0
+    weight_drop: float = 0.0
+    init: str = "default"
     impl: str = "auto"
     seq_len: int = 128
     batch_size: int = 8
@@ -89,7 +91,8 @@ class TrainConfig:
     def model_config(self, vocab_size: int) -> ModelConfig:
         try:
             return ModelConfig(vocab_size, self.cell, self.hidden_size, self.num_layers,
-                               self.embedding_dim, self.dropout, self.impl)
+                               self.embedding_dim, self.dropout, self.impl,
+                               weight_drop=self.weight_drop, init=self.init)
         except ValueError as e:
             raise CharlmError(str(e)) from None
 

@@ -1,0 +1,150 @@
+"""Regularisers and initialisation (--weight-drop, --dropout, --init) and named presets."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from charlm import presets
+from charlm.cli import cli
+from charlm.model import CharRNN, ModelConfig
+
+V, E, H = 11, 8, 12
+
+
+@pytest.mark.parametrize("impl", ["fused", "explicit"])
+def test_weight_drop_masks_recurrent_weights_only_while_training(impl):
+    torch.manual_seed(0)
+    plain = CharRNN(ModelConfig(V, "lstm", H, 2, E, impl=impl))
+    dropped = CharRNN(ModelConfig(V, "lstm", H, 2, E, impl=impl, weight_drop=0.5))
+    dropped.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, V, (3, 9))
+    plain.eval(), dropped.eval()
+    assert torch.equal(plain(ids)[0], dropped(ids)[0])  # evaluation: the full weights
+    dropped.train()
+    a, b = dropped(ids)[0], dropped(ids)[0]
+    assert not torch.allclose(a, b)  # a fresh mask each call
+    a.sum().backward()
+    grads = {n: p.grad for n, p in dropped.rnn.named_parameters()}
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
+    # the mask zeroes whole entries of W_hh: their gradient is exactly zero, about half of them
+    zero = (grads["weight_hh_l0"] == 0).float().mean().item()
+    assert 0.3 < zero < 0.7
+    assert (grads["weight_ih_l0"] == 0).float().mean().item() < 0.05  # input weights untouched
+    assert dropped.rnn.weight_hh_l0.data.equal(plain.rnn.weight_hh_l0.data)  # weights not changed
+
+
+def test_weight_drop_zero_is_the_plain_forward():
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(V, "gru", H, 1, E)).train()
+    ids = torch.randint(0, V, (2, 5))
+    torch.manual_seed(1)
+    a = model(ids)[0]
+    torch.manual_seed(1)
+    assert torch.equal(a, model(ids)[0])
+
+
+@pytest.mark.parametrize("cell,blocks", [("rnn", 1), ("lstm", 4), ("gru", 3)])
+def test_orthogonal_init_makes_each_gate_block_orthogonal(cell, blocks):
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(V, cell, H, 2, E, init="orthogonal"))
+    for k in range(2):
+        w = getattr(model.rnn, f"weight_hh_l{k}").detach()
+        assert w.shape == (blocks * H, H)
+        for block in w.split(H):
+            assert torch.allclose(block @ block.T, torch.eye(H), atol=1e-5)
+    if cell == "lstm":  # the forget-gate bias of 1 survives the orthogonal init
+        assert torch.all(model.rnn.bias_ih_l0[H:2 * H] == 1)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"weight_drop": 1.0}, "--weight-drop must be in"),
+    ({"weight_drop": -0.1}, "--weight-drop must be in"),
+    ({"init": "xavier"}, "--init must be one of"),
+])
+def test_bad_regulariser_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(V, "lstm", H, **kwargs)
+
+
+def test_preset_fills_what_the_user_did_not_give():
+    options = {"hidden_size": 256, "dropout": 0.0, "lr": 4e-3, "accelerator": "cpu",
+               "precision": "32-true", "max_time": None}
+    out = presets.apply(options, "shakespeare", given={"lr"})
+    recipe = presets.PRESETS["shakespeare"].options
+    assert out["hidden_size"] == recipe["hidden_size"] and out["dropout"] == recipe["dropout"]
+    assert out["lr"] == 4e-3  # given on the command line: the user's value wins
+    assert out["precision"] in ("bf16-mixed", "32-true")  # resolved for this machine
+    assert out["precision"] == ("bf16-mixed" if presets.native_bf16("cpu") else "32-true")
+    assert presets.apply(options, None, set()) == options
+    with pytest.raises(presets.CharlmError, match="unknown preset 'nope'; choose one of"):
+        presets.preset("nope")
+
+
+def test_preset_through_the_cli(text_file, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "train", "--preset", "shakespeare", "--data", str(text_file), "--hidden-size", "16",
+        "--num-layers", "1", "--batch-size", "4", "--seq-len", "16", "--max-steps", "3",
+        "--max-time", "5", "--precision", "32-true", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    recipe = presets.PRESETS["shakespeare"].options
+    assert run["config"]["hidden_size"] == 16 and run["config"]["max_steps"] == 3  # given
+    assert run["model"]["weight_drop"] == recipe["weight_drop"]  # from the preset
+    assert run["model"]["dropout"] == recipe["dropout"]
+    assert run["config"]["batch_size"] == 4 and run["config"]["lr"] == recipe["lr"]
+    bad = CliRunner().invoke(cli, ["train", "--preset", "nope", "--data", str(text_file)])
+    assert bad.exit_code != 0 and "Invalid value for '--preset'" in bad.output
+    bad = CliRunner().invoke(cli, ["train", "--weight-drop", "1.5", "--data", str(text_file),
+                                   "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "--weight-drop must be in [0, 1)" in bad.output
+    assert "Traceback" not in bad.output
+
+
+def test_layer_norm_lstm_trains_steps_and_normalises():
+    from charlm import cells, sampling
+    from charlm.vocab import CharVocab
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(V, "lstm-ln", H, 2, E))
+    assert isinstance(model.rnn, cells.LayerNormLSTM) and model.config.impl == "explicit"
+    assert torch.all(model.rnn.bias_ih_l1[H:2 * H] == 1)  # forget-gate bias, as for the LSTM
+    ids = torch.randint(0, V, (3, 10))
+    logits, state = model(ids)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert model.rnn.norms[1][2].weight.grad.abs().sum() > 0
+    # the carried state continues the sequence exactly, and one step equals forward
+    whole, _ = model(torch.cat([ids, ids], 1))
+    second, _ = model(ids, state)
+    assert torch.allclose(whole[:, 10:], second, atol=1e-5)
+    with torch.no_grad():
+        x = model.embedding(ids)
+        h, s = model.rnn.step(x[:, 0])
+        out, s2 = model.rnn(x[:, :1])
+        assert torch.allclose(h, out[:, 0], atol=1e-6)
+    # the normalised pre-activation: LN_h(W_hh h) has zero mean per row before the gain
+    trace = model.rnn.trace(x)
+    assert set(trace) == {"i", "f", "g", "o", "c", "h"} and trace["h"].shape == (2, 3, 10, H)
+    # sampling steps it through forward (no table of per-character projections)
+    assert sampling._explicit_twin(model) is None
+    vocab = CharVocab([chr(97 + i) for i in range(V)])
+    a = sampling.generate(model.eval(), vocab, "abc", 20, seed=3)
+    assert a == sampling.generate(model, vocab, "abc", 20, seed=3) and len(a[0]) == 3 + 20
+
+
+def test_layer_norm_lstm_checkpoint_round_trip(text_file, tmp_path):
+    from charlm import load
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "train", "--cell", "lstm-ln", "--data", str(text_file), "--hidden-size", "16",
+        "--num-layers", "2", "--batch-size", "4", "--seq-len", "16", "--max-steps", "6",
+        "--dropout", "0.1", "--weight-drop", "0.2", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    results = json.loads(result.output.strip().splitlines()[-1])
+    model, vocab, _ = load(results["best_checkpoint"])
+    assert model.config.cell == "lstm-ln" and len(model.rnn.norms) == 2
+    sample = CliRunner().invoke(cli, ["sample", results["best_checkpoint"], "--length", "30",
+                                      "--json"])
+    assert sample.exit_code == 0 and len(json.loads(sample.output)["samples"][0]) == 30
