@@ -29,14 +29,15 @@ def main() -> None:
     parser.add_argument("--data", default=str(SHAKESPEARE))
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cells", default="rnn,lstm,gru,gru-note,lstm-ln")
     args = parser.parse_args()
     rows = []
-    for cell in ("rnn", "lstm", "gru", "gru-note"):
+    for cell in args.cells.split(","):
         runs = {"fused": [], "explicit": []}
         for _ in range(args.repeats):
             for impl in runs:
-                if cell == "gru-note" and impl == "fused":
-                    continue  # the note's GRU has no fused kernel
+                if cell in ("gru-note", "lstm-ln") and impl == "fused":
+                    continue  # explicit only: the note's GRU, the layer-normalised LSTM
                 runs[impl].append(chars_per_s(args.data, cell, impl, args.steps))
         row = {"figure": "explicit_vs_fused", "cell": cell, "model": "1x256, batch 16 x 128",
                "fused": round(statistics.median(runs["fused"])) if runs["fused"] else None,

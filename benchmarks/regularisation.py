@@ -29,9 +29,12 @@ from pathlib import Path
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
-# CPU training chars/s on this project's 2-core machine, validation excluded, measured one at a
-# time on a quiet machine (load < 1) with `charlm train --max-steps 40 --eval-every 0 --json`
-# (train_chars_per_s) on Tiny Shakespeare: (cell, hidden, layers, batch) → chars/s.
+# CPU training chars/s (float32) on this project's 2-core machine, validation excluded, measured
+# one at a time on a quiet machine (load < 1): `charlm train --data tinyshakespeare.txt
+# --max-steps 40 --eval-every 0 --dropout 0.2 --json` (its train_chars_per_s; 25-40 steps for the
+# large models, 300 for 1x256) with the cell, sizes and batch of the key. The machine's speed
+# drifts by ±25 % over a day, so a budget is a fair share, not a promise: (cell, hidden, layers,
+# batch) → chars/s.
 RATES = {("lstm", 512, 2, 32): 7992, ("lstm", 512, 2, 64): 8357, ("lstm", 512, 3, 32): 4978,
          ("lstm", 768, 2, 32): 4295, ("lstm", 256, 1, 8): 45561}
 CPU_SHARE = 0.93  # of the wall time left for training steps once validation is paid for

@@ -113,7 +113,7 @@ def cli():
 @data_options
 @click.option("--cell", default="lstm", show_default=True,
               help="Recurrent cell (rnn, lstm, gru, gru-note, or a registered one).")
-@click.option("--hidden-size", default=256, show_default=True)
+@click.option("--hidden-size", default=384, show_default=True)
 @model_options
 @optim_options
 @click.option("--max-epochs", type=int, default=None)

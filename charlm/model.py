@@ -95,7 +95,7 @@ class ModelConfig:
 
     vocab_size: int
     cell: str = "lstm"
-    hidden_size: int = 256
+    hidden_size: int = 384
     num_layers: int = 1
     embedding_dim: int = 64
     dropout: float = 0.0

@@ -113,7 +113,9 @@ class RunFolder(Callback):
         check is immediate; on a GPU, reading the loss every step would make the host wait for
         the device, so the first bad step is kept on the device and read by ``check_loss``."""
         loss = loss.detach()
-        if not (loss.device.type != "cpu" if lazy is None else lazy):
+        if lazy is None:
+            lazy = loss.device.type != "cpu"
+        if not lazy:
             _refuse_non_finite(float(loss), step)
             return
         if self._bad is None:

@@ -36,7 +36,7 @@ class TrainConfig:
 
     data: list[str] = field(default_factory=list)
     cell: str = "lstm"
-    hidden_size: int = 256
+    hidden_size: int = 384
     num_layers: int = 1
     embedding_dim: int = 64
     dropout: float = 0.0

@@ -148,3 +148,12 @@ def test_layer_norm_lstm_checkpoint_round_trip(text_file, tmp_path):
     sample = CliRunner().invoke(cli, ["sample", results["best_checkpoint"], "--length", "30",
                                       "--json"])
     assert sample.exit_code == 0 and len(json.loads(sample.output)["samples"][0]) == 30
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_every_preset_is_a_valid_training_configuration(name):
+    from charlm.train import TrainConfig
+    options = presets.apply({"accelerator": "cpu"}, name, given=set())
+    config = TrainConfig(data=["x.txt"], **options)
+    assert config.model_config(65).cell == options["cell"]
+    assert config.precision in ("bf16-mixed", "32-true") and config.max_time > 0
