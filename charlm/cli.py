@@ -13,7 +13,7 @@ import numpy as np
 
 from . import __version__
 from .errors import CharlmError
-from .presets import PRESETS
+from .presets import PRESETS, apply as apply_preset
 
 
 def user_errors(fn):
@@ -134,13 +134,12 @@ def cli():
 @user_errors
 def train(data, hf_split, as_json, preset, **options):
     """Train a model; the run folder gets best.ckpt, last.ckpt, metrics.csv, samples.txt, run.json."""
-    from . import presets
     from .runlock import is_rank_zero
     from .train import TrainConfig, fit
     ctx = click.get_current_context()
     given = {k for k in options
              if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
-    options = presets.apply(options, preset, given)
+    options = apply_preset(options, preset, given)
     if options["devices"].isdigit():
         options["devices"] = int(options["devices"])
     config = TrainConfig(data=list(data), split=hf_split, progress=not as_json, **options)

@@ -99,13 +99,13 @@ class RunFolder(Callback):
         final = out_of_time or (self.total_steps is not None and step >= self.total_steps)
         if out_of_time:
             trainer.should_stop = True
-        will_save = final or (self.config.eval_every and step % self.config.eval_every == 0) \
-            or (self.config.sample_every and step % self.config.sample_every == 0)
-        if will_save:
-            self.check_loss()
-        if self.config.sample_every and step % self.config.sample_every == 0:
+        sample_now = bool(self.config.sample_every) and step % self.config.sample_every == 0
+        validate_now = final or (bool(self.config.eval_every) and step % self.config.eval_every == 0)
+        if sample_now or validate_now:
+            self.check_loss()  # before anything is written from these weights
+        if sample_now:
             self.write_samples(trainer, pl_module, step)
-        if final or (self.config.eval_every and step % self.config.eval_every == 0):
+        if validate_now:
             self.validate(trainer, pl_module, step)
 
     def watch_loss(self, loss: torch.Tensor, step: int, lazy: bool | None = None) -> None:
