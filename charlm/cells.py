@@ -177,7 +177,7 @@ class _Explicit(nn.Module):
         layer_states, per_layer_gates = self._unpack(state, x), []
         for k in range(self.num_layers):
             gx = self._project_layer(k, x)  # (B, T, G·H): every step in one matmul
-            s, steps = layer_states[k], []
+            s, steps = _as_dtype(layer_states[k], gx.dtype), []
             for t in range(x.shape[1]):
                 gates = self._step_layer(k, gx[:, t], s)
                 s = tuple(gates[key] for key in self.state_keys)
@@ -196,7 +196,8 @@ class _Explicit(nn.Module):
         """One time step: x_t (B, I) → the top layer's h (B, H) and the new state."""
         layer_states = self._unpack(state, x_t)
         for k in range(self.num_layers):
-            gates = self._step_layer(k, self._project_layer(k, x_t), layer_states[k])
+            gx = self._project_layer(k, x_t)
+            gates = self._step_layer(k, gx, _as_dtype(layer_states[k], gx.dtype))
             layer_states[k] = tuple(gates[key] for key in self.state_keys)
             x_t = self._between_layers(gates["h"], k)
         return x_t, self._pack(layer_states)
@@ -207,6 +208,12 @@ class _Explicit(nn.Module):
         return {key: torch.stack([torch.stack([g[key] for g in steps], 1)
                                   for steps in per_layer_gates])
                 for key in per_layer_gates[0][0]}
+
+
+def _as_dtype(s: LayerState, dtype: torch.dtype) -> LayerState:
+    """The state in the dtype the step computes in: under bf16 autocast the matmuls give bf16,
+    and a float32 state from outside (zeros, a carried state) must join them (lerp will not mix)."""
+    return tuple(t.to(dtype) for t in s)
 
 
 class _SummedBias(_Explicit):

@@ -88,8 +88,9 @@ def test_test_split_is_reported(text_file, tmp_path):
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_explicit_cells_train_to_the_same_result(cell, text_file, tmp_path):
+    # float32: the default (auto) is bf16 on CPUs that have it, where the two differ by rounding
     results = {impl: fit(TrainConfig(data=[str(text_file)], cell=cell, impl=impl, max_steps=10,
-                                     out=str(tmp_path / impl), **TINY))
+                                     precision="32-true", out=str(tmp_path / impl), **TINY))
                for impl in ("fused", "explicit")}
     assert results["explicit"]["val_loss"] == pytest.approx(results["fused"]["val_loss"], abs=2e-4)
     fused, _, _ = load(tmp_path / "fused" / "last.ckpt")
@@ -97,6 +98,18 @@ def test_explicit_cells_train_to_the_same_result(cell, text_file, tmp_path):
     assert explicit.config.impl == "explicit"
     for (name, a), (_, b) in zip(fused.state_dict().items(), explicit.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-3), name  # same parameter names, nearly same values
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "gru-note", "lstm-ln"])
+def test_explicit_cells_train_in_bf16(cell, text_file, tmp_path):
+    # bf16 autocast hands the cells bf16 projections next to a float32 state; every cell must
+    # take both (the auto precision picks bf16 on CPUs with AMX or AVX512-BF16)
+    results = fit(TrainConfig(data=[str(text_file)], cell=cell, impl="explicit", max_steps=4,
+                              precision="bf16-mixed", out=str(tmp_path / "r"),
+                              **{**TINY, "num_layers": 2}))
+    assert math.isfinite(results["val_loss"]) and results["steps"] == 4
+    model, _, _ = load(tmp_path / "r" / "best.ckpt")
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed: weights stay fp32
 
 
 def test_note_gru_trains(text_file, tmp_path):
