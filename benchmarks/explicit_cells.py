@@ -20,7 +20,7 @@ SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinysha
 def chars_per_s(data: str, cell: str, impl: str, steps: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         return fit(TrainConfig(data=[data], cell=cell, impl=impl, max_steps=steps, eval_every=0,
-                               batch_size=16, out=out + "/run",
+                               batch_size=16, precision="32-true", out=out + "/run",
                                progress=False))["train_chars_per_s"]
 
 

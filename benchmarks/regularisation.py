@@ -99,6 +99,7 @@ def run_one(cfg: dict, data: str, accelerator: str) -> dict:
 
     fields = {k: v for k, v in cfg.items() if k not in ("minutes", "steps", "name")}
     with tempfile.TemporaryDirectory() as out:
+        fields.setdefault("precision", "32-true")  # the step budgets are float32 CPU rates
         r = fit(TrainConfig(data=[data], max_steps=cfg["steps"], out=out + "/run", progress=False,
                             accelerator=accelerator, devices=1, **fields), callbacks=[Progress()])
     curve = [(h["step"], round(h["val_loss"], 4)) for h in r["history"]]

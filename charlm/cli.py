@@ -81,7 +81,6 @@ model_options = options(  # train and compare
 optim_options = options(  # train and compare: the same batches, optimiser and budget
     click.option("--seq-len", default=128, show_default=True,
                  help="Characters per window (BPTT length)."),
-    click.option("--batch-size", default=8, show_default=True, help="Parallel streams per process."),
     click.option("--lr", default=4e-3, show_default=True),
     click.option("--weight-decay", default=0.0, show_default=True),
     click.option("--warmup-steps", default=0, show_default=True),
@@ -95,7 +94,6 @@ optim_options = options(  # train and compare: the same batches, optimiser and b
     click.option("--window", default="stream", show_default=True,
                  type=click.Choice(["stream", "random"])),
     click.option("--accelerator", default="auto", show_default=True),
-    click.option("--precision", default="32-true", show_default=True),
 )
 
 
@@ -114,6 +112,8 @@ def cli():
 @click.option("--cell", default="lstm", show_default=True,
               help="Recurrent cell (rnn, lstm, gru, gru-note, or a registered one).")
 @click.option("--hidden-size", default=384, show_default=True)
+@click.option("--batch-size", type=int, default=None,
+              help="Parallel streams per process [default: 16 where training runs in bf16, else 8].")
 @model_options
 @optim_options
 @click.option("--max-epochs", type=int, default=None)
@@ -127,6 +127,10 @@ def cli():
 @click.option("--devices", default="auto", show_default=True)
 @click.option("--strategy", default="auto", show_default=True)
 @click.option("--num-nodes", default=1, show_default=True)
+@click.option("--precision", default="auto", show_default=True,
+              help="Lightning's precision (32-true, bf16-mixed, 16-mixed, ...); auto: bf16-mixed "
+                   "where the hardware computes bf16 natively (AMX or AVX512-BF16 CPUs, bf16 "
+                   "GPUs), else 32-true.")
 @click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)),
               help="Measured settings for a job; flags you give override them. " + " ".join(
                   f"{p.name}: {p.summary}." for p in PRESETS.values()))

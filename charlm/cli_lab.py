@@ -20,6 +20,11 @@ from .cli import cli, data_options, emit_json, model_options, optim_options, opt
               help="The same hidden size for every cell instead.")
 @model_options
 @optim_options
+@click.option("--batch-size", default=8, show_default=True,
+              help="Parallel streams per process (8 suits compare's short step budgets).")
+@click.option("--precision", default="32-true", show_default=True,
+              help="Lightning's precision for every run; float32 keeps the gradient-flow figures "
+                   "exact (auto: bf16-mixed where native, as train).")
 @click.option("--seeds", default=1, show_default=True,
               help="Runs per cell, seeds SEED, SEED+1, ...")
 @click.option("--seed", default=1337, show_default=True, help="The first seed.")

@@ -48,7 +48,9 @@ _NOT_COMPARED = ("out", "resume", "progress")
 class CompareConfig:
     """A comparison: the shared training settings, the cells, how to size them, how many seeds."""
 
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(progress=False))
+    train: TrainConfig = field(  # float32: gradient norms 64 steps back need its range
+        default_factory=lambda: TrainConfig(progress=False, precision="32-true",
+                                              batch_size=8))
     cells: list[str] = field(default_factory=lambda: ["rnn", "lstm", "gru"])
     checkpoints: list[str] = field(default_factory=list)  # trained elsewhere: evaluated only
     params: int | None = None        # match every cell to this many parameters...
