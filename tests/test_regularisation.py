@@ -93,6 +93,7 @@ def test_preset_through_the_cli(text_file, tmp_path):
     assert run["config"]["hidden_size"] == 16 and run["config"]["max_steps"] == 3  # given
     assert run["model"]["weight_drop"] == recipe["weight_drop"]  # from the preset
     assert run["model"]["dropout"] == recipe["dropout"]
+    assert run["config"]["weight_decay"] == recipe["weight_decay"] > 0
     assert run["config"]["batch_size"] == 4 and run["config"]["lr"] == recipe["lr"]
     bad = CliRunner().invoke(cli, ["train", "--preset", "nope", "--data", str(text_file)])
     assert bad.exit_code != 0 and "Invalid value for '--preset'" in bad.output
