@@ -17,6 +17,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
+from .allocator import keep_freed_memory
 from .atomic import atomic_write_bytes
 from .checkpoint import _read_ckpt
 from .errors import CharlmError
@@ -172,6 +173,7 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
                                         "text_column": config.text_column,
                                         "streaming": config.streaming})
     dm.load()
+    keep_freed_memory()  # each step reuses the last step's memory (charlm.allocator)
     corpus = dm.corpus
     model_config = config.model_config(len(corpus.vocab))
     if resumed is not None:

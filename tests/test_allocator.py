@@ -1,0 +1,75 @@
+"""charlm.allocator: a training process keeps the memory a step frees, so the next step does not
+page-fault it back in. Measured in child processes, since the setting is process-wide."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from charlm.allocator import glibc
+
+pytestmark = pytest.mark.skipif(glibc() is None, reason="the malloc settings are glibc's")
+
+SIZES_MIB = (16, 32, 64)  # the large buffers of a "step", allocated, touched and freed
+PAGES = 3 * sum(SIZES_MIB) * 2**20 // 4096  # in the three steps measured
+
+# After whatever the child did first, a few steps settle the heap; the page faults of the next
+# three tell whether the memory a step frees went back to the system.
+CHILD = """
+import resource, sys, torch
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def step():
+    buffers = [torch.ones(mib * 2**18) for mib in {sizes}]  # float32: 2**18 elements a MiB
+{setup}
+for _ in range(5):
+    step()
+before = faults()
+for _ in range(3):
+    step()
+print(faults() - before)
+"""
+
+FIT = """
+from charlm.train import TrainConfig, fit
+fit(TrainConfig(data=[{data!r}], hidden_size=16, embedding_dim=8, batch_size=4, seq_len=16,
+                max_steps=2, progress=False, out={out!r}))
+"""
+
+
+def refaults(setup: str, env: dict | None = None) -> int:
+    code = CHILD.format(setup=setup, sizes=SIZES_MIB)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def always_huge_pages() -> bool:
+    """With transparent huge pages always on, even glibc's default faults 2 MiB at a time."""
+    path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return path.exists() and "[always]" in path.read_text()
+
+
+def test_freed_memory_is_kept_for_the_next_allocation():
+    kept = refaults("from charlm.allocator import keep_freed_memory\n"
+                    "assert keep_freed_memory()")
+    assert kept < PAGES // 100, kept
+    if not always_huge_pages():
+        assert refaults("") > PAGES // 2  # glibc's default unmaps it: a fault per page
+
+
+def test_training_keeps_freed_memory_unless_told_not_to(text_file, tmp_path):
+    setup = FIT.format(data=str(text_file), out=str(tmp_path / "a"))
+    assert refaults(setup) < PAGES // 100
+    if not always_huge_pages():
+        setup = FIT.format(data=str(text_file), out=str(tmp_path / "b"))
+        assert refaults(setup, {"CHARLM_MALLOC": "system"}) > PAGES // 2
+
+
+def test_system_malloc_on_request(monkeypatch):
+    from charlm.allocator import keep_freed_memory
+    monkeypatch.setenv("CHARLM_MALLOC", "system")
+    assert keep_freed_memory() is False
