@@ -19,6 +19,12 @@ measured as interleaved runs in one process, and rates are given twice: ``chars_
 clock and ``cpu_chars_per_s`` by this process's CPU time, which other processes' load disturbs far
 less (with --threads 1 the two agree on an idle machine). Ratios are taken on CPU time; each line
 also carries the load average when it was measured.
+
+The plain loop's speed depends on the C library: the fused CPU kernel re-lays the weights into a
+fresh buffer on every call, and glibc's malloc, as it comes, returns that buffer to the system
+after each call, so the next call page-faults it back in (about 2,000 faults a call for 2x512).
+``--malloc kept`` runs the whole process with charlm's training setting (charlm.allocator),
+which keeps freed memory; charlm's own steps allocate nothing that large.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from charlm.allocator import keep_freed_memory
 from charlm.model import CharRNN, ModelConfig
 from charlm.sampling import SampleSettings, generate
 from charlm.vocab import CharVocab
@@ -210,7 +217,7 @@ def context_figures(repeats: int, hidden: int) -> list[dict]:
     return rows
 
 
-def plain_figures(repeats: int, length: int) -> list[dict]:
+def plain_figures(repeats: int, length: int, kept: bool) -> list[dict]:
     rows = []
     for hidden in (128, 512):
         for cell in CELLS:
@@ -223,7 +230,7 @@ def plain_figures(repeats: int, length: int) -> list[dict]:
             row = {"figure": "sample_vs_plain", "cell": cell, "layers": 2, "hidden": hidden,
                    "chars": n, **rates("charlm_", ours), **rates("plain_", plain),
                    "ratio": round(ours.cpu_rate / plain.cpu_rate, 2),
-                   "ratio_wall": round(ours.wall_rate / plain.wall_rate, 2),
+                   "ratio_wall": round(ours.wall_rate / plain.wall_rate, 2), "malloc_kept": kept,
                    "threads": torch.get_num_threads(), "loadavg": load()}
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -269,8 +276,11 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256, help="hidden size for length/context")
     parser.add_argument("--plain-length", type=int, default=2000)
     parser.add_argument("--only", default="length,context,plain")
+    parser.add_argument("--malloc", default="system", choices=("system", "kept"),
+                        help="glibc malloc as it comes, or keeping freed memory")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    kept = args.malloc == "kept" and keep_freed_memory()
     only = set(args.only.split(","))
     rows = []
     if "length" in only:
@@ -278,7 +288,7 @@ def main() -> None:
     if "context" in only:
         rows += context_figures(args.repeats, args.hidden)
     if "plain" in only:
-        rows += plain_figures(args.repeats, args.plain_length)
+        rows += plain_figures(args.repeats, args.plain_length, kept)
     table(rows)
 
 
