@@ -44,5 +44,5 @@ def keep_freed_memory() -> bool:
     libc = glibc()
     if libc is None or os.environ.get("CHARLM_MALLOC", "").lower() == "system":
         return False
-    # mallopt returns 1 on success; the threshold first, so nothing above it is unmapped either
+    # mallopt returns 1 on success; both must take, or a step still faults its memory back in
     return bool(libc.mallopt(M_MMAP_THRESHOLD, KEEP)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEEP))
