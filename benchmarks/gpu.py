@@ -11,6 +11,8 @@ Sections, each printing one JSON line per figure:
   env      torch, CUDA, cuDNN, device name
   check    a 50-step bf16-mixed run on the GPU: finite val loss, the checkpoint opens on the CPU,
            and samples come from the GPU model
+  syncs    host-device synchronisations per training step, charlm against the plain loop
+           (torch.cuda.set_sync_debug_mode), each with the line that caused it
   train    LSTM 2x512 and 3x1024, batch 64 x 128: charlm (Lightning) and the plain loop of
            benchmarks/train_throughput.py on the same device, fp32 and bf16-mixed, interleaved
   sample   generate() chars/s at batch 1 and 64, with the explicit cell's step (the CPU's fast
@@ -31,9 +33,11 @@ import warnings
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 import charlm
 from charlm import sampling
+from charlm.allocator import keep_freed_memory
 from charlm.data import load_corpus
 from charlm.model import CharRNN, ModelConfig
 from charlm.train import TrainConfig, fit
@@ -94,7 +98,66 @@ def train_rows(data: str, ids, configs, precisions, accelerator: str, device: st
                 "layers": layers, "precision": precision, "batch": 64, "seq_len": 128,
                 "steps": steps, "plain": round(statistics.median(plain)),
                 "charlm": round(statistics.median(ours)),
-                "charlm_over_plain": round(statistics.median(o / p for o, p in zip(ours, plain)), 3)}))
+                "charlm_over_plain": round(statistics.median(o / p for o, p in zip(ours, plain)), 3),
+                "pair_ratios": [round(o / p, 3) for o, p in zip(ours, plain)]}))
+    return rows
+
+
+class SyncWatch(Callback):
+    """Turns CUDA's sync warnings on for the steps between the first two and the last: the
+    steady state, without set-up, the final validation or the checkpoint."""
+
+    def __init__(self, steps: int, device: str):
+        self.steps, self.device, self.watched = steps, device, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.device == "cuda" and batch_idx in (2, self.steps - 1):
+            torch.cuda.set_sync_debug_mode("warn" if batch_idx == 2 else "default")
+        if 2 <= batch_idx < self.steps - 1:
+            self.watched += 1
+
+
+def count_syncs(run, device: str) -> tuple[int, dict]:
+    """Runs ``run`` and returns (steps watched, {"file:line": syncs}) of the warnings it raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        watched = run()
+    if device == "cuda":
+        torch.cuda.set_sync_debug_mode("default")
+    sites: dict[str, int] = {}
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            site = f"{Path(w.filename).name}:{w.lineno}"
+            sites[site] = sites.get(site, 0) + 1
+    return watched, sites
+
+
+def sync_rows(data: str, ids, accelerator: str, device: str, steps: int,
+              hidden: int) -> list[dict]:
+    """Host-device syncs a step: each one makes the host wait for the GPU to finish, so the
+    host's own per-step work (Lightning's included) no longer overlaps the GPU's."""
+    def ours():
+        watch = SyncWatch(steps, device)
+        with tempfile.TemporaryDirectory() as out:
+            fit(TrainConfig(data=[data], cell="lstm", hidden_size=hidden, num_layers=2,
+                            batch_size=64, seq_len=128, max_steps=steps, eval_every=0,
+                            out=out + "/run", progress=False, lr=2e-3,
+                            accelerator=accelerator, devices=1), callbacks=[watch])
+        return watch.watched
+
+    def plain():  # the same steps watched: the model's set-up and the final wait are not
+        watch = SyncWatch(steps, device)
+        plain_loop(ids, "lstm", hidden, 2, 64, 128, steps, device=device,
+                   on_step=lambda step: watch.on_train_batch_start(None, None, None, step))
+        return watch.watched
+
+    rows = []
+    for name, run in (("charlm", ours), ("plain", plain)):
+        watched, sites = count_syncs(run, device)
+        rows.append(emit({"figure": "syncs_per_step", "device": device, "run": name,
+                          "steps_watched": watched,
+                          "per_step": round(sum(sites.values()) / max(watched, 1), 3),
+                          "sites": sites}))
     return rows
 
 
@@ -154,7 +217,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sample-length", type=int, default=1000)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the script")
-    parser.add_argument("--only", default="check,train,sample")
+    parser.add_argument("--only", default="check,train,syncs,sample")
     args = parser.parse_args()
     only = set(args.only.split(","))
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
@@ -167,12 +230,16 @@ def main() -> None:
     else:
         raise SystemExit("no CUDA device here (torch.cuda.is_available() is False); "
                          "run with --smoke to check the script on the CPU")
+    keep_freed_memory()  # as charlm's fit() does, so the plain loop's first run matches
     env_row(device)
     corpus = load_corpus([args.data])
     ids = corpus.split(0.1, 0.0)["train"]
     rows = []
     if "check" in only:
         check_row(args.data, accelerator, 64 if not args.smoke else 16, 50 if not args.smoke else 3)
+    if "syncs" in only:
+        rows += sync_rows(args.data, ids, accelerator, device, 8 if args.smoke else 40,
+                          32 if args.smoke else 512)
     if "train" in only:
         rows += train_rows(args.data, ids, configs, ("32-true", "bf16-mixed"), accelerator, device,
                            steps, args.repeats)
@@ -182,6 +249,9 @@ def main() -> None:
     for r in (r for r in rows if r["figure"] == "train_chars_per_s"):
         print(f"{r['cell']} {r['layers']}x{r['hidden']:<7}{r['precision']:>12}{r['plain']:>15,}"
               f"{r['charlm']:>16,}{r['charlm_over_plain']:>8.3f}")
+    for r in (r for r in rows if r["figure"] == "syncs_per_step"):
+        print(f"syncs a step, {r['run']}: {r['per_step']} over {r['steps_watched']} steps "
+              f"{r['sites']}")
     print(f"\n{'sample':<12}{'B':>4}{'explicit step':>15}{'fused step':>12}{'plain loop':>12}"
           "   (chars/s)")
     for r in (r for r in rows if r["figure"] == "sample_chars_per_s"):

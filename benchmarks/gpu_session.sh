@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One lent GPU session's checks and figures, in order (about 8 minutes on one H100):
+# One lent GPU session's checks and speed figures, in order (about 7 minutes on one H200):
 #   1. the CLI on the GPU: bf16-mixed training, then sampling from its checkpoint
-#   2. benchmarks/gpu.py: training chars/s fp32 and bf16-mixed, Lightning vs plain, sampling
-#   3. benchmarks/regularisation.py, both plans at the CPU's step budgets, variants in parallel
+#   2. benchmarks/gpu.py: the bf16 check, host-device waits a step, training chars/s fp32 and
+#      bf16-mixed (Lightning vs plain), sampling chars/s
+#   3. benchmarks/gpu_profile.py: steady-state chars/s and a profile of each loop
+# The regularisation study (README, "How the recipe was chosen") is a session of its own.
 # Usage: benchmarks/gpu_session.sh DATA OUTDIR   (python3 must hold torch with CUDA and lightning)
 set -u
 data=$1 out=$2
@@ -14,12 +16,7 @@ timeout 60 python3 -m charlm train --data "$data" --accelerator gpu --precision 
     --num-layers 2 --hidden-size 512 --batch-size 64 --max-steps 200 --eval-every 100 \
     --out /tmp/cli-run --json 2>&1 | tail -2 | tee "$out/cli.log"
 timeout 30 python3 -m charlm sample /tmp/cli-run/best.ckpt --length 200 --seed 1 2>&1 | tee -a "$out/cli.log"
-timeout 200 python3 benchmarks/gpu.py --data "$data" --steps 150 --repeats 2 --sample-length 500 \
+timeout 270 python3 benchmarks/gpu.py --data "$data" --steps 300 --repeats 3 --sample-length 500 \
     2>&1 | grep -v Warning | tee "$out/gpu.log"
-timeout 300 python3 benchmarks/regularisation.py --plan long --accelerator gpu --parallel 10 \
-    --data "$data" > "$out/long.log" 2>&1 &
-timeout 300 python3 benchmarks/regularisation.py --plan quick --accelerator gpu --parallel 8 \
-    --data "$data" > "$out/quick.log" 2>&1 &
-wait
-grep -v '"progress"' "$out/quick.log" | tail -12
-grep -v '"progress"' "$out/long.log" | tail -14
+timeout 150 python3 benchmarks/gpu_profile.py --data "$data" --steps 300 --repeats 2 \
+    --tables "$out" 2>&1 | grep -v -E "Warning|USDT" | tee "$out/profile.log"

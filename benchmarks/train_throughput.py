@@ -64,8 +64,9 @@ def matmul_peak(batch: int, seq: int, cell: str, hidden: int, repeats: int = 5) 
 
 
 def plain_loop(ids, cell, hidden, layers, batch, seq, steps, lr=2e-3, device="cpu",
-               precision="32-true") -> float:
-    """A 30-line PyTorch loop: stateful TBPTT, AdamW, clipping. Returns chars/s."""
+               precision="32-true", on_step=None) -> float:
+    """A 30-line PyTorch loop: stateful TBPTT, AdamW, clipping. Returns chars/s.
+    ``on_step(step)``, if given, is called as each step starts (a profiler's or a clock's hook)."""
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(int(ids.max()) + 1, cell, hidden, layers, 64)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
@@ -73,6 +74,8 @@ def plain_loop(ids, cell, hidden, layers, batch, seq, steps, lr=2e-3, device="cp
     state = None
     t0 = time.perf_counter()
     for step in range(steps):
+        if on_step is not None:
+            on_step(step)
         x, y, reset = streams.batch(step)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if reset:

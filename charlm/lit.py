@@ -70,6 +70,9 @@ class CharLM(L.LightningModule):
         self.aside_s = 0.0         # of which validation, samples and checkpoints
         self.train_chars = 0
         self._clock: float | None = None
+        # What the progress bar shows, kept as they are (a loss stays on the device) and read
+        # only when the bar redraws: see progress_metrics.
+        self.shown: dict[str, Tensor | float] = {}
 
     # -- the one step ---------------------------------------------------------------------
     def _shared_step(self, x: Tensor, y: Tensor, state: State | None):
@@ -83,14 +86,19 @@ class CharLM(L.LightningModule):
         self.carried = detach_state(state)
         loss = loss_sum / count
         if self._logs_this_step():
-            self.log("train_loss", loss, prog_bar=True)
-            self.log("bpc", loss / metrics.LN2, prog_bar=True)
+            self.log("train_loss", loss)
+            self.log("bpc", loss / metrics.LN2)
+            self.shown["train_loss"] = loss.detach()
         return loss
 
     def _logs_this_step(self) -> bool:
         """Whether the loggers write this step (Lightning's rule: every log_every_n_steps-th
         step). Only then is self.log worth its cost, about 0.5 ms a call, which is several per
-        cent of a small model's step."""
+        cent of a small model's step.
+
+        Nothing is logged with ``prog_bar=True``: Lightning reads every progress-bar metric back
+        to the host after every step, and on a GPU each read makes the host wait for the device
+        (3.0 waits a step on an H200 before, 0.19 after: benchmarks/gpu.py --only syncs)."""
         every = self.trainer.log_every_n_steps if self._trainer else 1
         return every > 0 and (self.global_step + 1) % every == 0
 
@@ -114,6 +122,13 @@ class CharLM(L.LightningModule):
     def on_train_start(self) -> None:
         self._clock = time.monotonic() - self.elapsed_s
 
+    def on_train_end(self) -> None:
+        # The run's clock stops here (after the last validation and checkpoint, which the
+        # callbacks' on_train_end ran). Lightning's teardown that follows moves the model and
+        # the optimiser's state back to the CPU and empties CUDA's cache: that is not training.
+        self.tick()
+        self._clock = None
+
     def tick(self) -> float:
         """Seconds of this run so far (resumed runs continue their clock)."""
         if self._clock is not None:
@@ -133,8 +148,19 @@ class CharLM(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.train_chars += batch[0].numel() * (self.trainer.world_size if self._trainer else 1)
-        if self._logs_this_step() and self.train_s > 0:
-            self.log("chars/s", self.train_chars / self.train_s, prog_bar=True, logger=False)
+
+    def progress_metrics(self) -> dict[str, float]:
+        """The progress bar's figures. Reading the training loss waits for the device, so this
+        is called only when the bar redraws."""
+        shown = {}
+        if "train_loss" in self.shown:
+            loss = float(self.shown["train_loss"])
+            shown.update({"train_loss": loss, "bpc": loss / metrics.LN2})
+        if self.train_s > 0:
+            shown["chars/s"] = self.train_chars / self.train_s
+        if "val_bpc" in self.shown:
+            shown["val_bpc"] = float(self.shown["val_bpc"])
+        return shown
 
     # -- checkpoints: plain data only, so torch.load(weights_only=True) opens them ----------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

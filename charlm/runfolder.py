@@ -151,7 +151,8 @@ class RunFolder(Callback):
         for logger in trainer.loggers:
             logger.log_metrics({"val_loss": val["loss"], "val_bpc": val["bpc"],
                                 "elapsed_s": record["elapsed_s"]}, step=step)
-        pl_module.log("val_bpc", val["bpc"], prog_bar=True, logger=False, rank_zero_only=True)
+        pl_module.log("val_bpc", val["bpc"], logger=False, rank_zero_only=True)
+        pl_module.shown["val_bpc"] = val["bpc"]
         improved = val["loss"] < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_step = val["loss"], step

@@ -139,6 +139,14 @@ def _total_steps(config: TrainConfig, windows_per_epoch: int) -> int | None:
     return DEFAULT_EPOCHS * windows_per_epoch
 
 
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar with the module's own figures (``CharLM.progress_metrics``), read when
+    the bar redraws rather than at every step as Lightning reads ``prog_bar`` metrics."""
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        return {**super().get_metrics(trainer, pl_module), **pl_module.progress_metrics()}
+
+
 def fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     """Train as ``config`` says; returns the results that also go to run.json.
 
@@ -211,7 +219,7 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     run_folder = RunFolder(out, dm, config, total)
     callbacks = [run_folder, GracefulStop(run_folder), *(callbacks or [])]
     if config.progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
+        callbacks.append(ProgressBar(refresh_rate=10))
     trainer = L.Trainer(
         max_steps=total if total is not None else -1,
         max_epochs=-1 if total is None else None,

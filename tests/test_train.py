@@ -1,13 +1,16 @@
 import json
 import math
+import sys
+import time
 from collections import Counter
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from charlm import load
 from charlm.errors import CharlmError
-from charlm.train import RunFolder, TrainConfig, fit
+from charlm.train import ProgressBar, RunFolder, TrainConfig, fit
 
 TINY = dict(hidden_size=32, embedding_dim=16, batch_size=8, seq_len=32, lr=1e-2, warmup_steps=5,
             progress=False)
@@ -127,3 +130,62 @@ def test_train_metrics_are_logged_on_the_steps_the_logger_writes(text_file, tmp_
         rows = [r for r in csv.DictReader(f) if r["train_loss"]]
     assert [int(r["step"]) for r in rows] == [9, 19, 29]
     assert all(math.isfinite(float(r["train_loss"])) and float(r["bpc"]) > 0 for r in rows)
+
+
+class HostReads(Callback):
+    """Counts Tensor.item() calls (the host reading a value back) made in each training step:
+    on a GPU each one makes the host wait for the device. The optimiser's are left out: it
+    reads its step counts, which stay on the CPU whatever the device."""
+
+    def __init__(self):
+        self.per_step: dict[int, int] = {}
+        self.calls = 0
+        self.shown: dict = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx > 0:
+            self.per_step[batch_idx - 1] = self.calls
+        self.calls = 0
+
+    def on_train_end(self, trainer, pl_module):
+        self.shown = ProgressBar().get_metrics(trainer, pl_module)
+
+
+def test_steps_read_nothing_back_from_the_device_but_on_logging_steps(text_file, tmp_path,
+                                                                     monkeypatch):
+    # Lightning reads every prog_bar metric back to the host after every step; on a GPU that
+    # was three waits for the device a step. The bar now reads the module's figures itself.
+    reads = HostReads()
+    item = torch.Tensor.item
+
+    def counted(self):
+        if not sys._getframe(1).f_globals["__name__"].startswith("torch.optim"):
+            reads.calls += 1
+        return item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted)
+    fit(TrainConfig(data=[str(text_file)], max_steps=40, eval_every=15, sample_every=0,
+                    out=str(tmp_path / "r"), **TINY), callbacks=[reads])
+    reading = sorted(step for step, n in reads.per_step.items() if n)
+    assert len(reads.per_step) == 39
+    assert set(reading) <= {9, 19, 29}, reads.per_step  # the logger's steps, after validation too
+    assert set(reads.shown) >= {"train_loss", "bpc", "chars/s", "val_bpc"}, reads.shown
+    assert reads.shown["bpc"] == pytest.approx(reads.shown["train_loss"] / math.log(2))
+
+
+def test_the_run_clock_stops_before_lightning_tears_down(text_file, tmp_path, monkeypatch):
+    # Teardown (on a GPU: the model and optimiser state back to the CPU, CUDA's cache emptied)
+    # is not training: it must not lower the train chars/s that a run reports.
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+    seen = {}
+    teardown = SingleDeviceStrategy.teardown
+
+    def slow_teardown(self):
+        seen["before"] = self.lightning_module.tick()
+        time.sleep(0.3)
+        seen["after"] = self.lightning_module.tick()
+        teardown(self)
+
+    monkeypatch.setattr(SingleDeviceStrategy, "teardown", slow_teardown)
+    results = fit(TrainConfig(data=[str(text_file)], max_steps=5, out=str(tmp_path / "r"), **TINY))
+    assert seen["after"] == seen["before"] == results["elapsed_s"]

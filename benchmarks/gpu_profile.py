@@ -1,0 +1,160 @@
+"""Where a GPU training step's time goes, charlm against the plain loop: steady-state chars/s
+(timed between two synchronised steps, so start-up and the end of the run are left out) and a
+torch.profiler summary of a few steps of each.
+
+    python benchmarks/gpu_profile.py [--data FILE] [--steps 300] [--configs lstm:512:2,lstm:1024:3]
+    python benchmarks/gpu_profile.py --smoke        # the same code, tiny, on the CPU
+
+Prints one JSON line per figure; the profiler tables go to --tables (a folder) when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from charlm.allocator import keep_freed_memory
+from charlm.data import load_corpus
+from charlm.train import TrainConfig, fit
+
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import SHAKESPEARE, plain_loop
+
+
+class StepHook(Callback):
+    """Calls ``hook(step)`` at the start of every training step."""
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.hook(batch_idx)
+
+
+class Clock:
+    """Synchronised times at two steps: the steady state between them."""
+
+    def __init__(self, first: int, last: int, device: str):
+        self.first, self.last, self.device, self.t = first, last, device, {}
+
+    def __call__(self, step: int) -> None:
+        if step in (self.first, self.last):
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            self.t[step] = time.perf_counter()
+
+    def chars_per_s(self, chars_per_step: int) -> float:
+        return (self.last - self.first) * chars_per_step / (self.t[self.last] - self.t[self.first])
+
+
+LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel")
+
+
+class Profile:
+    """torch.profiler over steps [first, first + n)."""
+
+    def __init__(self, first: int, n: int, device: str):
+        self.first, self.n, self.device, self.prof, self.wall = first, n, device, None, 0.0
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if device == "cuda":
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        self.acts = acts
+
+    def __call__(self, step: int) -> None:
+        if step == self.first:
+            self.prof = torch.profiler.profile(activities=self.acts)
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+        elif step == self.first + self.n and self.prof is not None:
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            self.wall = time.perf_counter() - self.t0
+            self.prof.__exit__(None, None, None)
+
+    def summary(self) -> dict:
+        events = self.prof.key_averages()
+        # Each kernel's time once, on the operator that launched it ("Self CUDA" in the table);
+        # the device-side events also hold record_function spans, which would count it twice.
+        on_host = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+        gpu = sum(e.self_device_time_total for e in on_host) / 1e3 / self.n
+        launches = sum(e.count for e in on_host if e.key in LAUNCHES) / self.n
+        cpu_ops = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
+        return {"wall_ms_per_step": round(self.wall * 1e3 / self.n, 2),
+                "gpu_busy_ms_per_step": round(gpu, 2),
+                "kernel_launches_per_step": round(launches, 1),
+                "top_cpu_ms_per_step": {e.key[:40]: round(e.self_cpu_time_total / 1e3 / self.n, 3)
+                                        for e in cpu_ops}}
+
+
+def charlm_steps(data, cell, hidden, layers, steps, accelerator, precision, hooks) -> None:
+    with tempfile.TemporaryDirectory() as out:
+        fit(TrainConfig(data=[data], cell=cell, hidden_size=hidden, num_layers=layers,
+                        batch_size=64, seq_len=128, max_steps=steps, eval_every=0,
+                        out=out + "/run", progress=False, lr=2e-3, accelerator=accelerator,
+                        devices=1, precision=precision),
+            callbacks=[StepHook(h) for h in hooks])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(SHAKESPEARE))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--configs", default="lstm:512:2,lstm:1024:3")
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--tables", default=None, help="Folder for the profiler's full tables.")
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    keep_freed_memory()
+    if args.smoke:
+        device, accelerator, steps, configs = "cpu", "cpu", 14, [("lstm", 32, 2)]
+    else:
+        device, accelerator, steps = "cuda", "gpu", args.steps
+        configs = [(c, int(h), int(n)) for c, h, n in
+                   (x.split(":") for x in args.configs.split(","))]
+    ids = load_corpus([args.data]).split(0.1, 0.0)["train"]
+    first, last = steps // 5, steps - 2
+    for cell, hidden, layers in configs:
+        rates = {"plain": [], "charlm": []}
+        for _ in range(args.repeats):
+            clock = Clock(first, last, device)
+            plain_loop(ids, cell, hidden, layers, 64, 128, steps, device=device,
+                       precision=args.precision, on_step=clock)
+            rates["plain"].append(clock.chars_per_s(64 * 128))
+            clock = Clock(first, last, device)
+            charlm_steps(args.data, cell, hidden, layers, steps, accelerator, args.precision,
+                         [clock])
+            rates["charlm"].append(clock.chars_per_s(64 * 128))
+        print(json.dumps({"figure": "steady_chars_per_s", "device": device, "cell": cell,
+                          "hidden": hidden, "layers": layers, "precision": args.precision,
+                          "steps": f"{first}-{last}", **{k: round(statistics.median(v))
+                                                         for k, v in rates.items()},
+                          "pair_ratios": [round(o / p, 3) for o, p in
+                                          zip(rates["charlm"], rates["plain"])]}), flush=True)
+        n = min(10, last - first - 1)
+        for name in ("plain", "charlm"):
+            prof = Profile(first, n, device)
+            if name == "plain":
+                plain_loop(ids, cell, hidden, layers, 64, 128, first + n + 1, device=device,
+                           precision=args.precision, on_step=prof)
+            else:
+                charlm_steps(args.data, cell, hidden, layers, first + n + 1, accelerator,
+                             args.precision, [prof])
+            print(json.dumps({"figure": "profile", "run": name, "cell": cell, "hidden": hidden,
+                              "layers": layers, **prof.summary()}), flush=True)
+            if args.tables:
+                Path(args.tables).mkdir(parents=True, exist_ok=True)
+                Path(args.tables, f"{name}_{layers}x{hidden}.txt").write_text(
+                    prof.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+
+
+if __name__ == "__main__":
+    main()
