@@ -98,7 +98,8 @@ def train_rows(data: str, ids, configs, precisions, accelerator: str, device: st
                 "layers": layers, "precision": precision, "batch": 64, "seq_len": 128,
                 "steps": steps, "plain": round(statistics.median(plain)),
                 "charlm": round(statistics.median(ours)),
-                "charlm_over_plain": round(statistics.median(o / p for o, p in zip(ours, plain)), 3),
+                "charlm_over_plain": round(statistics.median(o / p for o, p in zip(ours, plain)),
+                                           3),
                 "pair_ratios": [round(o / p, 3) for o, p in zip(ours, plain)]}))
     return rows
 

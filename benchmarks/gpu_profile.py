@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,6 @@ from charlm.allocator import keep_freed_memory
 from charlm.data import load_corpus
 from charlm.train import TrainConfig, fit
 
-import sys
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import SHAKESPEARE, plain_loop
 
