@@ -33,7 +33,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback
 
 import charlm
 from charlm import sampling
@@ -43,7 +42,7 @@ from charlm.model import CharRNN, ModelConfig
 from charlm.train import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import SHAKESPEARE, charlm_run, plain_loop
+from train_throughput import SHAKESPEARE, StepHook, charlm_run, plain_loop
 
 
 def emit(row: dict) -> dict:
@@ -104,17 +103,17 @@ def train_rows(data: str, ids, configs, precisions, accelerator: str, device: st
     return rows
 
 
-class SyncWatch(Callback):
-    """Turns CUDA's sync warnings on for the steps between the first two and the last: the
-    steady state, without set-up, the final validation or the checkpoint."""
+class SyncWatch:
+    """A step hook that turns CUDA's sync warnings on for the steps between the first two and
+    the last: the steady state, without set-up, the final validation or the checkpoint."""
 
     def __init__(self, steps: int, device: str):
         self.steps, self.device, self.watched = steps, device, 0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if self.device == "cuda" and batch_idx in (2, self.steps - 1):
-            torch.cuda.set_sync_debug_mode("warn" if batch_idx == 2 else "default")
-        if 2 <= batch_idx < self.steps - 1:
+    def __call__(self, step: int) -> None:
+        if self.device == "cuda" and step in (2, self.steps - 1):
+            torch.cuda.set_sync_debug_mode("warn" if step == 2 else "default")
+        if 2 <= step < self.steps - 1:
             self.watched += 1
 
 
@@ -143,13 +142,13 @@ def sync_rows(data: str, ids, accelerator: str, device: str, steps: int,
             fit(TrainConfig(data=[data], cell="lstm", hidden_size=hidden, num_layers=2,
                             batch_size=64, seq_len=128, max_steps=steps, eval_every=0,
                             out=out + "/run", progress=False, lr=2e-3,
-                            accelerator=accelerator, devices=1), callbacks=[watch])
+                            accelerator=accelerator, devices=1),
+                callbacks=[StepHook(watch)])
         return watch.watched
 
     def plain():  # the same steps watched: the model's set-up and the final wait are not
         watch = SyncWatch(steps, device)
-        plain_loop(ids, "lstm", hidden, 2, 64, 128, steps, device=device,
-                   on_step=lambda step: watch.on_train_batch_start(None, None, None, step))
+        plain_loop(ids, "lstm", hidden, 2, 64, 128, steps, device=device, on_step=watch)
         return watch.watched
 
     rows = []

@@ -19,24 +19,13 @@ import time
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from charlm.allocator import keep_freed_memory
 from charlm.data import load_corpus
 from charlm.train import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import SHAKESPEARE, plain_loop
-
-
-class StepHook(Callback):
-    """Calls ``hook(step)`` at the start of every training step."""
-
-    def __init__(self, hook):
-        self.hook = hook
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self.hook(batch_idx)
+from train_throughput import SHAKESPEARE, StepHook, plain_loop
 
 
 class Clock:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 
 from charlm.allocator import keep_freed_memory
 from charlm.data import TrainStreams, load_corpus
@@ -92,6 +93,17 @@ def plain_loop(ids, cell, hidden, layers, batch, seq, steps, lr=2e-3, device="cp
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     return batch * seq * steps / (time.perf_counter() - t0)
+
+
+class StepHook(Callback):
+    """Calls ``hook(step)`` as each of charlm's training steps starts: plain_loop's ``on_step``
+    for charlm's run (a profiler's, a clock's or a sync counter's hook)."""
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.hook(batch_idx)
 
 
 def charlm_run(data, cell, hidden, layers, batch, seq, steps, accelerator="cpu",
