@@ -1,11 +1,14 @@
-"""Where a GPU training step's time goes, charlm against the plain loop: steady-state chars/s
-(timed between two synchronised steps, so start-up and the end of the run are left out) and a
-torch.profiler summary of a few steps of each.
+"""Where a GPU training run's time goes, charlm against the plain loop: each whole run cut into
+phases at synchronised steps (set-up before the first step, the first steps, the steady state,
+the last steps and the end), steady-state chars/s, and a torch.profiler summary of a few steps.
 
     python benchmarks/gpu_profile.py [--data FILE] [--steps 300] [--configs lstm:512:2,lstm:1024:3]
     python benchmarks/gpu_profile.py --smoke        # the same code, tiny, on the CPU
+    python benchmarks/gpu_profile.py --cpu --configs lstm:128:2 --steps 60   # a CPU's phases
 
 Prints one JSON line per figure; the profiler tables go to --tables (a folder) when given.
+The phases show where a whole run's charlm / plain ratio (benchmarks/gpu.py's figure) loses
+what the steady state does not: each is the median over the pairs, in seconds a run.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from charlm.allocator import keep_freed_memory
 from charlm.data import load_corpus
@@ -29,19 +33,43 @@ from train_throughput import SHAKESPEARE, StepHook, plain_loop
 
 
 class Clock:
-    """Synchronised times at two steps: the steady state between them."""
+    """Synchronised times at the first step, at two later steps (the steady state between
+    them), and, for charlm, when its run clock starts (``on_train_start``)."""
 
     def __init__(self, first: int, last: int, device: str):
         self.first, self.last, self.device, self.t = first, last, device, {}
 
+    def stamp(self, key) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        self.t[key] = time.perf_counter()
+
     def __call__(self, step: int) -> None:
-        if step in (self.first, self.last):
-            if self.device == "cuda":
-                torch.cuda.synchronize()
-            self.t[step] = time.perf_counter()
+        if step in (0, self.first, self.last):
+            self.stamp(step)
 
     def chars_per_s(self, chars_per_step: int) -> float:
         return (self.last - self.first) * chars_per_step / (self.t[self.last] - self.t[self.first])
+
+    def phases(self, whole_s: float) -> dict:
+        """The run's measured time (``whole_s``, from its own clock: charlm's run clock less
+        validation and checkpoints, or the plain loop's) cut at the synchronised steps."""
+        start = self.t.get("start", self.t[0])  # the plain loop's clock starts at its step 0
+        setup = self.t[0] - start
+        warm = self.t[self.first] - self.t[0]
+        steady = self.t[self.last] - self.t[self.first]
+        return {"whole": whole_s, "setup": setup, "first_steps": warm, "steady": steady,
+                "last_steps_and_end": whole_s - setup - warm - steady}
+
+
+class RunStart(Callback):
+    """Stamps ``clock`` when charlm's run clock starts."""
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.clock.stamp("start")
 
 
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel")
@@ -83,13 +111,16 @@ class Profile:
                                         for e in cpu_ops}}
 
 
-def charlm_steps(data, cell, hidden, layers, steps, accelerator, precision, hooks) -> None:
+def charlm_steps(data, cell, hidden, layers, steps, accelerator, precision, hooks,
+                 callbacks=()) -> float:
+    """charlm's run, as train_throughput.charlm_run makes it, with step hooks; its chars/s."""
     with tempfile.TemporaryDirectory() as out:
-        fit(TrainConfig(data=[data], cell=cell, hidden_size=hidden, num_layers=layers,
+        results = fit(TrainConfig(data=[data], cell=cell, hidden_size=hidden, num_layers=layers,
                         batch_size=64, seq_len=128, max_steps=steps, eval_every=0,
                         out=out + "/run", progress=False, lr=2e-3, accelerator=accelerator,
                         devices=1, precision=precision),
-            callbacks=[StepHook(h) for h in hooks])
+            callbacks=[*(StepHook(h) for h in hooks), *callbacks])
+    return results["train_chars_per_s"]
 
 
 def main() -> None:
@@ -101,33 +132,51 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--tables", default=None, help="Folder for the profiler's full tables.")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="Measure on the CPU instead.")
     args = parser.parse_args()
     keep_freed_memory()
     if args.smoke:
         device, accelerator, steps, configs = "cpu", "cpu", 14, [("lstm", 32, 2)]
     else:
-        device, accelerator, steps = "cuda", "gpu", args.steps
+        device, accelerator, steps = ("cpu", "cpu", args.steps) if args.cpu else \
+            ("cuda", "gpu", args.steps)
         configs = [(c, int(h), int(n)) for c, h, n in
                    (x.split(":") for x in args.configs.split(","))]
     ids = load_corpus([args.data]).split(0.1, 0.0)["train"]
     first, last = steps // 5, steps - 2
     for cell, hidden, layers in configs:
         rates = {"plain": [], "charlm": []}
+        whole = {"plain": [], "charlm": []}
+        phases = {"plain": [], "charlm": []}
+        chars = 64 * 128
         for _ in range(args.repeats):
             clock = Clock(first, last, device)
-            plain_loop(ids, cell, hidden, layers, 64, 128, steps, device=device,
-                       precision=args.precision, on_step=clock)
-            rates["plain"].append(clock.chars_per_s(64 * 128))
+            rate = plain_loop(ids, cell, hidden, layers, 64, 128, steps, device=device,
+                              precision=args.precision, on_step=clock)
+            rates["plain"].append(clock.chars_per_s(chars))
+            whole["plain"].append(rate)
+            phases["plain"].append(clock.phases(steps * chars / rate))
             clock = Clock(first, last, device)
-            charlm_steps(args.data, cell, hidden, layers, steps, accelerator, args.precision,
-                         [clock])
-            rates["charlm"].append(clock.chars_per_s(64 * 128))
-        print(json.dumps({"figure": "steady_chars_per_s", "device": device, "cell": cell,
-                          "hidden": hidden, "layers": layers, "precision": args.precision,
-                          "steps": f"{first}-{last}", **{k: round(statistics.median(v))
-                                                         for k, v in rates.items()},
+            rate = charlm_steps(args.data, cell, hidden, layers, steps, accelerator,
+                                args.precision, [clock], [RunStart(clock)])
+            rates["charlm"].append(clock.chars_per_s(chars))
+            whole["charlm"].append(rate)
+            phases["charlm"].append(clock.phases(steps * chars / rate))
+        config = {"device": device, "cell": cell, "hidden": hidden, "layers": layers,
+                  "precision": args.precision}
+        print(json.dumps({"figure": "steady_chars_per_s", **config, "steps": f"{first}-{last}",
+                          **{k: round(statistics.median(v)) for k, v in rates.items()},
                           "pair_ratios": [round(o / p, 3) for o, p in
                                           zip(rates["charlm"], rates["plain"])]}), flush=True)
+        print(json.dumps({"figure": "whole_run_chars_per_s", **config, "steps": steps,
+                          **{k: round(statistics.median(v)) for k, v in whole.items()},
+                          "pair_ratios": [round(o / p, 3) for o, p in
+                                          zip(whole["charlm"], whole["plain"])]}), flush=True)
+        for name, runs in phases.items():
+            print(json.dumps({"figure": "run_phases_s", "run": name, **config,
+                              "steps": f"0-{first}-{last}-{steps}",
+                              **{k: round(statistics.median(r[k] for r in runs), 4)
+                                 for k in runs[0]}}), flush=True)
         n = min(10, last - first - 1)
         for name in ("plain", "charlm"):
             prof = Profile(first, n, device)

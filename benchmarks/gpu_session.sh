@@ -3,7 +3,8 @@
 #   1. the CLI on the GPU: bf16-mixed training, then sampling from its checkpoint
 #   2. benchmarks/gpu.py: the bf16 check, host-device waits a step, training chars/s fp32 and
 #      bf16-mixed (Lightning vs plain), sampling chars/s
-#   3. benchmarks/gpu_profile.py: steady-state chars/s and a profile of each loop
+#   3. benchmarks/gpu_profile.py: each whole run cut into phases (set-up, first steps, steady
+#      state, last steps and end), the whole-run and steady ratios, and a profile of each loop
 # The regularisation study (README, "How the recipe was chosen") is a session of its own.
 # Usage: benchmarks/gpu_session.sh DATA OUTDIR   (python3 must hold torch with CUDA and lightning)
 set -u
