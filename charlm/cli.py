@@ -138,6 +138,7 @@ def cli():
 @user_errors
 def train(data, hf_split, as_json, preset, **options):
     """Train a model; the run folder gets best.ckpt, last.ckpt, metrics.csv, samples.txt, run.json."""
+    from .interrupt import Interrupted
     from .runlock import is_rank_zero
     from .train import TrainConfig, fit
     ctx = click.get_current_context()
@@ -147,7 +148,12 @@ def train(data, hf_split, as_json, preset, **options):
     if options["devices"].isdigit():
         options["devices"] = int(options["devices"])
     config = TrainConfig(data=list(data), split=hf_split, progress=not as_json, **options)
-    results = fit(config)
+    try:
+        results = fit(config)
+    except Interrupted:
+        if not is_rank_zero():  # every rank stopped at the same step: rank 0 says so, once
+            raise SystemExit(1) from None
+        raise
     if not is_rank_zero():  # under DDP every process runs this command; one of them reports
         return
     if as_json:

@@ -27,6 +27,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from .atomic import commit_file
 from .errors import CharlmError
+from .interrupt import RankZeroSays
 from .lit import CharDataModule, CharLM
 from .sampling import SampleSettings, generate
 
@@ -79,6 +80,7 @@ class RunFolder(Callback):
         self.last_eval_step = -1
         self.history: list[dict] = []
         self._bad: tuple | None = None  # (first non-finite step or -1, its loss): see watch_loss
+        self._out_of_time = RankZeroSays()
 
     def state_dict(self) -> dict:
         return {"best_val_loss": self.best_val_loss, "best_step": self.best_step,
@@ -94,8 +96,8 @@ class RunFolder(Callback):
         self.watch_loss(outputs["loss"] if isinstance(outputs, dict) else outputs, step)
         out_of_time = False
         if self.config.max_time is not None:  # rank 0's clock decides, so all ranks stop together
-            out_of_time = pl_module.tick() >= self.config.max_time * 60
-            out_of_time = bool(trainer.strategy.broadcast(out_of_time, src=0))
+            out_of_time = self._out_of_time(
+                trainer, step, lambda: pl_module.tick() >= self.config.max_time * 60)
         final = out_of_time or (self.total_steps is not None and step >= self.total_steps)
         if out_of_time:
             trainer.should_stop = True

@@ -81,3 +81,47 @@ def test_charlm_train_ddp_two_cpu_processes(tmp_path):
     single = evaluate_checkpoint(result["best_checkpoint"], [])
     assert single["chars"] == 9999
     assert result["val_loss"] == pytest.approx(single["loss"], rel=1e-6)
+
+
+def test_ctrl_c_under_ddp_stops_every_rank_at_one_saved_step_that_resumes(tmp_path):
+    """A Ctrl-C reaches every process of the group; rank 0's decides, at a step all ranks share
+    (charlm.interrupt.RankZeroSays), the step is saved, and --resume goes on from it."""
+    import signal
+    import time
+    text = tmp_path / "text.txt"
+    text.write_text(markov_text(100_000))
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    args = [sys.executable, "-m", "charlm", "train", "--data", str(text), "--hidden-size", "16",
+            "--embedding-dim", "8", "--seq-len", "32", "--batch-size", "4", "--eval-every", "20",
+            "--strategy", "ddp", "--devices", "2", "--accelerator", "cpu", "--out", str(run),
+            "--json"]
+    proc = subprocess.Popen([*args, "--max-steps", "100000"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own group, as a terminal's job is
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "last.ckpt").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in out + err, err[-3000:]
+    errors = [line for line in (out + err).splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, err[-3000:]  # rank 0 says it; rank 1 stopped at the same step
+    assert errors[0].startswith("Error: interrupted at step ")
+    assert errors[0].endswith("; resume with --resume")
+    step = int(errors[0].split("interrupted at step ")[1].split(";")[0])
+    saved = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == step > 20
+    assert not (run / "run.lock").exists()
+
+    done = subprocess.run([*args, "--max-steps", str(step + 4), "--resume"], env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads([line for line in done.stdout.splitlines()
+                       if line.startswith("{")][-1])["steps"] == step + 4

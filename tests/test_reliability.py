@@ -321,6 +321,51 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(text_file, 
     assert signal.getsignal(signal.SIGINT) is before
 
 
+class FakeDDP:
+    """A trainer of ``world`` ranks as rank 0 sees it: broadcast returns what rank 0 sent."""
+
+    def __init__(self, world: int):
+        self.world_size, self.broadcasts = world, []
+        self.strategy = self
+
+    def broadcast(self, obj, src=0):
+        self.broadcasts.append(obj)
+        return obj
+
+
+@pytest.mark.parametrize("step_s, gap", [(0.01, 50), (0.0001, 100), (2.0, 1)],
+                         ids=["10 ms steps", "fast steps", "slow steps"])
+def test_under_ddp_rank_zero_is_asked_about_twice_a_second_at_the_same_steps(monkeypatch, step_s,
+                                                                              gap):
+    """The stop question is a collective under DDP (a host wait for the GPU with NCCL): it is
+    asked about every half second of steps, never more than every step nor less than every 100,
+    and a Ctrl-C is seen at the next question. In one process it is asked every step, free."""
+    from charlm import interrupt
+    clock = {"now": 0.0}
+    monkeypatch.setattr(interrupt.time, "monotonic", lambda: clock["now"])
+    asked, flag = [], {"stop": False}
+
+    def answer():
+        asked.append(step)
+        return flag["stop"]
+
+    ddp, says = FakeDDP(2), interrupt.RankZeroSays(period_s=0.5, max_gap=100)
+    for step in range(400):
+        clock["now"] = step * step_s
+        flag["stop"] = step >= 260  # Ctrl-C during step 260
+        if says(ddp, step, answer):
+            break
+    assert asked[:2] == [0, 1] and all(b - a == gap for a, b in zip(asked[1:], asked[2:]))
+    assert ddp.broadcasts == [(False, 1)] + [(s >= 260, s + gap) for s in asked[1:]]
+    assert step == asked[-1] and 260 <= step < 260 + gap  # seen at the first question after it
+
+    one, asked, flag["stop"] = FakeDDP(1), [], False
+    says = interrupt.RankZeroSays()
+    for step in range(5):
+        assert not says(one, step, answer)
+    assert asked == [0, 1, 2, 3, 4] and one.broadcasts == []
+
+
 # --- two runs on one folder -----------------------------------------------------------------------
 
 def test_a_second_run_on_the_same_folder_refuses(text_file, tmp_path):
