@@ -65,12 +65,15 @@ def matmul_peak(batch: int, seq: int, cell: str, hidden: int, repeats: int = 5) 
 
 
 def plain_loop(ids, cell, hidden, layers, batch, seq, steps, lr=2e-3, device="cpu",
-               precision="32-true", on_step=None) -> float:
+               precision="32-true", on_step=None, impl="auto", prepare=None) -> float:
     """A 30-line PyTorch loop: stateful TBPTT, AdamW, clipping. Returns chars/s.
-    ``on_step(step)``, if given, is called as each step starts (a profiler's or a clock's hook)."""
+    ``on_step(step)``, if given, is called as each step starts (a profiler's or a clock's hook);
+    ``prepare(model)``, if given, returns the module to train in its place (torch.compile's)."""
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(int(ids.max()) + 1, cell, hidden, layers, 64)).to(device)
+    model = CharRNN(ModelConfig(int(ids.max()) + 1, cell, hidden, layers, 64, impl=impl)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+    if prepare is not None:
+        model = prepare(model)
     streams = TrainStreams(ids, batch, seq)
     state = None
     t0 = time.perf_counter()
