@@ -138,12 +138,8 @@ def sync_rows(data: str, ids, accelerator: str, device: str, steps: int,
     host's own per-step work (Lightning's included) no longer overlaps the GPU's."""
     def ours():
         watch = SyncWatch(steps, device)
-        with tempfile.TemporaryDirectory() as out:
-            fit(TrainConfig(data=[data], cell="lstm", hidden_size=hidden, num_layers=2,
-                            batch_size=64, seq_len=128, max_steps=steps, eval_every=0,
-                            out=out + "/run", progress=False, lr=2e-3,
-                            accelerator=accelerator, devices=1),
-                callbacks=[StepHook(watch)])
+        charlm_run(data, "lstm", hidden, 2, 64, 128, steps, accelerator, precision="auto",
+                   callbacks=[StepHook(watch)])
         return watch.watched
 
     def plain():  # the same steps watched: the model's set-up and the final wait are not

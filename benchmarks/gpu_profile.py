@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,10 +25,9 @@ from lightning.pytorch.callbacks import Callback
 
 from charlm.allocator import keep_freed_memory
 from charlm.data import load_corpus
-from charlm.train import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import SHAKESPEARE, StepHook, plain_loop
+from train_throughput import SHAKESPEARE, StepHook, charlm_run, plain_loop
 
 
 class Clock:
@@ -111,18 +109,6 @@ class Profile:
                                         for e in cpu_ops}}
 
 
-def charlm_steps(data, cell, hidden, layers, steps, accelerator, precision, hooks,
-                 callbacks=()) -> float:
-    """charlm's run, as train_throughput.charlm_run makes it, with step hooks; its chars/s."""
-    with tempfile.TemporaryDirectory() as out:
-        results = fit(TrainConfig(data=[data], cell=cell, hidden_size=hidden, num_layers=layers,
-                        batch_size=64, seq_len=128, max_steps=steps, eval_every=0,
-                        out=out + "/run", progress=False, lr=2e-3, accelerator=accelerator,
-                        devices=1, precision=precision),
-            callbacks=[*(StepHook(h) for h in hooks), *callbacks])
-    return results["train_chars_per_s"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHAKESPEARE))
@@ -157,8 +143,8 @@ def main() -> None:
             whole["plain"].append(rate)
             phases["plain"].append(clock.phases(steps * chars / rate))
             clock = Clock(first, last, device)
-            rate = charlm_steps(args.data, cell, hidden, layers, steps, accelerator,
-                                args.precision, [clock], [RunStart(clock)])
+            rate = charlm_run(args.data, cell, hidden, layers, 64, 128, steps, accelerator,
+                              args.precision, [StepHook(clock), RunStart(clock)])
             rates["charlm"].append(clock.chars_per_s(chars))
             whole["charlm"].append(rate)
             phases["charlm"].append(clock.phases(steps * chars / rate))
@@ -184,8 +170,8 @@ def main() -> None:
                 plain_loop(ids, cell, hidden, layers, 64, 128, first + n + 1, device=device,
                            precision=args.precision, on_step=prof)
             else:
-                charlm_steps(args.data, cell, hidden, layers, first + n + 1, accelerator,
-                             args.precision, [prof])
+                charlm_run(args.data, cell, hidden, layers, 64, 128, first + n + 1, accelerator,
+                           args.precision, [StepHook(prof)])
             print(json.dumps({"figure": "profile", "run": name, "cell": cell, "hidden": hidden,
                               "layers": layers, **prof.summary()}), flush=True)
             if args.tables:

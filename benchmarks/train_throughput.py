@@ -110,12 +110,14 @@ class StepHook(Callback):
 
 
 def charlm_run(data, cell, hidden, layers, batch, seq, steps, accelerator="cpu",
-               precision="32-true") -> float:
+               precision="32-true", callbacks=()) -> float:
+    """charlm's training path as a user runs it, with ``callbacks`` added (StepHooks); chars/s."""
     with tempfile.TemporaryDirectory() as out:
         results = fit(TrainConfig(data=[data], cell=cell, hidden_size=hidden, num_layers=layers,
                                   batch_size=batch, seq_len=seq, max_steps=steps, eval_every=0,
                                   out=out + "/run", progress=False, lr=2e-3,
-                                  accelerator=accelerator, devices=1, precision=precision))
+                                  accelerator=accelerator, devices=1, precision=precision),
+                      callbacks=list(callbacks))
     return results["train_chars_per_s"]
 
 
