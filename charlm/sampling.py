@@ -7,10 +7,11 @@ The cost of a character does not grow with the length of the text already writte
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,16 +33,22 @@ class SampleSettings:
     greedy: bool = False
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise CharlmError(f"--temperature must be >= 0 (0 means greedy), not {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise CharlmError(f"--temperature must be a finite number >= 0 (0 means greedy), "
+                              f"not {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise CharlmError(f"--top-k must be at least 1, not {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise CharlmError(f"--top-p must be in (0, 1], not {self.top_p}")
 
 
-def pick(logits: Tensor, s: SampleSettings, generator: torch.Generator | None) -> Tensor:
-    """Choose the next id of every row from logits (B, V) → ids (B,)."""
+def pick(logits: Tensor, s: SampleSettings,
+         generators: Sequence[torch.Generator] | torch.Generator | None) -> Tensor:
+    """Choose the next id of every row from logits (B, V) → ids (B,).
+
+    ``generators`` has one generator per row (row i's draws depend on its own generator only,
+    not on the rows beside it), or is one generator (or None) for the whole batch.
+    """
     if s.greedy or s.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float()
@@ -63,9 +70,19 @@ def pick(logits: Tensor, s: SampleSettings, generator: torch.Generator | None) -
     # exceeds u * total never has probability zero. u <= 1 - 2^-23 keeps u * total below total
     # (1 up to rounding) whatever the rounding, so the draw never runs past the last character.
     cdf = probs.cumsum(dim=-1)  # (B, V)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype)
+    u = _uniform(cdf.shape[0], generators, cdf)  # (B, 1)
     u = u.mul_(1 - 2 ** -24).mul_(cdf[:, -1:])  # (B, 1)
     return torch.searchsorted(cdf, u, right=True).squeeze(-1)  # (B,)
+
+
+def _uniform(rows: int, generators, like: Tensor) -> Tensor:
+    """One uniform number per row (B, 1), row i from ``generators[i]`` where there is a list."""
+    if generators is None or isinstance(generators, torch.Generator):
+        return torch.rand(rows, 1, generator=generators, device=like.device, dtype=like.dtype)
+    if len(generators) != rows:
+        raise ValueError(f"{len(generators)} generators for {rows} rows")
+    return torch.cat([torch.rand(1, 1, generator=g, device=like.device, dtype=like.dtype)
+                      for g in generators])
 
 
 def _explicit_twin(model: CharRNN) -> _Explicit | None:
@@ -158,24 +175,45 @@ def prompt_ids(vocab: CharVocab, prompt: str) -> list[int]:
     return vocab.encode(prompt).tolist()
 
 
-@torch.inference_mode()
-def generate(model: CharRNN, vocab: CharVocab, prompt: str = "", length: int = 500,
-             settings: SampleSettings | None = None, num_samples: int = 1, seed: int | None = None,
-             on_chars: Callable[[list[str]], None] | None = None) -> list[str]:
-    """Generate ``num_samples`` texts of ``length`` new characters after ``prompt`` (one batch).
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index`` of a request seeded with ``seed``: one rule for ``charlm
+    sample --num-samples`` and the server's ``n``, so sample i is the same text whether it is drawn
+    alone, beside others, or in a batch shared with other requests."""
+    mixed = np.random.SeedSequence([seed % 2**64, index]).generate_state(1, np.uint64)[0]
+    return int(mixed) % 2**63
 
-    Returns prompt + continuation for each sample. ``on_chars`` receives each step's characters
-    (one per sample), for streaming to a terminal. The same seed gives the same text.
-    """
-    settings = settings or SampleSettings()
+
+def sample_generators(seed: int | None, num_samples: int,
+                      device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per sample, seeded by ``sample_seed`` (no seed: a fresh random one)."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0]) % 2**63
+    return [torch.Generator(device=device).manual_seed(sample_seed(seed, i))
+            for i in range(num_samples)]
+
+
+def check_length(length: int, num_samples: int = 1) -> None:
+    """A length and a sample count a user can ask for (one sentence otherwise)."""
     if length < 0:
         raise CharlmError(f"--length must be at least 0, not {length}")
     if num_samples < 1:
         raise CharlmError(f"--num-samples must be at least 1, not {num_samples}")
+
+
+@torch.inference_mode()
+def generate_ids(model: CharRNN, vocab: CharVocab, prompt: str = "", length: int = 500,
+                 settings: SampleSettings | None = None, num_samples: int = 1,
+                 seed: int | None = None) -> Iterator[Tensor]:
+    """Yield each step's new ids (B,), one step at a time, ``length`` steps, keeping nothing.
+
+    Memory does not grow with ``length``: the state is carried and each step's ids are the
+    caller's to keep or drop. Sample i draws from its own generator (``sample_seed``).
+    """
+    settings = settings or SampleSettings()
+    check_length(length, num_samples)
     model.eval()
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else int(time.time_ns() % 2**63))
+    generators = sample_generators(seed, num_samples, device)
     # An empty prompt primes with a newline (the start of a line), which is not echoed.
     prime = prompt_ids(vocab, prompt) if prompt else [vocab.index.get("\n", 0)]
     ids = torch.tensor(prime, device=device).repeat(num_samples, 1)  # (B, P)
@@ -183,13 +221,40 @@ def generate(model: CharRNN, vocab: CharVocab, prompt: str = "", length: int = 5
     logits = logits[:, -1]            # (B, V)
     steps = Stepper(model)
     layers = steps.unpack(state)
-    picked = []  # one (B,) tensor per step: no Python list of characters unless streaming
     for t in range(length):
-        nxt = pick(logits, settings, generator)  # (B,)
+        nxt = pick(logits, settings, generators)  # (B,)
+        yield nxt
+        if t + 1 < length:
+            logits, layers = steps.step(nxt, layers)
+
+
+def generate_chars(model: CharRNN, vocab: CharVocab, prompt: str = "", length: int = 500,
+                   settings: SampleSettings | None = None, num_samples: int = 1,
+                   seed: int | None = None) -> Iterator[list[str]]:
+    """Yield each step's new characters, one per sample, as they are drawn (streaming)."""
+    chars = vocab.chars
+    for nxt in generate_ids(model, vocab, prompt, length, settings, num_samples, seed):
+        yield [chars[i] for i in nxt.tolist()]
+
+
+def generate(model: CharRNN, vocab: CharVocab, prompt: str = "", length: int = 500,
+             settings: SampleSettings | None = None, num_samples: int = 1, seed: int | None = None,
+             on_chars: Callable[[list[str]], None] | None = None) -> list[str]:
+    """Generate ``num_samples`` texts of ``length`` new characters after ``prompt`` (one batch).
+
+    Returns prompt + continuation for each sample, so it keeps every character: to write long
+    texts in constant memory, iterate ``generate_ids`` or ``generate_chars`` instead.
+    ``on_chars`` receives each step's characters (one per sample). The same seed gives the same
+    text.
+    """
+    steps = generate_ids(model, vocab, prompt, length, settings, num_samples, seed)
+    picked = []  # one (B,) tensor per step
+    for nxt in steps:
         picked.append(nxt)
         if on_chars is not None:
             on_chars([vocab.chars[i] for i in nxt.tolist()])
-        if t + 1 < length:
-            logits, layers = steps.step(nxt, layers)
-    out = torch.stack(picked, 1) if picked else ids.new_empty(num_samples, 0)  # (B, length)
+    if not picked:
+        prompt_ids(vocab, prompt)  # still refuse an unknown character when nothing is drawn
+        return [prompt] * num_samples
+    out = torch.stack(picked, 1)  # (B, length)
     return [prompt + vocab.decode(row) for row in out.cpu().numpy()]
