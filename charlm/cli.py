@@ -113,7 +113,8 @@ def cli():
               help="Recurrent cell (rnn, lstm, gru, gru-note, or a registered one).")
 @click.option("--hidden-size", default=384, show_default=True)
 @click.option("--batch-size", type=int, default=None,
-              help="Parallel streams per process [default: 16 where training runs in bf16, else 8].")
+              help="Parallel streams per process [default: 8 or 16, whichever trains faster "
+                   "on this machine, measured once and cached].")
 @model_options
 @optim_options
 @click.option("--max-epochs", type=int, default=None)
@@ -129,8 +130,9 @@ def cli():
 @click.option("--num-nodes", default=1, show_default=True)
 @click.option("--precision", default="auto", show_default=True,
               help="Lightning's precision (32-true, bf16-mixed, 16-mixed, ...); auto: bf16-mixed "
-                   "where the hardware computes bf16 natively (AMX or AVX512-BF16 CPUs, bf16 "
-                   "GPUs), else 32-true.")
+                   "where this machine computes bf16 natively (a CPU reporting AMX or "
+                   "AVX512-BF16, a GPU of compute capability 8.0+; measured where the CPU does "
+                   "not say), else 32-true. The run prints what it chose and why.")
 @click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)),
               help="Measured settings for a job; flags you give override them. " + " ".join(
                   f"{p.name}: {p.summary}." for p in PRESETS.values()))

@@ -21,10 +21,11 @@ from .cli import cli, data_options, emit_json, model_options, optim_options, opt
 @model_options
 @optim_options
 @click.option("--batch-size", default=8, show_default=True,
-              help="Parallel streams per process (8 suits compare's short step budgets).")
+              help="Parallel streams per process, the same for every cell (fixed on purpose, not "
+                   "chosen per machine as train does, so runs compare; 8 suits short budgets).")
 @click.option("--precision", default="32-true", show_default=True,
-              help="Lightning's precision for every run; float32 keeps the gradient-flow figures "
-                   "exact (auto: bf16-mixed where native, as train).")
+              help="Lightning's precision for every run; float32 on purpose, as it keeps the "
+                   "gradient-flow figures exact (auto: chosen for this machine, as train).")
 @click.option("--seeds", default=1, show_default=True,
               help="Runs per cell, seeds SEED, SEED+1, ...")
 @click.option("--seed", default=1337, show_default=True, help="The first seed.")

@@ -4,8 +4,8 @@ A preset fills in the flags a user did not give; a flag on the command line alwa
 ``--preset shakespeare --max-time 10`` is the same recipe on a shorter budget. Each preset's
 values and the runs that chose them are in README.md ("Results").
 
-``precision: auto`` (``charlm.train.resolve_precision``) means bf16-mixed where the hardware
-computes bf16 natively, else 32-true.
+``precision: auto`` and ``batch_size: None`` are decided by ``charlm.precision``: bf16-mixed where
+this machine computes bf16 natively, else 32-true; the batch that is fast here.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("quick",
-           "1x384 LSTM, two and a half minutes: the defaults, pinned (bf16 and batch 16 where "
-           "native, else float32 and batch 8)",
+           "1x384 LSTM, two and a half minutes: the defaults, pinned (precision and batch "
+           "chosen for this machine)",
            {"cell": "lstm", "hidden_size": 384, "num_layers": 1, "batch_size": None,
             "seq_len": 128, "lr": 4e-3, "precision": "auto", "max_time": 2.5}),
     Preset("shakespeare",

@@ -23,7 +23,10 @@ from .checkpoint import _read_ckpt
 from .errors import CharlmError
 from .interrupt import GracefulStop
 from .lit import CharDataModule, CharLM, OptimConfig
-from .model import ModelConfig
+from .data import cache_root
+from .model import CharRNN, ModelConfig
+from .precision import (Decision, cpu_kind, decide, machine_key, measurement_off, on_cuda,
+                        step_timer)
 from .runlock import RunLock, is_rank_zero
 from .runfolder import RunFolder, loggers, merge_metrics, set_aside_metrics
 from .sources import absolute_spec
@@ -45,7 +48,7 @@ class TrainConfig:
     init: str = "default"
     impl: str = "auto"
     seq_len: int = 128
-    batch_size: int | None = None  # None: default_batch_size(the precision the run resolves)
+    batch_size: int | None = None  # None: what is fast on this machine (charlm.precision)
     lr: float = 4e-3
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -66,7 +69,7 @@ class TrainConfig:
     devices: str = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: str = "auto"  # bf16-mixed where the hardware runs it natively, else 32-true
+    precision: str = "auto"  # bf16-mixed where this machine computes it faster (charlm.precision)
     encoding: str = "utf-8"
     text_column: str = "text"
     split: str = "train"
@@ -98,35 +101,22 @@ class TrainConfig:
             raise CharlmError(str(e)) from None
 
 
-def native_bf16(accelerator: str) -> bool:
-    """Whether training on ``accelerator`` (cpu, gpu, cuda or auto) would run bf16 natively: a
-    CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX, where oneDNN's bf16 LSTM trains
-    a 2x512 model about 1.9x faster than float32. Elsewhere bf16 is emulated and slower."""
-    import torch
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if accelerator not in ("cpu", "auto"):
-        return False  # mps, tpu, ...: keep the safe default
-    try:  # oneDNN's own check for AVX512-BF16 / AMX (a private op: absent means no)
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto`` → bf16-mixed where ``accelerator`` runs bf16 natively, else 32-true; any other
-    value is Lightning's own and passes through."""
-    if precision != "auto":
-        return precision
-    return "bf16-mixed" if native_bf16(accelerator) else "32-true"
-
-
-def default_batch_size(precision: str) -> int:
-    """Streams per process when --batch-size is not given: 16 where the run computes in bf16,
-    else 8. Measured on Tiny Shakespeare in 150 s (1x384 LSTM, README "Results"): bf16 trains
-    twice as fast as float32 at batch 16 but not at batch 8, and in float32 batch 8 makes twice
-    the steps of batch 16 at the same chars/s and ends lower."""
-    return 16 if precision.startswith("bf16") else 8
+def decide_precision(config: TrainConfig, model_config: ModelConfig,
+                     resumed_batch: int | None = None) -> Decision:
+    """The run's precision and batch size (``charlm.precision``): ``auto`` and an unset batch
+    are decided from what this machine reports, and measured once (cached) where that cannot
+    tell or where the batch is open. Distributed and GPU runs take the report alone, so every
+    rank decides the same."""
+    single = (config.num_nodes == 1 and str(config.devices) in ("auto", "1")
+              and config.strategy == "auto" and not on_cuda(config.accelerator))
+    measure = None
+    if single and not measurement_off():
+        key = {**machine_key(), **model_config.to_dict(), "seq_len": config.seq_len}
+        key.pop("impl", None)
+        measure = step_timer(lambda: CharRNN(model_config), model_config.vocab_size,
+                             config.seq_len, cache_root() / "machine.json", key)
+    return decide(config.precision, config.batch_size or resumed_batch,
+                            config.accelerator, measure=measure)
 
 
 def _total_steps(config: TrainConfig, windows_per_epoch: int) -> int | None:
@@ -165,16 +155,15 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     if not config.resume and last.exists():
         raise CharlmError(f"{out} already holds a run; pass --resume to continue it, "
                           f"or choose another --out")
-    precision = resolve_precision(config.precision, config.accelerator)
-    batch_size = config.batch_size or (resumed or {}).get("batch_size") \
-        or default_batch_size(precision)
-    if resumed is not None and resumed.get("batch_size") not in (None, batch_size):
+    resumed_batch = (resumed or {}).get("batch_size")
+    if resumed_batch is not None and config.batch_size not in (None, resumed_batch):
         raise CharlmError(f"--resume: {last} was trained with --batch-size "
-                          f"{resumed['batch_size']}; resume it with that batch size")
+                          f"{resumed_batch}; resume it with that batch size")
     out.mkdir(parents=True, exist_ok=True)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no tips and banners
     L.seed_everything(config.seed, workers=True, verbose=False)
-    dm = CharDataModule(config.data or None, batch_size=batch_size, seq_len=config.seq_len,
+    dm = CharDataModule(config.data or None, batch_size=config.batch_size or 1,
+                        seq_len=config.seq_len,
                         val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                         window=config.window, seed=config.seed,
                         corpus_options={"encoding": config.encoding, "split": config.split,
@@ -191,6 +180,11 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
             raise CharlmError(f"--resume: {last} was trained with "
                               f"{', '.join(f'{k}={v!r}' for k, v in differ.items())}; pass the "
                               f"options and --data it was trained with")
+    t_decide = time.perf_counter()
+    decision = decide_precision(config, model_config, resumed_batch)
+    t_decide = time.perf_counter() - t_decide
+    precision, batch_size = decision.precision, decision.batch_size
+    dm.batch_size = batch_size
     trainer_kwargs = dict(accelerator=config.accelerator, devices=config.devices,
                           strategy=config.strategy, num_nodes=config.num_nodes,
                           precision=precision)
@@ -202,10 +196,10 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     dm.max_steps = total
     if config.progress and is_rank_zero():
         _report_data(corpus, dm, streams, world)
-        if precision != config.precision:
-            why = "this hardware computes bf16 natively" if precision != "32-true" \
-                else "no native bf16 here"
-            print(f"precision: {precision} (auto: {why})", flush=True)
+        if config.precision == "auto" or config.batch_size is None:
+            timed = f" [measured in {t_decide:.1f} s, cached in {cache_root() / 'machine.json'}]" \
+                if t_decide > 0.1 else ""
+            print(decision.line() + timed, flush=True)
     optim = OptimConfig(lr=config.lr, weight_decay=config.weight_decay,
                         warmup_steps=config.warmup_steps, schedule=config.schedule,
                         total_steps=total,
@@ -252,6 +246,7 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
         "val_loss": run_folder.best_val_loss, "val_bpc": run_folder.best_val_loss / 0.6931471805599453,
         "best_step": run_folder.best_step, "steps": trainer.global_step,
         "params": module.model.num_params(), "precision": precision, "batch_size": batch_size,
+        "auto": decision.to_dict(), "machine": cpu_kind(),
         "train_chars_per_s": module.train_chars / module.train_s if module.train_s else 0.0,
         "elapsed_s": module.elapsed_s, "wall_s_this_session": time.time() - t0,
         "history": run_folder.history,

@@ -159,39 +159,6 @@ def test_every_preset_is_a_valid_training_configuration(name):
     assert config.precision == "auto" and config.max_time > 0
 
 
-def test_auto_precision_is_bf16_only_where_native(monkeypatch):
-    from charlm import train
-    assert train.resolve_precision("32-true", "cpu") == "32-true"  # a given value passes through
-    assert train.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
-    monkeypatch.setattr(train, "native_bf16", lambda accelerator: True)
-    assert train.resolve_precision("auto", "cpu") == "bf16-mixed"
-    monkeypatch.setattr(train, "native_bf16", lambda accelerator: False)
-    assert train.resolve_precision("auto", "cpu") == "32-true"
-    assert train.native_bf16("mps") is False  # unknown accelerators keep float32
-
-
-def test_default_batch_follows_the_precision():
-    from charlm.train import default_batch_size
-    assert default_batch_size("bf16-mixed") == 16 and default_batch_size("bf16-true") == 16
-    assert default_batch_size("32-true") == 8 and default_batch_size("16-mixed") == 8
-
-
-def test_default_run_records_the_precision_and_batch_it_resolved(text_file, tmp_path):
-    from charlm import train
-    out = tmp_path / "run"
-    result = CliRunner().invoke(cli, [
-        "train", "--data", str(text_file), "--hidden-size", "16", "--seq-len", "16",
-        "--max-steps", "3", "--accelerator", "cpu", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    run = json.loads((out / "run.json").read_text())
-    assert run["config"]["precision"] == "auto" and run["config"]["batch_size"] is None
-    native = train.native_bf16("cpu")
-    assert run["results"]["precision"] == ("bf16-mixed" if native else "32-true")
-    assert run["results"]["batch_size"] == (16 if native else 8)
-    assert f"precision: {run['results']['precision']} (auto:" in result.output
-    assert f"batches: {run['results']['batch_size']} streams x 16 chars" in result.output
-
-
 def test_resume_keeps_the_batch_the_run_started_with(text_file, tmp_path):
     from charlm.train import TrainConfig, fit
     settings = dict(data=[str(text_file)], hidden_size=16, embedding_dim=8, seq_len=16,
