@@ -72,10 +72,19 @@ def _from_ckpt(path: Path) -> tuple[CharRNN, CharVocab, dict]:
         raise CharlmError(f"{path} does not hold a model this charlm can build: "
                           f"{str(e).splitlines()[0][:200]}") from None
     _check_vocab(path, model, vocab, hp["vocab"])
+    _check_weights(path, model)
     info = {"path": str(path), "step": ckpt.get("global_step"), "data": hp.get("data"),
             "optim": hp.get("optim"), "charlm": {k: v for k, v in ckpt.get("charlm", {}).items()
                                                  if k in ("version", "torch", "elapsed_s")}}
     return model.eval(), vocab, info
+
+
+def _check_weights(path: Path, model: CharRNN) -> None:
+    """Refuse weights that are not numbers: damaged bytes, not a model that trained into NaN
+    (training stops at a NaN loss and keeps best.ckpt from before it)."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise CharlmError(f"{path} is damaged: {bad[0]} holds values that are not finite numbers")
 
 
 def _check_vocab(path: Path, model: CharRNN, vocab: CharVocab, saved: list) -> None:
@@ -104,6 +113,7 @@ def _from_export(path: Path) -> tuple[CharRNN, CharVocab, dict]:
     except (TypeError, ValueError) as e:
         raise CharlmError(f"{path} is not a readable charlm export: {e}") from None
     _check_vocab(path, exported.model, vocab, exported.vocab)
+    _check_weights(path, exported.model)
     return exported.model.eval(), vocab, info
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import re
 import sys
 import time
 
@@ -26,12 +27,37 @@ def user_errors(fn):
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted") from None
-        except OSError as e:  # a full disk is the user's to fix, not a bug: say which file
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        except BrokenPipeError:  # the reader went away (`| head`): nothing left to say to it
+            _quiet_stdout()
+            raise SystemExit(0) from None
+        except OSError as e:  # a full disk, a path no one may write: the user's to fix
+            raise click.ClickException(_os_error(e)) from None
+        except (MemoryError, RuntimeError) as e:  # a model or batch larger than this machine
+            if not isinstance(e, MemoryError) and "allocate" not in str(e):
                 raise
-            where = f" while writing {e.filename}" if e.filename else ""
-            raise click.ClickException(f"no space left on the device{where}") from None
+            asked = re.search(r"allocate (\d+) bytes", str(e))
+            size = f" ({int(asked[1]) / 2**30:,.1f} GiB at once)" if asked else ""
+            raise click.ClickException(f"not enough memory for what was asked{size}; ask for a "
+                                       f"smaller model, batch or number of samples") from None
     return wrapper
+
+
+def _os_error(e: OSError) -> str:
+    """One sentence for an error the system gave about a file."""
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device{where.replace(' (', ' while writing ').rstrip(')')}"
+    return f"{(e.strerror or str(e) or type(e).__name__).rstrip('.').lower()}{where}"
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit does not fail again on the closed pipe."""
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (a test runner's)
+        pass
 
 
 def data_options(fn=None, *, split_flag: str = "--split"):
@@ -175,45 +201,106 @@ def train(data, hf_split, as_json, preset, **options):
 @click.option("--top-k", type=int, default=None)
 @click.option("--top-p", type=float, default=None)
 @click.option("--greedy", is_flag=True, help="Always take the most likely character.")
-@click.option("--num-samples", default=1, show_default=True, help="Samples, generated as one batch.")
-@click.option("--seed", type=int, default=None, help="Same seed, same text.")
+@click.option("--num-samples", default=1, show_default=True,
+              help="Samples, generated as one batch; each is printed whole when all are done.")
+@click.option("--seed", type=int, default=None,
+              help="Same seed, same text; sample i is the same whatever --num-samples.")
 @click.option("--stats", is_flag=True,
               help="Also report known words, distinct-n and novelty against the training text.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object with every sample: the one output that keeps the text in "
+                   "memory (so does --stats); otherwise text is written as it is drawn.")
+@click.option("--max-kept-chars", default=50_000_000, show_default=True,
+              help="Most characters --json or --stats may keep in memory "
+                   "(--num-samples x (prompt + --length)).")
 @user_errors
 def sample(checkpoint, prompt, length, temperature, top_k, top_p, greedy, num_samples, seed,
-           stats, as_json):
+           stats, as_json, max_kept_chars):
     """Generate text from a checkpoint or an exported folder, streamed as it is written."""
     from .checkpoint import load
-    from .sampling import SampleSettings, generate, prompt_ids
+    from .sampling import SampleSettings, check_length, generate, prompt_ids
     settings = SampleSettings(temperature, top_k, top_p, greedy)
-    if length < 0:
-        raise CharlmError(f"--length must be at least 0, not {length}")
+    check_length(length, num_samples)
+    keep = as_json or stats
+    if keep and num_samples * (len(prompt) + length) > max_kept_chars:
+        raise CharlmError(f"--json and --stats keep every sample in memory: {num_samples:,} x "
+                          f"{len(prompt) + length:,} characters is more than --max-kept-chars "
+                          f"{max_kept_chars:,}; raise it, or drop --json/--stats to stream")
     model, vocab, info = load(checkpoint)
     prompt_ids(vocab, prompt)  # an unknown character is an error before anything is printed
-    stream = not as_json and num_samples == 1
-    if stream:
-        click.echo(prompt, nl=False)
-    on_chars = (lambda chars: (sys.stdout.write(chars[0]), sys.stdout.flush())) if stream else None
     t0 = time.perf_counter()
-    texts = generate(model, vocab, prompt, length, settings, num_samples, seed, on_chars)
+    if keep:
+        texts = generate(model, vocab, prompt, length, settings, num_samples, seed)
+    elif num_samples == 1:
+        _stream_one(model, vocab, prompt, length, settings, seed)
+    else:
+        _stream_many(model, vocab, prompt, length, settings, num_samples, seed)
     seconds = time.perf_counter() - t0
+    if not keep:
+        return
     result = {"samples": texts, "chars_per_s": num_samples * length / max(seconds, 1e-9)}
     if stats:
         result["stats"] = _sample_stats(vocab, info, [t[len(prompt):] for t in texts])
     if as_json:
         emit_json(result)
         return
-    if stream:
-        click.echo()
-    else:
-        for i, text in enumerate(texts):
-            click.echo(f"--- sample {i + 1} ---\n{text}")
-    if stats:
-        s = result["stats"]
-        click.echo(f"known words {s['known_words']:.1%}, distinct-1 {s['distinct_1']:.2f}, "
-                   f"distinct-2 {s['distinct_2']:.2f}, novel 8-grams {s['novelty_8']:.1%} "
-                   f"({s['words']} words)", err=True)
+    for i, text in enumerate(texts):
+        click.echo(text if num_samples == 1 else f"--- sample {i + 1} ---\n{text}")
+    s = result["stats"]
+    click.echo(f"known words {s['known_words']:.1%}, distinct-1 {s['distinct_1']:.2f}, "
+               f"distinct-2 {s['distinct_2']:.2f}, novel 8-grams {s['novelty_8']:.1%} "
+               f"({s['words']} words)", err=True)
+
+
+def _stream_one(model, vocab, prompt: str, length: int, settings, seed) -> None:
+    """One sample to stdout as it is drawn; nothing kept (a terminal sees every character)."""
+    from .sampling import generate_ids
+    out, chars = sys.stdout, vocab.chars
+    live = out.isatty()
+    out.write(prompt)
+    for nxt in generate_ids(model, vocab, prompt, length, settings, 1, seed):
+        out.write(chars[nxt.item()])
+        if live:
+            out.flush()
+    out.write("\n")
+    out.flush()
+
+
+def _stream_many(model, vocab, prompt: str, length: int, settings, num_samples: int,
+                 seed) -> None:
+    """Several samples, one batch: each step's ids go to a temporary file on disk (memory
+    stays flat whatever --length), then each sample is printed whole, read back in chunks."""
+    import shutil
+    import tempfile
+
+    from .sampling import generate_ids
+    dtype = np.uint8 if len(vocab) <= 256 else np.uint32
+    need = num_samples * length * np.dtype(dtype).itemsize
+    with tempfile.TemporaryFile(prefix="charlm-sample-") as tmp:
+        free = shutil.disk_usage(tempfile.gettempdir()).free
+        if need > free:
+            raise CharlmError(f"{num_samples:,} samples of {length:,} characters need "
+                              f"{need / 1e9:.1f} GB of temporary disk in {tempfile.gettempdir()}, "
+                              f"which has {free / 1e9:.1f} GB free; ask for fewer or shorter samples")
+        chunk = []
+        for nxt in generate_ids(model, vocab, prompt, length, settings, num_samples, seed):
+            chunk.append(nxt.numpy().astype(dtype))
+            if len(chunk) == 4096:
+                tmp.write(np.stack(chunk).tobytes())  # (steps, B), step-major
+                chunk = []
+        if chunk:
+            tmp.write(np.stack(chunk).tobytes())
+        tmp.flush()
+        steps = np.memmap(tmp, dtype=dtype, mode="r", shape=(length, num_samples)) \
+            if length else np.zeros((0, num_samples), dtype)
+        chars = np.array(vocab.chars)
+        for i in range(num_samples):
+            sys.stdout.write(f"--- sample {i + 1} ---\n{prompt}")
+            for start in range(0, length, 1 << 16):
+                sys.stdout.write("".join(chars[steps[start:start + (1 << 16), i]]))
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+        del steps
 
 
 def _sample_stats(vocab, info: dict, texts: list[str]) -> dict:

@@ -39,6 +39,8 @@ def evaluate_checkpoint(checkpoint: str, data: list[str], which: str = "val", *,
     The text is encoded with the checkpoint's vocabulary; characters outside it are skipped and
     reported (``unknown_chars``, ``unknown``), never dropped silently.
     """
+    if seq_len < 1:
+        raise CharlmError(f"--seq-len must be at least 1, not {seq_len}")
     model, vocab, info = load(checkpoint)
     corpus = run_corpus(info, vocab, data, encoding=encoding, text_column=text_column,
                         split=hf_split, streaming=streaming)

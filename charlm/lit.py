@@ -19,6 +19,7 @@ from torch import Tensor
 
 from . import metrics
 from .data import StepBatches, TrainStreams, eval_batches, load_corpus
+from .errors import CharlmError
 from .model import CharRNN, ModelConfig, State, detach_state
 from .vocab import CharVocab
 
@@ -37,9 +38,9 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
-            raise ValueError(f"--lr must be positive, not {self.lr}")
+            raise CharlmError(f"--lr must be positive, not {self.lr}")
         if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"--schedule must be cosine or constant, not {self.schedule!r}")
+            raise CharlmError(f"--schedule must be cosine or constant, not {self.schedule!r}")
 
     def lr_at(self, step: int, elapsed_s: float) -> float:
         """Linear warm-up, then cosine decay to min_lr_ratio × lr over the budget."""

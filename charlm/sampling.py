@@ -49,8 +49,8 @@ def pick(logits: Tensor, s: SampleSettings,
     ``generators`` has one generator per row (row i's draws depend on its own generator only,
     not on the rows beside it), or is one generator (or None) for the whole batch.
     """
-    if s.greedy or s.temperature == 0:
-        return logits.argmax(dim=-1)
+    if s.greedy or s.temperature < torch.finfo(torch.float32).tiny:
+        return logits.argmax(dim=-1)  # a smaller temperature is 0 in float32: greedy
     logits = logits.float()
     if s.temperature != 1.0:
         # Top logit shifted to 0 first, so a tiny temperature sends the others to -inf and none

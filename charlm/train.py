@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -77,6 +78,23 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for flag, value in (("--lr", self.lr), ("--weight-decay", self.weight_decay),
+                            ("--grad-clip", self.grad_clip), ("--max-time", self.max_time),
+                            ("--val-fraction", self.val_fraction),
+                            ("--test-fraction", self.test_fraction),
+                            ("--dropout", self.dropout), ("--weight-drop", self.weight_drop)):
+            if value is not None and not math.isfinite(value):
+                raise CharlmError(f"{flag} must be a finite number, not {value}")
+        if self.lr <= 0:
+            raise CharlmError(f"--lr must be positive, not {self.lr}")
+        for flag, value in (("--weight-decay", self.weight_decay), ("--grad-clip", self.grad_clip),
+                            ("--warmup-steps", self.warmup_steps),
+                            ("--test-fraction", self.test_fraction)):
+            if value < 0:
+                raise CharlmError(f"{flag} must be >= 0, not {value}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise CharlmError(f"--val-fraction and --test-fraction must leave some text to train "
+                              f"on: {self.val_fraction} + {self.test_fraction} is not below 1")
         for flag, value in (("--seq-len", self.seq_len), ("--batch-size", self.batch_size),
                             ("--num-nodes", self.num_nodes)):
             if value is not None and value < 1:
