@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The tested versions; torch==2.13.0 is the CPU build (an unpinned torch pulls a multi-GB CUDA build).
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ demo: install
 
 test: install
 	HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# A long random run of the CLI fuzzer (tests/test_fuzz_cli.py); `make test` runs a short fixed one.
+FUZZ_EXAMPLES ?= 2000
+fuzz: install
+	CHARLM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 \
+		$(BIN)/python -m pytest -q -s tests/test_fuzz_cli.py -k survives
 
 clean:
 	rm -rf $(VENV) checkpoints/demo

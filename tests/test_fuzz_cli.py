@@ -36,7 +36,7 @@ from charlm.cli import cli
 from charlm.train import TrainConfig, fit
 
 EXAMPLES = int(os.environ.get("CHARLM_FUZZ_EXAMPLES", "0"))
-PROFILE = dict(max_examples=EXAMPLES or 12, deadline=None, derandomize=not EXAMPLES,
+PROFILE = dict(max_examples=EXAMPLES or 60, deadline=None, derandomize=not EXAMPLES,
                database=None, suppress_health_check=list(HealthCheck))
 CASE_SECONDS = 4.0  # a case still running after this is a legal request that takes long
 
@@ -74,6 +74,10 @@ def world(tmp_path_factory):
     for cut in (1, 100, len(blob) // 2, len(blob) - 1):
         files[f"cut_{cut}"] = root / f"cut_{cut}.ckpt"
         files[f"cut_{cut}"].write_bytes(blob[:cut])
+    nan = torch.load(ckpt, map_location="cpu", weights_only=True)
+    next(iter(nan["state_dict"].values())).fill_(float("nan"))
+    files["nan_weights"] = root / "nan.ckpt"
+    torch.save(nan, files["nan_weights"])
     for name, flip in corrupted_members(blob).items():
         files[name] = root / f"{name}.ckpt"
         files[name].write_bytes(flip)
@@ -122,7 +126,7 @@ def pool(*values):
 def commands(root: Path, files: dict):
     """One strategy per command: (argv, the run folder it may write or None)."""
     ckpts = paths(files, "ckpt", "export", "missing", "dir", "other_pt", "tensor_pt", "empty",
-                  "binary", "cut_1", "cut_100", *[n for n in files if n.startswith(("cut_",
+                  "binary", "nan_weights", *[n for n in files if n.startswith(("cut_",
                                                                                      "flip_"))])
     sources = paths(files, "corpus", "missing", "empty", "binary", "latin1", "dir", "proc",
                     "proc_file", "non_utf8", "file_as_dir")
@@ -267,18 +271,27 @@ def test_the_cli_survives_hostile_flags_and_files(world):
     ["train", "--max-time", "nan"], ["train", "--val-fraction", "0.6", "--test-fraction", "0.5"],
     ["train", "--out", "/proc/forbidden", "--max-steps", "1"],
     ["sample", "CKPT", "--temperature", "nan"], ["sample", "CKPT", "--temperature", "inf"],
-    ["sample", "CKPT", "--top-p", "nan"],
+    ["sample", "CKPT", "--top-p", "nan"], ["sample", "NAN"], ["eval", "CKPT", "--seq-len", "0"],
+    ["train", "--hidden-size", "1000000000"],
     ["sample", "CKPT", "--length", "100000000", "--num-samples", "100000"],
     ["sample", "CKPT", "--length", "1000", "--num-samples", "100", "--json",
      "--max-kept-chars", "1000"],
 ])
 def test_what_the_fuzzer_found_is_one_sentence(world, argv):
     root, files = world
-    argv = [str(files["ckpt"]) if a == "CKPT" else a for a in argv]
+    named = {"CKPT": str(files["ckpt"]), "NAN": str(files["nan_weights"])}
+    argv = [named.get(a, a) for a in argv]
     if argv[0] == "train":
-        argv += ["--data", str(files["corpus"]), "--hidden-size", "8", "--seq-len", "8",
-                 "--out", argv[argv.index("--out") + 1] if "--out" in argv
-                 else str(root / "outs" / "found")]
+        defaults = {"--data": str(files["corpus"]), "--hidden-size": "8", "--seq-len": "8",
+                    "--max-steps": "2", "--out": str(root / "outs" / "found")}
+        argv += [x for flag, value in defaults.items() if flag not in argv for x in (flag, value)]
     result = invoke(argv)
     check(result, argv)
     assert result.exit_code == 1, result.output
+
+
+def test_a_tiny_temperature_is_greedy_not_a_crash(world):
+    _, files = world
+    result = invoke(["sample", str(files["ckpt"]), "--temperature", "1e-300", "--length", "30"])
+    greedy = invoke(["sample", str(files["ckpt"]), "--greedy", "--length", "30"])
+    assert result.exit_code == 0 and result.stdout == greedy.stdout
