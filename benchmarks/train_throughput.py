@@ -2,6 +2,10 @@
 loop on the same model, batches and optimiser, interleaved in one process.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 60] [--repeats 3] [--data FILE]
+        [--precision 32-true|bf16-mixed|auto]
+
+``--precision auto`` is what a user gets with no precision flag: charlm decides (charlm.precision),
+and the plain loop runs in both precisions, its faster one being the baseline of each pair.
 
 Prints one JSON line per figure, then a table. The ratio charlm/plain is what matters: the
 machine is shared, so absolute chars/s move from minute to minute; the two runs of each pair
@@ -30,6 +34,7 @@ from lightning.pytorch.callbacks import Callback
 from charlm.allocator import keep_freed_memory
 from charlm.data import TrainStreams, load_corpus
 from charlm.model import CharRNN, ModelConfig, detach_state
+from charlm.precision import cpu_kind
 from charlm.train import TrainConfig, fit
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
@@ -129,7 +134,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu"))
-    parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
+    parser.add_argument("--precision", default="32-true",
+                        choices=("32-true", "bf16-mixed", "auto"),
+                        help="auto: charlm's own choice against the plain loop's faster precision")
     parser.add_argument("--configs", default=None,
                         help="Only these, e.g. lstm:256:1,gru:256:2 (cell:hidden:layers).")
     parser.add_argument("--malloc", default="kept", choices=("kept", "system"),
@@ -147,15 +154,16 @@ def main() -> None:
     for cell, hidden, layers, scale in configs:
         steps = max(5, int(args.steps * scale))
         plain, ours = [], []
+        sides = ("32-true", "bf16-mixed") if args.precision == "auto" else (args.precision,)
         for _ in range(args.repeats):  # interleaved pairs, so drift hits both alike
-            plain.append(plain_loop(ids, cell, hidden, layers, args.batch_size, args.seq_len, steps,
-                                    device=device, precision=args.precision))
+            plain.append(max(plain_loop(ids, cell, hidden, layers, args.batch_size, args.seq_len,
+                                        steps, device=device, precision=side) for side in sides))
             ours.append(charlm_run(args.data, cell, hidden, layers, args.batch_size, args.seq_len,
                                    steps, accelerator=args.accelerator, precision=args.precision))
         row = {"figure": "train_chars_per_s", "cell": cell, "hidden": hidden, "layers": layers,
                "batch": args.batch_size, "seq_len": args.seq_len, "steps": steps,
                "accelerator": args.accelerator, "precision": args.precision,
-               "threads": torch.get_num_threads(), "malloc_kept": kept,
+               "threads": torch.get_num_threads(), "malloc_kept": kept, "cpu": cpu_kind(),
                "plain": round(statistics.median(plain)), "charlm": round(statistics.median(ours)),
                "ratio": round(statistics.median(o / p for o, p in zip(ours, plain)), 3),
                "pair_ratios": [round(o / p, 3) for o, p in zip(ours, plain)]}

@@ -64,6 +64,7 @@ def pick(logits: Tensor, s: SampleSettings,
         sorted_p, order = probs.sort(dim=-1, descending=True)
         # drop a character when the ones ranked above it already cover top_p (the first stays)
         drop = sorted_p.cumsum(dim=-1) - sorted_p >= s.top_p
+        drop[:, 0] = False  # even where top_p rounds to 0 in float32
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
     # Draw by inverse CDF: one uniform number per row, where torch.multinomial draws one per
     # character (5-15x slower per step). The first character whose cumulative probability

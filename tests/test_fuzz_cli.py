@@ -290,8 +290,9 @@ def test_what_the_fuzzer_found_is_one_sentence(world, argv):
     assert result.exit_code == 1, result.output
 
 
-def test_a_tiny_temperature_is_greedy_not_a_crash(world):
+def test_a_tiny_temperature_or_top_p_is_greedy_not_a_crash(world):
     _, files = world
-    result = invoke(["sample", str(files["ckpt"]), "--temperature", "1e-300", "--length", "30"])
     greedy = invoke(["sample", str(files["ckpt"]), "--greedy", "--length", "30"])
-    assert result.exit_code == 0 and result.stdout == greedy.stdout
+    for flag in ("--temperature", "--top-p"):  # 1e-300 is 0 in float32
+        result = invoke(["sample", str(files["ckpt"]), flag, "1e-300", "--length", "30"])
+        assert result.exit_code == 0 and result.stdout == greedy.stdout, flag
