@@ -131,6 +131,11 @@ def emit_json(obj: dict) -> None:
 @click.version_option(__version__, prog_name="charlm")
 def cli():
     """Train character-level RNN, LSTM and GRU language models, generate text, compare cells."""
+    # A path that is not valid UTF-8 reaches us as surrogates; print its bytes back as they were
+    # (as ls does) instead of failing on them.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
 
 
 @cli.command()

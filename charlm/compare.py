@@ -87,10 +87,10 @@ class CompareConfig:
                              max_steps=DEFAULT_STEPS if no_budget else self.train.max_steps)
 
     @property
-    def budget(self) -> tuple[float, str]:
-        """The per-run budget in the unit the progress bars count (steps, else seconds)."""
+    def budget(self) -> tuple[int, str]:
+        """The per-run budget in the unit the progress bars count (steps, else whole seconds)."""
         t = self.train
-        return (t.max_steps, "step") if t.max_steps else (t.max_time * 60, "s")
+        return (t.max_steps, "step") if t.max_steps else (max(1, round(t.max_time * 60)), "s")
 
 
 def default_eval_every(max_steps: int | None) -> int:
@@ -194,7 +194,7 @@ def _one_run(c: CompareConfig, train: TrainConfig, run_dir: Path, overall: tqdm,
               disable=not c.progress) as bar:
 
         def report(step: int, elapsed: float) -> None:
-            done = min(step if unit == "step" else elapsed, budget)
+            done = min(step if unit == "step" else int(elapsed), budget)  # whole seconds
             bar.update(done - bar.n)
             overall.update(start + done - overall.n)
 

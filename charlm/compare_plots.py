@@ -7,6 +7,11 @@ from pathlib import Path
 import numpy as np
 
 
+def seeds(n: int) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{n} seed{'' if n == 1 else 's'}"
+
+
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg")  # files only, no display needed
@@ -35,12 +40,12 @@ def learning_curves(results: dict, path: Path) -> None:
             bpc = np.array([[h["val_bpc"] for h in hist] for hist in histories])  # (seeds, points)
             secs = np.array([[h["elapsed_s"] for h in hist] for hist in histories]).mean(0)
             for ax, x in ((by_step, steps[0]), (by_time, secs)):
-                ax.plot(x, bpc.mean(0), color=colour, label=f"{name} ({len(histories)} seed(s))")
+                ax.plot(x, bpc.mean(0), color=colour, label=f"{name} ({seeds(len(histories))})")
                 if len(histories) > 1:
                     ax.fill_between(x, bpc.min(0), bpc.max(0), color=colour, alpha=0.2)
         else:  # a time budget: each seed has its own steps, drawn on its own
             for j, hist in enumerate(histories):
-                label = f"{name} ({len(histories)} seed(s))" if j == 0 else None
+                label = f"{name} ({seeds(len(histories))})" if j == 0 else None
                 y = [h["val_bpc"] for h in hist]
                 by_step.plot([h["step"] for h in hist], y, color=colour, alpha=0.7, label=label)
                 by_time.plot([h["elapsed_s"] for h in hist], y, color=colour, alpha=0.7)

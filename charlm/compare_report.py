@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .compare_plots import seeds
 from .compare_run import SAMPLE_REPEATS
 from .gradflow import format_decay
 
@@ -226,7 +227,7 @@ def report(results: dict) -> str:
         f"{t['num_layers']} layer(s), embedding {t['embedding_dim']}, dropout {t['dropout']}, "
         f"impl {t['impl']}. Every run: {budget}, batch {t['batch_size']} × seq {t['seq_len']}, "
         f"lr {t['lr']} ({t['schedule']}, warm-up {t['warmup_steps']}), grad clip "
-        f"{t['grad_clip']}, window {t['window']}, {s['seeds']} seed(s) from {s['first_seed']}. "
+        f"{t['grad_clip']}, window {t['window']}, {seeds(s['seeds'])} from {s['first_seed']}. "
         f"Same corpus, splits, vocabulary, batches (in the same order) and optimiser for every "
         f"cell; runs go seed by seed through every cell, so a machine that slows down hurts all "
         f"cells alike.")

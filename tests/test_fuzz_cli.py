@@ -296,3 +296,14 @@ def test_a_tiny_temperature_or_top_p_is_greedy_not_a_crash(world):
     for flag in ("--temperature", "--top-p"):  # 1e-300 is 0 in float32
         result = invoke(["sample", str(files["ckpt"]), flag, "1e-300", "--length", "30"])
         assert result.exit_code == 0 and result.stdout == greedy.stdout, flag
+
+
+def test_a_path_that_is_not_utf8_is_printed_not_a_crash(world):
+    _, files = world
+    result = invoke(["inspect", str(files["ckpt"]), "--text", str(files["non_utf8"]),
+                     "--chars", "200"])
+    check(result, ["inspect"])
+    assert result.exit_code == 0
+    missing = invoke(["sample", str(files["non_utf8"]) + ".ckpt"])
+    check(missing, ["sample"])
+    assert missing.exit_code == 1 and "caf" in missing.stderr
