@@ -5,7 +5,7 @@
 #      bf16-mixed (Lightning vs plain), sampling chars/s
 #   3. benchmarks/gpu_profile.py: each whole run cut into phases (set-up, first steps, steady
 #      state, last steps and end), the whole-run and steady ratios, and a profile of each loop
-# The regularisation study (README, "How the recipe was chosen") is a session of its own.
+# The regularisation study (docs/results.md, "How the recipe was chosen") is a session of its own.
 # Usage: benchmarks/gpu_session.sh DATA OUTDIR   (python3 must hold torch with CUDA and lightning)
 set -u
 data=$1 out=$2
