@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from .model import CharRNN, ModelConfig, cell_names, register_cell  # noqa: E402
 from . import cells  # noqa: E402,F401  (registers the explicit cells and gru-note)
+from . import transformer  # noqa: E402,F401  (registers the transformer reference)
 from .vocab import CharVocab  # noqa: E402
 
 

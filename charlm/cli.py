@@ -98,6 +98,10 @@ model_options = options(  # train and compare
     click.option("--init", default="default", show_default=True,
                  type=click.Choice(["default", "orthogonal"]),
                  help="Recurrent weights: torch's uniform, or an orthogonal block per gate."),
+    click.option("--heads", type=int, default=None,
+                 help="transformer only: attention heads [default: about one per 64 of width]."),
+    click.option("--context", type=int, default=None,
+                 help="transformer only: characters it attends to [default: --seq-len]."),
     click.option("--impl", default="auto", show_default=True,
                  type=click.Choice(["auto", "fused", "explicit"]),
                  help="fused torch kernels, or the explicit cells written as the lecture note's "
@@ -141,7 +145,8 @@ def cli():
 @cli.command()
 @data_options
 @click.option("--cell", default="lstm", show_default=True,
-              help="Recurrent cell (rnn, lstm, gru, gru-note, or a registered one).")
+              help="Recurrent cell (rnn, lstm, gru, gru-note, lstm-ln, a registered one), or "
+                   "transformer: a small causal transformer, the reference to beat.")
 @click.option("--hidden-size", default=384, show_default=True)
 @click.option("--batch-size", type=int, default=None,
               help="Parallel streams per process [default: 8 or 16, whichever trains faster "

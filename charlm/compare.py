@@ -32,7 +32,7 @@ from .errors import CharlmError
 from .gradflow import window_starts
 from .interrupt import Interrupted
 from .metrics import LN2
-from .model import CharRNN, ModelConfig, cell_names, hidden_size_for_params
+from .model import CharRNN, ModelConfig, cell_names, hidden_size_for_params, is_recurrent
 from .ngram import fit_best_order
 from .sampling import prompt_ids
 from .sources import absolute_spec
@@ -77,6 +77,10 @@ class CompareConfig:
         if unknown:
             raise CharlmError(f"unknown cell {unknown[0]!r} in --cells; choose from "
                               f"{', '.join(cell_names())}")
+        other = [c for c in self.cells if not is_recurrent(c)]
+        if other:  # its gradient flow and samples are measured through a recurrent state
+            raise CharlmError(f"charlm compare takes recurrent cells; {other[0]!r} is not one "
+                              f"(train it with charlm train --cell {other[0]})")
         if len(set(self.cells)) != len(self.cells):
             raise CharlmError("--cells names a cell twice")
         if not self.cells and not self.checkpoints:
@@ -213,6 +217,9 @@ def _checkpoint_run(path: str, c: CompareConfig, data: list[str]) -> dict:
     from .compare_run import measure
     from .metrics import evaluate
     model, vocab, info = load(path)
+    if not is_recurrent(model.config.cell):
+        raise CharlmError(f"charlm compare takes recurrent models; {path} is a "
+                          f"{model.config.cell}")
     t = c.train
     corpus = load_corpus(data, vocab=vocab, encoding=t.encoding, split=t.split,
                          text_column=t.text_column, streaming=t.streaming)

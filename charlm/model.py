@@ -26,21 +26,29 @@ CellFactory = Callable[[int, int, int, float], nn.Module]  # (input, hidden, lay
 class _Cell:
     fused: CellFactory | None
     explicit: CellFactory | None = None
+    recurrent: bool = True  # a hidden state carried step to step (the transformer's is a cache)
 
 
 _CELLS: dict[str, _Cell] = {}
 
 
 def register_cell(name: str, factory: CellFactory | None,
-                  explicit: CellFactory | None = None) -> None:
+                  explicit: CellFactory | None = None, *, recurrent: bool = True) -> None:
     """Register (or replace) the cell ``name``: ``factory(input, hidden, layers, dropout)``.
 
     ``factory`` is the fast implementation; ``explicit`` optionally the same cell written out
     step by step with the same parameters (used by ``--impl explicit`` and fast sampling).
+    ``recurrent`` False marks a module whose state is not a hidden state (the transformer's
+    key/value cache): the tools that read hidden units and gates refuse it.
     """
     if factory is None and explicit is None:
         raise ValueError(f"cell {name!r} needs at least one implementation")
-    _CELLS[name] = _Cell(factory, explicit)
+    _CELLS[name] = _Cell(factory, explicit, recurrent)
+
+
+def is_recurrent(name: str) -> bool:
+    """Whether the cell ``name`` carries a hidden state (RNN, LSTM, GRU and their variants)."""
+    return _cell(name).recurrent
 
 
 def cell_names() -> list[str]:
@@ -134,7 +142,12 @@ def build_cell(config: ModelConfig, impl: str | None = None) -> nn.Module:
     factory = entry.explicit if (impl or config.impl) == "explicit" else entry.fused
     if factory is None:
         raise ValueError(f"cell {config.cell!r} has no {impl or config.impl} implementation")
-    return factory(config.embedding_dim, config.hidden_size, config.num_layers, config.dropout)
+    try:  # a cell's own settings (the transformer's heads and context) come from ``extra``
+        return factory(config.embedding_dim, config.hidden_size, config.num_layers,
+                       config.dropout, **config.extra)
+    except TypeError as e:
+        raise ValueError(f"cell {config.cell!r} does not take the settings "
+                         f"{', '.join(config.extra)}: {e}") from None
 
 
 class CharRNN(nn.Module):
@@ -207,5 +220,6 @@ def hidden_size_for_params(config: ModelConfig, target: int) -> int:
     return min((lo, hi), key=lambda h: abs(count(h) - target))
 
 
-__all__ = ["CharRNN", "ModelConfig", "State", "cell_names", "detach_state", "map_state",
+__all__ = ["CharRNN", "ModelConfig", "State", "cell_names", "detach_state", "is_recurrent",
+           "map_state",
            "register_cell", "state_hidden", "hidden_size_for_params", "build_cell"]

@@ -16,16 +16,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from .allocator import keep_freed_memory
 from .atomic import atomic_write_bytes
 from .checkpoint import _read_ckpt
+from .data import cache_root
 from .errors import CharlmError
 from .interrupt import GracefulStop
 from .lit import CharDataModule, CharLM, OptimConfig
-from .data import cache_root
-from .model import CharRNN, ModelConfig
+from .model import CharRNN, ModelConfig, build_cell
 from .precision import (Decision, cpu_kind, decide, machine_key, measurement_off, on_cuda,
                         step_timer)
 from .runlock import RunLock, is_rank_zero
@@ -48,6 +49,8 @@ class TrainConfig:
     weight_drop: float = 0.0
     init: str = "default"
     impl: str = "auto"
+    heads: int | None = None    # transformer only: attention heads (None: width // 64 or so)
+    context: int | None = None  # transformer only: characters attended to (None: seq_len)
     seq_len: int = 128
     batch_size: int | None = None  # None: what is fast on this machine (charlm.precision)
     lr: float = 4e-3
@@ -111,10 +114,17 @@ class TrainConfig:
                               f"picks best.ckpt by the validation loss")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
+        """The model these settings build; a cell's own settings are checked by building it
+        on the meta device (no memory)."""
+        extra = {"heads": self.heads, "context": self.context or self.seq_len} \
+            if self.cell == "transformer" else {}
         try:
-            return ModelConfig(vocab_size, self.cell, self.hidden_size, self.num_layers,
-                               self.embedding_dim, self.dropout, self.impl,
-                               weight_drop=self.weight_drop, init=self.init)
+            config = ModelConfig(vocab_size, self.cell, self.hidden_size, self.num_layers,
+                                 self.embedding_dim, self.dropout, self.impl, extra=extra,
+                                 weight_drop=self.weight_drop, init=self.init)
+            with torch.device("meta"):
+                build_cell(config)
+            return config
         except ValueError as e:
             raise CharlmError(str(e)) from None
 

@@ -26,7 +26,7 @@ from .inspect_units import (
     gate_saturation,
     trace_text,
 )
-from .model import ModelConfig
+from .model import ModelConfig, is_recurrent
 from .vocab import CharVocab, codepoints, printable
 
 
@@ -112,6 +112,9 @@ def inspect_checkpoint(checkpoint: str, *, text_file: str | None = None,
     if top < 1:
         raise CharlmError(f"--top must be at least 1, not {top}")
     model, vocab, _ = load(checkpoint)
+    if not is_recurrent(model.config.cell):
+        raise CharlmError(f"{checkpoint} is a {model.config.cell}, which has no recurrent units "
+                          f"or gates to inspect")
     text, source, skipped = read_text(vocab, text_file=text_file, data=data, chars=chars,
                                       **read_options)
     acts = trace_text(model, vocab, text)
