@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -208,7 +209,7 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
             raise CharlmError(f"--resume: {last} was trained with "
                               f"{', '.join(f'{k}={v!r}' for k, v in differ.items())}; pass the "
                               f"options and --data it was trained with")
-    t_decide = time.perf_counter()
+    load, t_decide = os.getloadavg()[0], time.perf_counter()
     decision = decide_precision(config, model_config, resumed_batch)
     t_decide = time.perf_counter() - t_decide
     precision, batch_size = decision.precision, decision.batch_size
@@ -225,9 +226,7 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     if config.progress and is_rank_zero():
         _report_data(corpus, dm, streams, world)
         if config.precision == "auto" or config.batch_size is None:
-            timed = f" [measured in {t_decide:.1f} s, cached in {cache_root() / 'machine.json'}]" \
-                if t_decide > 0.1 else ""
-            print(decision.line() + timed, flush=True)
+            print(decision.line() + _measured(t_decide, load), flush=True)
     optim = OptimConfig(lr=config.lr, weight_decay=config.weight_decay,
                         warmup_steps=config.warmup_steps, schedule=config.schedule,
                         total_steps=total,
@@ -286,6 +285,19 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
                "data": module.hparams["data"], "results": results}
         atomic_write_bytes(out / "run.json", json.dumps(run, indent=2).encode())
     return results
+
+
+def _measured(seconds: float, load: float) -> str:
+    """What the run says of a fresh measurement: where it is kept, and if it ran on a busy
+    machine (other work slows the settings unevenly), how to take it again."""
+    if seconds < 0.1:  # the cache answered
+        return ""
+    where = cache_root() / "machine.json"
+    cores = os.cpu_count() or 1
+    if load > cores - 0.5:
+        return (f" [measured in {seconds:.1f} s while the machine was busy (load {load:.1f} on "
+                f"{cores} cores): delete {where} to measure again when it is quiet]")
+    return f" [measured in {seconds:.1f} s, cached in {where}]"
 
 
 def _resume_info(last: Path) -> dict:

@@ -19,7 +19,7 @@ CPUS = {  # what torch.cpu.get_capabilities() reports, reduced to the flags that
 }
 
 
-def never(precision_, batch):
+def never(asked):
     raise AssertionError("a decision the report settles must not be measured")
 
 
@@ -34,12 +34,13 @@ def test_the_cpus_report_decides_where_it_can(kind):
 def test_a_cpu_that_does_not_report_is_measured_and_the_faster_wins():
     arm = {"architecture": "aarch64"}
     rates = {"bf16-mixed": 30_000.0, "32-true": 20_000.0}
-    d = decide("auto", 8, "cpu", capabilities=arm, measure=lambda p, b: rates[p])
+    d = decide("auto", 8, "cpu", capabilities=arm,
+               measure=lambda asked: [rates[p] for p, _ in asked])
     assert d.precision == "bf16-mixed" and "measured bf16 30,000 against float32 20,000" in \
         d.precision_reason
     rates = {"bf16-mixed": 10_000.0, "32-true": 20_000.0}
     assert decide("auto", 8, "cpu", capabilities=arm,
-                  measure=lambda p, b: rates[p]).precision == "32-true"
+                  measure=lambda asked: [rates[p] for p, _ in asked]).precision == "32-true"
     # nothing to measure with: the safe float32, said as such
     d = decide("auto", 8, "cpu", capabilities=arm, measure=None)
     assert d.precision == "32-true" and "not measured" in d.precision_reason
@@ -67,10 +68,10 @@ def test_a_given_precision_and_batch_pass_through():
         ("16-mixed", 32, "given", "batch given")
 
 
-@pytest.mark.parametrize("gain, batch", [(2.0, 16), (1.3, 16), (1.2, 8), (1.0, 8), (0.7, 8)])
+@pytest.mark.parametrize("gain, batch", [(2.0, 16), (1.7, 16), (1.4, 8), (1.0, 8), (0.7, 8)])
 def test_the_default_batch_follows_the_measured_gain(gain, batch):
     rates = {8: 10_000.0, 16: 10_000.0 * gain}
-    d = decide("32-true", None, "cpu", measure=lambda p, b: rates[b])
+    d = decide("32-true", None, "cpu", measure=lambda asked: [rates[b] for _, b in asked])
     assert d.batch_size == batch and f"{gain:.2f}x" in d.batch_reason
 
 
@@ -84,14 +85,14 @@ def test_the_timer_measures_once_per_key_and_survives_a_broken_cache(tmp_path):
 
     cache = tmp_path / "machine.json"
     timer = precision.step_timer(build, 5, 8, cache, {"cpu": "test"}, budget_s=0.2)
-    rate = timer("32-true", 2)
-    assert rate > 0 and len(builds) == 1
-    assert timer("32-true", 2) == rate and len(builds) == 1  # the cache answered
-    assert json.loads(cache.read_text())  # written whole, as JSON
-    timer("32-true", 4)
-    assert len(builds) == 2  # another batch is another measurement
+    small, large = timer([("32-true", 2), ("32-true", 4)])
+    assert small > 0 and large > 0 and len(builds) == 2  # one model per setting, side by side
+    assert timer([("32-true", 4), ("32-true", 2)]) == [large, small] and len(builds) == 2
+    assert len(json.loads(cache.read_text())) == 2  # written whole, as JSON
+    timer([("32-true", 2), ("bf16-mixed", 2)])
+    assert len(builds) == 3  # only the setting not measured yet
     cache.write_text("{not json")
-    assert timer("32-true", 2) > 0 and len(builds) == 3
+    assert timer([("32-true", 2)])[0] > 0 and len(builds) == 4
 
 
 def test_a_default_run_says_and_records_what_it_chose(text_file, tmp_path):
