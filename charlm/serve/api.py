@@ -172,12 +172,12 @@ def parse_completion(body, model_name: str, vocab: CharVocab, limits: Limits) ->
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise _bad("stream_options", "stream_options must be an object")
-    settings = SampleSettings(
-        temperature=_number(body, "temperature", 1.0, 0.0, 100.0),
-        top_k=_integer(body, "top_k", None, 1),
-        top_p=_number(body, "top_p", None, 0.0, 1.0), greedy=_flag(body, "greedy"))
-    if settings.top_p == 0.0:
+    temperature = _number(body, "temperature", 1.0, 0.0, 100.0)
+    top_p = _number(body, "top_p", None, 0.0, 1.0)
+    if top_p == 0.0:
         raise _bad("top_p", "top_p must be above 0")
+    settings = SampleSettings(temperature, _integer(body, "top_k", None, 1), top_p,
+                              _flag(body, "greedy"))
     return Completion(
         prompt, ids, settings,
         max_tokens=_integer(body, "max_tokens", 16, 0, limits.max_tokens, " --max-tokens"),
