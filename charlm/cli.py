@@ -344,7 +344,7 @@ def serve(checkpoint, host, port, api_key, name, max_batch, max_queue, max_token
     try:
         from . import serve as serving
     except ImportError as e:
-        if e.name not in ("starlette", "uvicorn", "anyio", "h11"):
+        if (e.name or "").split(".")[0] not in ("starlette", "uvicorn", "anyio", "h11"):
             raise
         raise CharlmError("charlm serve needs the serve extra: pip install 'charlm[serve]'") from None
     from .checkpoint import load
