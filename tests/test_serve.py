@@ -233,6 +233,8 @@ def test_full_queue_answers_503_at_once(tiny):
         assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
         assert time.monotonic() - t0 < 2
         release.set()
+        while batcher.stats()["waiting"] or batcher.stats()["active_rows"]:
+            time.sleep(0.01)
         assert post(client, prompt="the", max_tokens=5).status_code == 200
 
 

@@ -27,6 +27,7 @@ from .api import ApiError, Completion, Limits
 from .batcher import Batcher, Job, Piece, QueueFull
 
 MAX_BODY = 1 << 20  # bytes: far above the longest prompt a server allows
+SEND_EVERY = 0.02  # seconds between a stream's sends (50 a second: smooth to a reader's eye)
 
 
 def _error(e: ApiError) -> JSONResponse:
@@ -54,8 +55,18 @@ class Server:
     def __init__(self, model: CharRNN, vocab: CharVocab, name: str, limits: Limits,
                  api_key: str | None = None):
         self.vocab, self.name, self.limits, self.api_key = vocab, name, limits, api_key or None
-        self.batcher = Batcher(model, vocab, limits.max_batch, limits.max_queue)
+        self.batcher = Batcher(model, vocab, limits.max_batch, limits.max_queue, self._deliver)
         self.created = int(time.time())
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _deliver(self, batch: list[tuple[Job, list[Piece]]]) -> None:
+        """From the worker: one turn's pieces of every job, handed to the loop in one wake-up
+        (a job submitted without an inbox gets its own sink, on the worker's thread)."""
+        for job, pieces in batch:
+            if job.inbox is None:
+                job.sink(pieces)
+        with contextlib.suppress(RuntimeError, AttributeError):  # the loop has closed
+            self.loop.call_soon_threadsafe(_put_all, [b for b in batch if b[0].inbox is not None])
 
     def check_key(self, request: Request) -> None:
         """With a key, every API request carries it as ``Authorization: Bearer KEY``."""
@@ -100,13 +111,14 @@ class Server:
         self.check_key(request)
         c = api.parse_completion(await _read_json(request), self.name, self.vocab, self.limits)
         queue: asyncio.Queue[list[Piece]] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
 
         def sink(pieces: list[Piece]) -> None:  # runs on the worker thread
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
                 loop.call_soon_threadsafe(queue.put_nowait, pieces)
 
-        job = Job(c.prompt_ids, c.settings, c.max_tokens, c.n, c.seed, c.stop, c.logprobs, sink)
+        job = Job(c.prompt_ids, c.settings, c.max_tokens, c.n, c.seed, c.stop, c.logprobs, sink,
+                  inbox=queue)
         try:
             self.batcher.submit(job)
         except QueueFull:
@@ -136,12 +148,18 @@ class Server:
                             api.usage(c.prompt, sum(map(len, texts))))
 
     async def _stream(self, job: Job, queue: asyncio.Queue, c: Completion):
-        """Server-sent events: a chunk per choice per turn (the characters that arrived since the
-        last send, so a slow reader gets small groups instead of falling behind), then [DONE]."""
+        """Server-sent events: a chunk per choice per send, holding the characters written since
+        the last send (a character or a small group), then [DONE]."""
         cid, sent, left = api.completion_id(), [0] * c.n, c.n
+        loop, last = asyncio.get_running_loop(), float("-inf")
         try:
             while left:
                 pieces = await queue.get()
+                # at most one send per SEND_EVERY: the first character goes out at once, later
+                # ones in small groups, so 32 streams cost the event loop (and the GIL) little
+                wait = SEND_EVERY - (loop.time() - last)
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 while not queue.empty():
                     pieces += queue.get_nowait()
                 for index, text, entries, finish in _merge(pieces):
@@ -153,11 +171,17 @@ class Server:
                     sent[index] += len(text)
                     left -= finish is not None
                     yield _sse(api.envelope(cid, self.name, [api.choice(index, text, lp, finish)]))
+                last = loop.time()
             if c.include_usage:
                 yield _sse(api.envelope(cid, self.name, [], api.usage(c.prompt, sum(sent))))
             yield "data: [DONE]\n\n"
         finally:
             self.batcher.cancel(job)  # a client that left frees its rows at the next turn
+
+
+def _put_all(batch: list[tuple[Job, list[Piece]]]) -> None:
+    for job, pieces in batch:
+        job.inbox.put_nowait(pieces)
 
 
 def _merge(pieces: list[Piece]):

@@ -13,6 +13,7 @@ the requests' streams, and (4) drops finished or abandoned rows and steps the re
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class Job:
     logprobs: int | None = None  # top alternatives per character, or None for none
     sink: Callable[[list[Piece]], None] = lambda pieces: None  # called from the worker thread
     cancelled: bool = False
+    inbox: object = None  # where a Batcher's ``deliver`` puts this job's pieces (the app's queue)
 
 
 class _Row:
@@ -67,6 +69,9 @@ class _Row:
     def feed(self, ch: str, lp) -> Piece:
         """Take the row's next character; the piece says what to send and whether it finished."""
         self.written += 1
+        if not self.stop.stops:  # the common case, kept cheap: it runs for every row every turn
+            done = self.written >= self.job.max_tokens
+            return Piece(self.index, ch, [lp] if lp else [], "length" if done else None)
         text, entries, stopped = self.stop.feed(ch, lp)
         if stopped:
             return Piece(self.index, text, entries, "stop")
@@ -86,8 +91,12 @@ def _tree(fn, *trees):
 class Batcher:
     """Serves jobs from a worker thread, every active row a row of one batch."""
 
-    def __init__(self, model: CharRNN, vocab: CharVocab, max_batch: int = 64, max_queue: int = 256):
+    def __init__(self, model: CharRNN, vocab: CharVocab, max_batch: int = 64, max_queue: int = 256,
+                 deliver: Callable[[list[tuple[Job, list[Piece]]]], None] | None = None):
         self.model, self.vocab = model.eval(), vocab
+        # deliver: one call per turn with every job's pieces (one wake-up of the event loop for
+        # all rows, instead of one per job); by default each job's own sink
+        self.deliver = deliver
         self.max_batch, self.max_queue = max_batch, max_queue
         self.stepper = Stepper(self.model)
         # unpacked explicit states are per-layer (B, H) tensors; a module's own are (L, B, H)
@@ -153,6 +162,7 @@ class Batcher:
                         self._turn()
                 except Exception as e:  # a bug must not kill the server: fail this batch only
                     self._fail_all(e)
+                time.sleep(0)  # hand the GIL to the event loop between turns: it has to send them
 
     def _admit(self) -> list[Job] | None:
         """Jobs that fit in the free rows, first come first served (waits while idle)."""
@@ -201,8 +211,11 @@ class Batcher:
             pieces.setdefault(row.job, []).append(piece)
             if piece.finish_reason is None:
                 keep.append(i)
-        for job, job_pieces in pieces.items():
-            job.sink(job_pieces)
+        if self.deliver is not None:
+            self.deliver(list(pieces.items()))
+        else:
+            for job, job_pieces in pieces.items():
+                job.sink(job_pieces)
         self._keep(keep)
         if self._rows:
             self._logits, self._layers = self.stepper.step(ids[keep] if len(keep) < len(ids)
