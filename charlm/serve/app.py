@@ -28,6 +28,7 @@ from .batcher import Batcher, Job, Piece, QueueFull
 
 MAX_BODY = 1 << 20  # bytes: far above the longest prompt a server allows
 SEND_EVERY = 0.02  # seconds between a stream's sends (50 a second: smooth to a reader's eye)
+WAKE_EVERY = 0.005  # seconds between the worker's hand-overs of pieces to the event loop
 
 
 def _error(e: ApiError) -> JSONResponse:
@@ -58,15 +59,23 @@ class Server:
         self.batcher = Batcher(model, vocab, limits.max_batch, limits.max_queue, self._deliver)
         self.created = int(time.time())
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[tuple[Job, list[Piece]]] = []  # pieces not yet handed to the loop
+        self._woken = 0.0
 
     def _deliver(self, batch: list[tuple[Job, list[Piece]]]) -> None:
-        """From the worker: one turn's pieces of every job, handed to the loop in one wake-up
+        """From the worker: each turn's pieces, handed to the event loop at most every WAKE_EVERY
+        (a first character or a finish at once), since every wake-up costs both threads the GIL
         (a job submitted without an inbox gets its own sink, on the worker's thread)."""
         for job, pieces in batch:
             if job.inbox is None:
                 job.sink(pieces)
-        with contextlib.suppress(RuntimeError, AttributeError):  # the loop has closed
-            self.loop.call_soon_threadsafe(_put_all, [b for b in batch if b[0].inbox is not None])
+        self._pending += [b for b in batch if b[0].inbox is not None]
+        now = time.monotonic()
+        urgent = any(p.first or p.finish_reason for _, pieces in batch for p in pieces)
+        if self._pending and (urgent or now - self._woken >= WAKE_EVERY):
+            pending, self._pending, self._woken = self._pending, [], now
+            with contextlib.suppress(RuntimeError, AttributeError):  # the loop has closed
+                self.loop.call_soon_threadsafe(_put_all, pending)
 
     def check_key(self, request: Request) -> None:
         """With a key, every API request carries it as ``Authorization: Bearer KEY``."""

@@ -13,7 +13,6 @@ the requests' streams, and (4) drops finished or abandoned rows and steps the re
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ class Piece:
     text: str
     logprobs: list[tuple[str, float, dict[str, float]]] = field(default_factory=list)
     finish_reason: str | None = None
+    first: bool = False  # the choice's first character: worth a wake-up of its reader at once
 
 
 @dataclass(eq=False)
@@ -71,14 +71,15 @@ class _Row:
         self.written += 1
         if not self.stop.stops:  # the common case, kept cheap: it runs for every row every turn
             done = self.written >= self.job.max_tokens
-            return Piece(self.index, ch, [lp] if lp else [], "length" if done else None)
+            return Piece(self.index, ch, [lp] if lp else [], "length" if done else None,
+                         self.written == 1)
         text, entries, stopped = self.stop.feed(ch, lp)
         if stopped:
             return Piece(self.index, text, entries, "stop")
         if self.written >= self.job.max_tokens:
             more, more_lp = self.stop.flush()
             return Piece(self.index, text + more, entries + more_lp, "length")
-        return Piece(self.index, text, entries)
+        return Piece(self.index, text, entries, None, self.written == 1)
 
 
 def _tree(fn, *trees):
@@ -162,7 +163,6 @@ class Batcher:
                         self._turn()
                 except Exception as e:  # a bug must not kill the server: fail this batch only
                     self._fail_all(e)
-                time.sleep(0)  # hand the GIL to the event loop between turns: it has to send them
 
     def _admit(self) -> list[Job] | None:
         """Jobs that fit in the free rows, first come first served (waits while idle)."""
