@@ -348,11 +348,11 @@ def serve(checkpoint, host, port, api_key, name, max_batch, max_queue, max_token
             raise
         raise CharlmError("charlm serve needs the serve extra: pip install 'charlm[serve]'") from None
     from .checkpoint import load
-    for flag, value in [("--max-batch", max_batch), ("--max-n", max_n),
-                        ("--max-prompt", max_prompt), ("--max-queue", max_queue + 1),
-                        ("--max-tokens", max_tokens)]:
-        if value < 1:
-            raise CharlmError(f"{flag} must be at least 1, not {value}")
+    for flag, value, least in [("--max-batch", max_batch, 1), ("--max-n", max_n, 1),
+                               ("--max-prompt", max_prompt, 1), ("--max-queue", max_queue, 0),
+                               ("--max-tokens", max_tokens, 1)]:
+        if value < least:
+            raise CharlmError(f"{flag} must be at least {least}, not {value}")
     model, vocab, _ = load(checkpoint)
     name = name or serving.model_name(checkpoint)
     limits = serving.Limits(max_tokens, min(max_n, max_batch), max_prompt, max_batch, max_queue)
