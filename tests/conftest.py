@@ -13,6 +13,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+from browser import browser  # noqa: E402,F401  (the one browser harness, for every page test)
+
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 

@@ -1,13 +1,7 @@
 """charlm visualize / inspect: traced units, the finder, gate statistics, and the page itself."""
 
-import asyncio
-import contextlib
 import json
 import random
-import shutil
-import subprocess
-import time
-import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -16,6 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
+
+from browser import no_alert
 
 from charlm import model as model_mod
 from charlm.checkpoint import ExportedModel
@@ -234,98 +230,29 @@ def test_script_json_cannot_close_its_script_element():
     assert not set("<>&") & set(safe) and json.loads(safe) == obj
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def first_tab(port: int) -> str:
-    """The DevTools websocket address of the browser's first tab."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-        return next(t for t in json.load(r) if t["type"] == "page")["webSocketDebuggerUrl"]
-
-
-@contextlib.asynccontextmanager
-async def devtools(tab: str):
-    """A minimal Chrome DevTools Protocol client over aiohttp's websocket (already installed
-    with datasets): send a command and wait for its answer; events are only recorded."""
-    aiohttp = pytest.importorskip("aiohttp", reason="the browser test talks to chromium with aiohttp")
-    events, ids = [], iter(range(1, 10 ** 6))
-    async with aiohttp.ClientSession() as session, \
-            session.ws_connect(tab, max_msg_size=0) as ws:
-        async def send(method: str, **params) -> dict:
-            n = next(ids)
-            await ws.send_json({"id": n, "method": method, "params": params})
-            while True:
-                msg = await asyncio.wait_for(ws.receive_json(), 20)
-                if msg.get("id") == n:
-                    assert "error" not in msg, msg
-                    return msg["result"]
-                events.append(msg.get("method"))
-
-        async def evaluate(expression: str):
-            result = await send("Runtime.evaluate", expression=expression, returnByValue=True)
-            return result["result"].get("value")
-        yield send, evaluate, events
-
-
-@pytest.fixture
-def chromium(tmp_path):
-    """A headless chromium with a debugging port, or a skip that says how to get one."""
-    if CHROMIUM is None:
-        pytest.skip("needs Debian's chromium for the browser test (apt-get install chromium)")
-    profile = tmp_path / "chromium-profile"
-    proc = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            assert proc.poll() is None and time.monotonic() < deadline, "chromium did not start"
-            time.sleep(0.05)
-        yield int(port_file.read_text().split()[0])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def test_page_in_a_real_browser_hover_shows_predictions(page, chromium):
+def test_page_in_a_real_browser_hover_shows_predictions(page, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
     out, text, insp = page
     k = text.index("cat")  # hover the 'c' of the first "cat"
     labels = [printable(insp.vocab.chars[i]) for i in insp.acts.top_ids[k]]  # as the page shows
     percents = [f"{round(p * 1000) / 10:.1f}%" for p in insp.acts.top_probs[k]]
 
-    tab = first_tab(chromium)
-
-    async def drive():
-        async with devtools(tab) as (send, evaluate, events):
-            await send("Page.enable")
-            await send("Page.navigate", url=out.as_uri())
-            for _ in range(200):
-                if await evaluate("document.readyState") == "complete":
-                    break
-                await asyncio.sleep(0.05)
-            assert await evaluate("document.getElementById('tip').style.display") != "block"
-            x, y = await evaluate(
-                f"(() => {{ const el = document.getElementById('text').children[{k}];"
-                f" el.scrollIntoView({{block: 'center'}}); const r = el.getBoundingClientRect();"
-                f" return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
-            await send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
-            tip = await evaluate("document.getElementById('tip').innerText")
-            shown = await evaluate("getComputedStyle(document.getElementById('tip')).display")
-            state = await evaluate("JSON.stringify([window.__pwned === undefined, document.title,"
-                                   " document.scripts.length,"
-                                   " document.getElementById('text').textContent])")
-            return tip, shown, json.loads(state), events
-
-    tip, shown, (safe, title, scripts, shown_text), events = asyncio.run(drive())
+    browser.get(out.as_uri())
+    js = browser.execute_script
+    assert js("return document.readyState") == "complete"
+    assert js("return document.getElementById('tip').style.display") != "block"
+    el = js(f"const el = document.getElementById('text').children[{k}];"
+            f" el.scrollIntoView({{block: 'center'}}); return el;")
+    ActionChains(browser).move_to_element(el).perform()
+    tip = js("return document.getElementById('tip').innerText")
+    shown = js("return getComputedStyle(document.getElementById('tip')).display")
+    safe, title, scripts, shown_text = js(
+        "return [window.__pwned === undefined, document.title, document.scripts.length,"
+        " document.getElementById('text').textContent]")
     assert shown == "block" and f"#{k} c" in tip
     for label, percent in zip(labels, percents):
         assert f"  {label} {percent}" in tip, (label, percent, tip)
-    assert safe and scripts == 2 and "Page.javascriptDialogOpening" not in events
+    assert safe and scripts == 2 and no_alert(browser)
     assert title.startswith("charlm: inside ") and "<script>alert(1)" in title  # as text
     assert '"<script>window.__pwned = 1; alert(1)</script>"' in shown_text
 

@@ -1,0 +1,183 @@
+"""charlm serve under load: aggregate characters per second, time to first character, memory.
+
+    .venv/bin/python benchmarks/serve_load.py CHECKPOINT [--length 500] [--clients 1,8,32]
+    .venv/bin/python benchmarks/serve_load.py --smoke        # a tiny random model, a few seconds
+
+Starts ``charlm serve CHECKPOINT`` in its own process on 127.0.0.1 and, for each client count N,
+opens N concurrent streaming completions of ``--length`` characters and measures:
+
+  chars/s  N x length over the wall time from the first request to the last [DONE], against
+           ``charlm sample --num-samples N --json`` (generate() with num_samples=N) of the same
+           length in its own process; the ratio is server / generate. Each side is run twice,
+           interleaved, and its better run kept.
+  ttfc     time to the first character of a short prompt: median and p95 over the N clients
+           (at 1 client: over --ttfc-repeats requests one after another).
+  memory   the server's peak resident memory (VmHWM) after the runs, and its RSS at start.
+
+The clients run in this process, so they share the CPU with the server; on a shared machine the
+figures move with the other load (the load average is printed with them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from charlm.checkpoint import ExportedModel
+from charlm.model import CharRNN, ModelConfig
+from charlm.vocab import CharVocab
+
+PROMPT = "ROMEO:\n"
+
+
+def start_server(checkpoint: str, max_batch: int) -> tuple[subprocess.Popen, str]:
+    """``charlm serve`` on a free port → (process, address)."""
+    proc = subprocess.Popen([sys.executable, "-m", "charlm", "serve", checkpoint, "--port", "0",
+                             "--max-batch", str(max_batch), "--max-tokens", "100000"],
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    found = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
+    if not found:
+        proc.kill()
+        sys.exit(f"charlm serve did not start: {line}")
+    return proc, found.group(1)
+
+
+def memory_kib(pid: int, field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
+
+
+async def stream_one(url: str, name: str, length: int, seed: int) -> tuple[float, int]:
+    """One streamed completion → (seconds to its first character, characters received).
+
+    A bare HTTP/1.1 client on asyncio streams: the request goes out in one write (a client that
+    writes headers and body apart can wait 40 ms on Nagle's algorithm, which would be measured as
+    the server's), and reading costs little CPU beside the server's."""
+    host, port = url.rsplit("/", 1)[1].split(":")
+    body = json.dumps({"model": name, "prompt": PROMPT, "max_tokens": length, "temperature": 0.8,
+                       "seed": seed, "stream": True}).encode()
+    t0, first, got = time.perf_counter(), None, 0
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                 % (host.encode(), len(body), body))
+    status = await reader.readline()
+    assert b" 200 " in status, status
+    async for line in reader:  # chunk sizes, blank lines and the SSE "data: {...}" lines
+        if line.startswith(b"data: {"):
+            n = sum(len(c["text"]) for c in json.loads(line[6:])["choices"])
+            if n and first is None:
+                first = time.perf_counter() - t0
+            got += n
+    writer.close()
+    return first, got
+
+
+async def run_clients(url: str, name: str, clients: int, length: int) -> dict:
+    """N concurrent streams → aggregate chars/s and the time-to-first-character of each."""
+    await stream_one(url, name, 10, 0)  # warm: the first forward
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*[stream_one(url, name, length, i) for i in range(clients)])
+    wall = time.perf_counter() - t0
+    firsts, chars = [r[0] for r in results], sum(r[1] for r in results)
+    assert chars == clients * length, (chars, clients * length)
+    return {"chars_per_s": chars / wall, "firsts": firsts}
+
+
+async def sequential_ttfc(url: str, name: str, repeats: int) -> list[float]:
+    return [(await stream_one(url, name, 5, i))[0] for i in range(repeats)]
+
+
+def generate_rate(checkpoint: str, clients: int, length: int) -> float:
+    """chars/s of ``charlm sample --num-samples N --json`` (generate() with num_samples=N, timed
+    around the generation only), in its own process like the server."""
+    out = subprocess.run([sys.executable, "-m", "charlm", "sample", checkpoint, "--prompt", PROMPT,
+                          "--length", str(length), "--num-samples", str(clients), "--seed", "1",
+                          "--temperature", "0.8", "--json"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["chars_per_s"]
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def smoke_checkpoint(folder: Path) -> str:
+    """A tiny random LSTM as an export folder (speed, not text, is measured)."""
+    vocab = CharVocab.from_text(PROMPT + "abcdefghijklmnopqrstuvwxyz .,\n")
+    exported = ExportedModel(ModelConfig(vocab_size=len(vocab), hidden_size=32).to_dict(),
+                             vocab.chars)
+    exported.model.load_state_dict(CharRNN(ModelConfig(vocab_size=len(vocab), hidden_size=32))
+                                   .state_dict())
+    exported.save_pretrained(str(folder))
+    return str(folder)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", nargs="?")
+    p.add_argument("--length", type=int, default=500)
+    p.add_argument("--clients", default="1,8,32")
+    p.add_argument("--ttfc-repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None,
+                   help="OMP_NUM_THREADS for the server and charlm sample alike (default: torch's)")
+    p.add_argument("--smoke", action="store_true", help="tiny random model, short runs")
+    args = p.parse_args()
+    tmp = tempfile.TemporaryDirectory()
+    if args.smoke:
+        args.checkpoint = smoke_checkpoint(Path(tmp.name) / "smoke")
+        args.length, args.clients, args.ttfc_repeats = 50, "1,4", 3
+    if not args.checkpoint:
+        p.error("give a CHECKPOINT (or --smoke)")
+    counts = [int(c) for c in args.clients.split(",")]
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the subprocesses inherit it
+    proc, url = start_server(args.checkpoint, max(counts))
+    try:
+        name = json.loads(__import__("urllib.request").request.urlopen(url + "/v1/models")
+                          .read())["data"][0]["id"]
+        start_rss = memory_kib(proc.pid, "VmRSS")
+        rows = []
+        for n in counts:
+            # interleaved, best of two each: the machine may be shared, so neither side gets
+            # only the quiet moments
+            base = generate_rate(args.checkpoint, n, args.length)
+            served = asyncio.run(run_clients(url, name, n, args.length))
+            base = max(base, generate_rate(args.checkpoint, n, args.length))
+            again = asyncio.run(run_clients(url, name, n, args.length))
+            if again["chars_per_s"] > served["chars_per_s"]:
+                served = again
+            firsts = (asyncio.run(sequential_ttfc(url, name, args.ttfc_repeats)) if n == 1
+                      else served["firsts"])
+            row = {"clients": n, "length": args.length, "server_chars_per_s": served["chars_per_s"],
+                   "generate_chars_per_s": base, "ratio": served["chars_per_s"] / base,
+                   "ttfc_median_ms": 1000 * statistics.median(firsts),
+                   "ttfc_p95_ms": 1000 * pct(firsts, 0.95), "load_avg": os.getloadavg()[0]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        peak = memory_kib(proc.pid, "VmHWM")
+        print(json.dumps({"server_start_rss_mib": start_rss / 1024, "server_peak_mib": peak / 1024,
+                          "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "torch default")}))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    print(f"\n{'clients':>7} {'server ch/s':>12} {'generate ch/s':>14} {'ratio':>6} "
+          f"{'ttfc med ms':>12} {'ttfc p95 ms':>12}")
+    for r in rows:
+        print(f"{r['clients']:>7} {r['server_chars_per_s']:>12,.0f} {r['generate_chars_per_s']:>14,.0f} "
+              f"{r['ratio']:>6.2f} {r['ttfc_median_ms']:>12.1f} {r['ttfc_p95_ms']:>12.1f}")
+    print(f"server memory: {start_rss / 1024:.0f} MiB at start, peak {peak / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

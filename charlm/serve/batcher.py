@@ -1,0 +1,281 @@
+"""The request batcher: the rows of every active request share one forward step per character.
+
+A worker thread owns the model, so generation never blocks the event loop. Each turn it
+(1) admits waiting requests while rows are free, priming each with one forward of its prompt
+(exactly as ``sampling.generate_ids`` does), (2) picks every row's next character with that row's
+own settings and generator (``sampling.pick``, grouped by settings), (3) hands the characters to
+the requests' streams, and (4) drops finished or abandoned rows and steps the rest as one batch.
+
+    rows:  [ A/0 | A/1 | A/2 | B/0 | C/0 ]   one request's n choices are n rows
+    turn:  admit → pick (per settings group) → deliver → drop done rows → Stepper.step (B,) → (B, V)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..model import CharRNN
+from ..sampling import SampleSettings, Stepper, pick, sample_generators
+from ..vocab import CharVocab
+from .stops import StopText
+
+
+class QueueFull(Exception):
+    """Every row is busy and the waiting line is full."""
+
+
+@dataclass
+class Piece:
+    """What one choice wrote in one turn: text (stop strings held back), logprobs, finish."""
+
+    index: int
+    text: str
+    logprobs: list[tuple[str, float, dict[str, float]]] = field(default_factory=list)
+    finish_reason: str | None = None
+    first: bool = False  # the choice's first character: worth a wake-up of its reader at once
+
+
+@dataclass(eq=False)
+class Job:
+    """One completion request: ``n`` rows with the same prompt, settings, seed and stop rule."""
+
+    prompt_ids: list[int]
+    settings: SampleSettings
+    max_tokens: int
+    n: int = 1
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # top alternatives per character, or None for none
+    sink: Callable[[list[Piece]], None] = lambda pieces: None  # called from the worker thread
+    cancelled: bool = False
+    inbox: object = None  # where a Batcher's ``deliver`` puts this job's pieces (the app's queue)
+
+
+class _Row:
+    """One choice of one job: its generator, its count and its stop rule."""
+
+    def __init__(self, job: Job, index: int, generator: torch.Generator):
+        self.job, self.index, self.generator = job, index, generator
+        self.written, self.stop = 0, StopText(job.stop)
+        self.key = (job.settings.temperature, job.settings.top_k, job.settings.top_p,
+                    job.settings.greedy)
+
+    def feed(self, ch: str, lp) -> Piece:
+        """Take the row's next character; the piece says what to send and whether it finished."""
+        self.written += 1
+        if not self.stop.stops:  # the common case, kept cheap: it runs for every row every turn
+            done = self.written >= self.job.max_tokens
+            return Piece(self.index, ch, [lp] if lp else [], "length" if done else None,
+                         self.written == 1)
+        text, entries, stopped = self.stop.feed(ch, lp)
+        if stopped:
+            return Piece(self.index, text, entries, "stop")
+        if self.written >= self.job.max_tokens:
+            more, more_lp = self.stop.flush()
+            return Piece(self.index, text + more, entries + more_lp, "length")
+        return Piece(self.index, text, entries, None, self.written == 1)
+
+
+def _tree(fn, *trees):
+    """Apply ``fn`` to the matching tensors of nested lists/tuples (a recurrent state)."""
+    if isinstance(trees[0], Tensor):
+        return fn(*trees)
+    return type(trees[0])(_tree(fn, *parts) for parts in zip(*trees))
+
+
+class Batcher:
+    """Serves jobs from a worker thread, every active row a row of one batch."""
+
+    def __init__(self, model: CharRNN, vocab: CharVocab, max_batch: int = 64, max_queue: int = 256,
+                 deliver: Callable[[list[tuple[Job, list[Piece]]]], None] | None = None):
+        self.model, self.vocab = model.eval(), vocab
+        # deliver: one call per turn with every job's pieces (one wake-up of the event loop for
+        # all rows, instead of one per job); by default each job's own sink
+        self.deliver = deliver
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.stepper = Stepper(self.model)
+        # unpacked explicit states are per-layer (B, H) tensors; a module's own are (L, B, H)
+        self._dim = 0 if self.stepper.cell is not None else 1
+        self._newline = vocab.index.get("\n", 0)
+        self._rows: list[_Row] = []
+        self._logits: Tensor | None = None  # (B, V): every row's next-character logits
+        self._layers = None                 # the rows' carried state, as Stepper carries it
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="charlm-batcher", daemon=True)
+        self._thread.start()
+
+    # --- the event loop's side
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; raises QueueFull when it would wait beyond the queue's bound."""
+        with self._cond:
+            free = max(0, self.max_batch - len(self._rows) - sum(j.n for j in self._waiting))
+            if self._closed or len(self._waiting) >= self.max_queue + free:
+                raise QueueFull
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Abandon ``job``: a waiting one leaves the line now, an active one's rows at the next turn."""
+        job.cancelled = True
+        with self._cond:
+            if job in self._waiting:
+                self._waiting.remove(job)
+            self._cond.notify()
+
+    def stats(self) -> dict:
+        """Active rows and waiting requests, for /health."""
+        with self._cond:
+            return {"active_rows": len(self._rows), "waiting": len(self._waiting),
+                    "max_batch": self.max_batch, "steps": self.steps}
+
+    def close(self) -> None:
+        """Stop the worker (waiting and active jobs are abandoned)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(10)
+
+    # --- the worker's side
+
+    def _run(self) -> None:
+        with torch.inference_mode():  # thread-local: the worker thread sets its own
+            while True:
+                joining = self._admit()
+                if joining is None:
+                    return
+                for job in joining:
+                    try:
+                        self._join(job)
+                    except Exception as e:  # a bug must not kill the server: fail this job only
+                        job.sink([_error_piece(e)])
+                try:
+                    if self._rows:
+                        self._turn()
+                except Exception as e:  # a bug must not kill the server: fail this batch only
+                    self._fail_all(e)
+
+    def _admit(self) -> list[Job] | None:
+        """Jobs that fit in the free rows, first come first served (waits while idle)."""
+        with self._cond:
+            while not self._closed and not self._rows and not self._waiting:
+                self._cond.wait()
+            if self._closed:
+                return None
+            joining, free = [], self.max_batch - len(self._rows)
+            while self._waiting and self._waiting[0].n <= free:
+                job = self._waiting.popleft()
+                joining.append(job)
+                free -= job.n
+            return joining
+
+    def _join(self, job: Job) -> None:
+        """Prime ``job``'s rows with one forward of its prompt and add them to the batch."""
+        if job.cancelled:
+            return
+        if job.max_tokens == 0:
+            job.sink([Piece(i, "", [], "length") for i in range(job.n)])
+            return
+        # An empty prompt primes with a newline (the start of a line), as generate_ids does.
+        prime = job.prompt_ids or [self._newline]
+        ids = torch.tensor(prime).repeat(job.n, 1)  # (n, P)
+        logits, state = self.model(ids, None)       # (n, P, V)
+        layers = self.stepper.unpack(state)
+        gens = sample_generators(job.seed, job.n)
+        self._rows += [_Row(job, i, g) for i, g in enumerate(gens)]
+        if self._logits is None:
+            self._logits, self._layers = logits[:, -1].contiguous(), layers
+        else:
+            self._logits = torch.cat([self._logits, logits[:, -1]])
+            self._layers = _tree(lambda a, b: torch.cat([a, b], self._dim), self._layers, layers)
+
+    def _turn(self) -> None:
+        """One character for every row, then one batched step for the rows still going."""
+        self._keep([i for i, r in enumerate(self._rows) if not r.job.cancelled])
+        if not self._rows:
+            return
+        ids = self._pick()  # (B,)
+        lps = self._logprobs(ids)
+        chars, pieces, keep = self.vocab.chars, {}, []
+        for i, (row, c) in enumerate(zip(self._rows, ids.tolist())):
+            piece = row.feed(chars[c], lps.get(i))
+            pieces.setdefault(row.job, []).append(piece)
+            if piece.finish_reason is None:
+                keep.append(i)
+        if self.deliver is not None:
+            self.deliver(list(pieces.items()))
+        else:
+            for job, job_pieces in pieces.items():
+                job.sink(job_pieces)
+        self._keep(keep)
+        if self._rows:
+            self._logits, self._layers = self.stepper.step(ids[keep] if len(keep) < len(ids)
+                                                           else ids, self._layers)
+        self.steps += 1
+
+    def _pick(self) -> Tensor:
+        """Every row's next id, each settings group through ``sampling.pick`` with its rows'
+        own generators, so a row draws exactly what ``generate`` would draw for it."""
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(self._rows):
+            groups.setdefault(row.key, []).append(i)
+        if len(groups) == 1:
+            return pick(self._logits, self._rows[0].job.settings, [r.generator for r in self._rows])
+        ids = torch.empty(len(self._rows), dtype=torch.long)
+        for rows in groups.values():
+            idx = torch.tensor(rows)
+            settings = self._rows[rows[0]].job.settings
+            ids[idx] = pick(self._logits.index_select(0, idx), settings,
+                            [self._rows[i].generator for i in rows])
+        return ids
+
+    def _logprobs(self, ids: Tensor) -> dict[int, tuple[str, float, dict[str, float]]]:
+        """The model's log-probability of each chosen character and its top alternatives,
+        for the rows that asked (the model's own distribution, before temperature)."""
+        asked = [i for i, r in enumerate(self._rows) if r.job.logprobs is not None]
+        if not asked:
+            return {}
+        idx = torch.tensor(asked)
+        lp = torch.log_softmax(self._logits.index_select(0, idx).float(), -1)  # (A, V)
+        chosen = lp.gather(1, ids[idx][:, None])[:, 0].tolist()
+        k = min(max(self._rows[i].job.logprobs for i in asked), lp.shape[1])
+        top_lp, top_ids = (t.tolist() for t in lp.topk(k, -1)) if k else ([[]] * len(asked),) * 2
+        chars, out, picked = self.vocab.chars, {}, ids.tolist()
+        for a, i in enumerate(asked):
+            want = self._rows[i].job.logprobs
+            alts = {chars[c]: p for c, p in zip(top_ids[a][:want], top_lp[a][:want])}
+            out[i] = (chars[picked[i]], chosen[a], alts)
+        return out
+
+    def _keep(self, keep: list[int]) -> None:
+        """Drop every row not in ``keep`` (row indices) from the batch."""
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._logits = self._layers = None
+            return
+        idx = torch.tensor(keep)
+        self._logits = self._logits.index_select(0, idx)
+        self._layers = _tree(lambda t: t.index_select(self._dim, idx), self._layers)
+
+    def _fail_all(self, error: Exception) -> None:
+        """Finish every active row with an error (the worker goes on with new jobs)."""
+        jobs = {r.job for r in self._rows}
+        self._rows, self._logits, self._layers = [], None, None
+        for job in jobs:
+            job.sink([_error_piece(error)])
+
+
+def _error_piece(error: Exception) -> Piece:
+    """A piece that tells the request's stream the server failed it (index -1)."""
+    return Piece(-1, f"internal error: {type(error).__name__}: {error}", [], "error")

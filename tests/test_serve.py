@@ -1,0 +1,336 @@
+"""charlm serve: the API as a user's client sees it, the batcher's rows, limits, the page."""
+
+import contextlib
+import json
+import re
+import threading
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("starlette", reason="charlm serve needs the serve extra (pip install -e '.[serve]')")
+uvicorn = pytest.importorskip("uvicorn", reason="charlm serve needs the serve extra")
+
+from browser import no_alert  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+from charlm.checkpoint import ExportedModel  # noqa: E402
+from charlm.model import CharRNN, ModelConfig  # noqa: E402
+from charlm.sampling import SampleSettings, generate  # noqa: E402
+from charlm.serve import Limits, bind, create_app  # noqa: E402
+from charlm.serve.batcher import Batcher, Job  # noqa: E402
+from charlm.serve.stops import StopText  # noqa: E402
+from charlm.vocab import CharVocab  # noqa: E402
+
+TEXT = "the cat sat on the mat and ran away home.\nA dog, quickly!\n"
+KEY = "sk-test-key"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A small random LSTM and its vocabulary (behaviour, not quality, is under test)."""
+    vocab = CharVocab.from_text(TEXT)
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), cell="lstm", hidden_size=32,
+                                num_layers=2, embedding_dim=8)).eval()
+    return model, vocab
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny, tmp_path_factory):
+    """The tiny model as an export folder, named 'tiny' (the name the API gives it)."""
+    model, vocab = tiny
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
+    exported = ExportedModel(model.config.to_dict(), vocab.chars)
+    exported.model.load_state_dict(model.state_dict())
+    exported.save_pretrained(str(folder))
+    return folder
+
+
+@contextlib.contextmanager
+def live(app):
+    """``app`` under uvicorn on a free 127.0.0.1 port, in a thread; yields its address."""
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def keyed(tiny):
+    """A live server with an API key (what the openai client and the page talk to)."""
+    model, vocab = tiny
+    with live(create_app(model, vocab, "tiny", Limits(max_tokens=50000), api_key=KEY)) as url:
+        yield url
+
+
+def post(client, **body):
+    return client.post("/v1/completions", json={"model": "tiny", **body})
+
+
+# --- the same text as charlm sample
+
+SETTINGS = [({}, 1), ({}, 3), ({"top_k": 3}, 3), ({"top_p": 0.8, "temperature": 0.7}, 3),
+            ({"top_k": 5, "top_p": 0.9, "temperature": 1.3}, 1), ({"greedy": True}, 2)]
+
+
+@pytest.mark.parametrize("extra, n", SETTINGS)
+def test_server_text_equals_generate(tiny, extra, n):
+    model, vocab = tiny
+    settings = SampleSettings(extra.get("temperature", 1.0), extra.get("top_k"),
+                              extra.get("top_p"), extra.get("greedy", False))
+    want = [t[len("the "):] for t in generate(model, vocab, "the ", 60, settings, n, seed=7)]
+    with TestClient(create_app(model, vocab, "tiny")) as client:
+        r = post(client, prompt="the ", max_tokens=60, n=n, seed=7, **extra)
+        assert r.status_code == 200, r.text
+        assert [c["text"] for c in r.json()["choices"]] == want
+        assert r.json()["usage"] == {"prompt_tokens": 4, "completion_tokens": 60 * n,
+                                     "total_tokens": 4 + 60 * n}
+        streamed = [""] * n
+        with client.stream("POST", "/v1/completions", json={
+                "model": "tiny", "prompt": "the ", "max_tokens": 60, "n": n, "seed": 7,
+                "stream": True, **extra}) as s:
+            lines = [ln for ln in s.iter_lines() if ln]
+        assert lines[-1] == "data: [DONE]"
+        for line in lines[:-1]:
+            for c in json.loads(line[len("data: "):])["choices"]:
+                streamed[c["index"]] += c["text"]
+        assert streamed == want
+
+
+def test_empty_prompt_primes_with_a_newline_like_generate(tiny):
+    model, vocab = tiny
+    want = generate(model, vocab, "", 30, SampleSettings(0.9), 1, seed=3)
+    with TestClient(create_app(model, vocab, "tiny")) as client:
+        r = post(client, max_tokens=30, temperature=0.9, seed=3)
+    assert [c["text"] for c in r.json()["choices"]] == want
+
+
+def test_rows_sharing_steps_do_not_change_each_other(tiny):
+    """Requests with different settings join one batch at different steps; each gets exactly
+    the text it gets alone, and the batch took fewer steps than the requests one after another."""
+    model, vocab = tiny
+    asks = [("the ", SampleSettings(1.0), 300, 1, 1), ("a dog", SampleSettings(0.7, top_k=4), 120, 2, 2),
+            ("", SampleSettings(1.2, top_p=0.85), 200, 3, 3), ("cat", SampleSettings(greedy=True), 80, 1, 4)]
+    batcher, done, texts = Batcher(model, vocab, max_batch=16), threading.Semaphore(0), {}
+
+    def sink_for(key, n):
+        got = [""] * n
+        finished = set()
+
+        def sink(pieces):
+            for p in pieces:
+                got[p.index] += p.text
+                if p.finish_reason:
+                    finished.add(p.index)
+            if len(finished) == n:
+                texts[key] = got
+                done.release()
+        return sink
+
+    try:
+        for k, (prompt, s, length, n, seed) in enumerate(asks):
+            batcher.submit(Job(vocab.encode(prompt).tolist(), s, length, n, seed,
+                               sink=sink_for(k, n)))
+            time.sleep(0.01)  # later requests join a batch already running
+        assert all(done.acquire(timeout=30) for _ in asks)
+        assert batcher.steps < sum(a[2] for a in asks)
+    finally:
+        batcher.close()
+    for k, (prompt, s, length, n, seed) in enumerate(asks):
+        alone = [t[len(prompt):] for t in generate(model, vocab, prompt, length, s, n, seed)]
+        assert texts[k] == alone, k
+
+
+# --- stop, logprobs
+
+def test_stop_text_holds_back_what_could_become_a_stop_string():
+    stop = StopText(["cat", "mat!"])
+    sent = [stop.feed(c)[0] for c in "the ma"]
+    assert "".join(sent) == "the " and stop.held == "ma"  # "ma" may become "mat!"
+    assert stop.feed("n")[:1] == ("man",)
+    text, _, stopped = StopText(["cat"]).feed("c")
+    assert (text, stopped) == ("", False)
+    s = StopText(["cat"])
+    assert [s.feed(c)[2] for c in "a cat"] == [False, False, False, False, True]
+
+
+def test_stop_and_logprobs_in_a_response(tiny):
+    model, vocab = tiny
+    with TestClient(create_app(model, vocab, "tiny")) as client:
+        full = post(client, prompt="the", max_tokens=200, seed=2).json()["choices"][0]["text"]
+        stop = next(c for c in full[5:] if c != full[0])  # a character that occurs later on
+        r = post(client, prompt="the", max_tokens=200, seed=2, stop=[stop], logprobs=3).json()
+    c = r["choices"][0]
+    assert c["text"] == full[:full.index(stop)] and c["finish_reason"] == "stop"
+    lp = c["logprobs"]
+    assert "".join(lp["tokens"]) == c["text"] and len(lp["top_logprobs"]) == len(c["text"])
+    for tok, lp_tok, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+        assert len(top) == 3 and lp_tok <= 0 and max(top.values()) >= lp_tok - 1e-6
+    assert lp["text_offset"] == list(range(len(c["text"])))
+
+
+# --- bad input: one JSON error naming the field, never a 500
+
+BAD = [({"model": "gpt-4"}, 404, "model"), ({"model": None}, 400, "model"),
+       ({"best_of": 2}, 400, "best_of"), ({"echo": True}, 400, "echo"),
+       ({"logit_bias": {"1": 5}}, 400, "logit_bias"), ({"suffix": "x"}, 400, "suffix"),
+       ({"prompt": "the \u00e9\u4e16"}, 400, "prompt"), ({"max_tokens": 101}, 400, "max_tokens"),
+       ({"n": 5}, 400, "n"), ({"prompt": "a" * 41}, 400, "prompt"), ({"max_tokens": -1}, 400, "max_tokens"),
+       ({"temperature": "hot"}, 400, "temperature"), ({"top_p": 0}, 400, "top_p"),
+       ({"top_k": 0}, 400, "top_k"), ({"seed": 1.5}, 400, "seed"), ({"stop": [1]}, 400, "stop"),
+       ({"logprobs": 9}, 400, "logprobs"), ({"frobnicate": 1}, 400, "frobnicate"),
+       ({"prompt": ["a", "b"]}, 400, "prompt"), ({"stream": "yes"}, 400, "stream")]
+
+
+def test_bad_requests_get_an_error_naming_the_field(tiny):
+    model, vocab = tiny
+    limits = Limits(max_tokens=100, max_n=4, max_prompt=40)
+    with TestClient(create_app(model, vocab, "tiny", limits), raise_server_exceptions=False) as c:
+        for fields, status, param in BAD:
+            r = c.post("/v1/completions", json={"model": "tiny", "prompt": "the", **fields})
+            assert (r.status_code, r.json()["error"]["param"]) == (status, param), (fields, r.text)
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        r = c.post("/v1/completions", json={"model": "tiny", "prompt": "the \u00e9\u4e16"})
+        assert "'\u00e9', '\u4e16'" in r.json()["error"]["message"]
+        for raw in [b"{not json", b"\xff\xfe", b"[1, 2]", b"", b'"text"', b"null", b"{" * 5000]:
+            r = c.post("/v1/completions", content=raw)
+            assert 400 <= r.status_code < 500 and "error" in r.json(), raw
+        assert c.post("/v1/completions", content=b" " * (2 << 20)).status_code == 413
+        assert c.get("/v1/nothing").status_code == 404 and c.get("/v1/completions").status_code == 405
+        assert post(c, prompt="the", max_tokens=5).status_code == 200  # and it goes on serving
+
+
+def test_full_queue_answers_503_at_once(tiny):
+    model, vocab = tiny
+    app = create_app(model, vocab, "tiny", Limits(max_batch=1, max_queue=1))
+    release = threading.Event()
+    with TestClient(app) as client:
+        batcher = app.state.server.batcher
+        holding = Job([0], SampleSettings(), 5, sink=lambda pieces: release.wait(20))
+        batcher.submit(holding)  # its first piece blocks the worker: the row stays taken
+        time.sleep(0.2)
+        batcher.submit(Job([0], SampleSettings(), 5))  # waits: the queue is now full
+        t0 = time.monotonic()
+        r = post(client, prompt="the", max_tokens=5)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
+        assert time.monotonic() - t0 < 2
+        release.set()
+        while batcher.stats()["waiting"] or batcher.stats()["active_rows"]:
+            time.sleep(0.01)
+        assert post(client, prompt="the", max_tokens=5).status_code == 200
+
+
+# --- as a user would: the official openai client against a live server
+
+def test_openai_client(keyed, tiny):
+    openai = pytest.importorskip("openai")
+    model, vocab = tiny
+    client = openai.OpenAI(base_url=f"{keyed}/v1", api_key=KEY, max_retries=0)
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    plain = client.completions.create(model="tiny", prompt="the ", max_tokens=40, seed=11)
+    assert len(plain.choices[0].text) == 40 and plain.usage.completion_tokens == 40
+    streamed = client.completions.create(model="tiny", prompt="the ", max_tokens=40, seed=11,
+                                         stream=True)
+    chunks = [c.choices[0].text for c in streamed if c.choices]
+    assert len(chunks) >= 2 and "".join(chunks) == plain.choices[0].text
+    three = [client.completions.create(model="tiny", prompt="a dog", max_tokens=50, n=3, seed=5,
+                                       temperature=0.8, extra_body={"top_k": 6})
+             for _ in range(2)]
+    texts = [[c.text for c in r.choices] for r in three]
+    assert texts[0] == texts[1] and len(set(texts[0])) == 3
+    assert texts[0] == [t[5:] for t in generate(model, vocab, "a dog", 50,
+                                                 SampleSettings(0.8, top_k=6), 3, 5)]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{keyed}/v1", api_key="wrong", max_retries=0).completions.create(
+            model="tiny", prompt="the", max_tokens=3)
+    with pytest.raises(openai.BadRequestError, match="never saw"):
+        client.completions.create(model="tiny", prompt="the \u20ac", max_tokens=3)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="the", max_tokens=3)
+
+
+def test_every_api_request_needs_the_key_but_the_page_does_not(keyed):
+    import urllib.error
+    import urllib.request
+    for path in ["/health", "/v1/models"]:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(keyed + path, timeout=10)
+        assert e.value.code == 401 and json.load(e.value)["error"]["code"] == "invalid_api_key"
+    with urllib.request.urlopen(keyed + "/", timeout=10) as r:
+        page = r.read().decode()
+    assert r.status == 200 and '"needs_key": true' in page
+    assert not re.search(r"(src|href)=\"?(https?:)?//", page)  # self-contained
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_row(keyed):
+    import http.client
+    host, port = keyed.rsplit("/", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/v1/completions", json.dumps(
+        {"model": "tiny", "prompt": "the", "max_tokens": 50000, "stream": True}),
+        {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.read(200)
+    assert health(keyed)["active_rows"] == 1
+    conn.sock.close()  # leave without a word
+    conn.close()
+    deadline = time.monotonic() + 5
+    while health(keyed)["active_rows"]:
+        assert time.monotonic() < deadline, "the row was not freed"
+        time.sleep(0.02)
+
+
+def health(url: str, key: str = KEY) -> dict:
+    import urllib.request
+    req = urllib.request.Request(url + "/health", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+# --- the page in a real browser
+
+def test_page_streams_shades_and_stops(keyed, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    browser.get(keyed + "/")
+    find = browser.find_element
+    assert find(By.ID, "keybox").is_displayed()  # the server has a key: the page asks for it
+    find(By.ID, "key").send_keys(KEY)
+    find(By.ID, "prompt").send_keys("the cat")
+    length = find(By.ID, "length")
+    length.clear()
+    length.send_keys("50000")
+    find(By.ID, "generate").click()
+    count = "return document.querySelectorAll('#out span.c').length"
+    WebDriverWait(browser, 20).until(lambda d: d.execute_script(count) > 20)
+    assert find(By.ID, "stop").is_enabled() and not find(By.ID, "generate").is_enabled()
+    find(By.ID, "stop").click()
+    WebDriverWait(browser, 10).until(lambda d: "stopped" in find(By.ID, "status").text)
+    stopped_at = browser.execute_script(count)
+    time.sleep(0.3)
+    assert browser.execute_script(count) == stopped_at < 50000  # nothing arrives after Stop
+    assert find(By.ID, "generate").is_enabled() and no_alert(browser)
+    first = find(By.CSS_SELECTOR, "#out span.c")
+    shades = browser.execute_script(
+        "return [...document.querySelectorAll('#out span.c')].map(s => s.style.background)")
+    assert all(shades) and len(set(shades)) > 3  # each shaded by the probability it had
+    ActionChains(browser).move_to_element(first).perform()
+    tip = browser.execute_script("return document.getElementById('tip').innerText")
+    assert tip.startswith("#0 ") and tip.count("%") == 6  # the character and 5 alternatives
+    assert browser.execute_script("return document.querySelector('#out .prompt').textContent") == "the cat"
+    deadline = time.monotonic() + 5
+    while health(keyed)["active_rows"]:  # Stop closed the stream: the row is free
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
