@@ -447,12 +447,16 @@ def serve(checkpoint, host, port, api_key, name, max_batch, max_queue, max_token
             raise
         raise CharlmError("charlm serve needs the serve extra: pip install 'charlm[serve]'") from None
     from .checkpoint import load
+    from .model import is_recurrent
     for flag, value, least in [("--max-batch", max_batch, 1), ("--max-n", max_n, 1),
                                ("--max-prompt", max_prompt, 1), ("--max-queue", max_queue, 0),
                                ("--max-tokens", max_tokens, 1)]:
         if value < least:
             raise CharlmError(f"{flag} must be at least {least}, not {value}")
     model, vocab, _ = load(checkpoint)
+    if not is_recurrent(model.config.cell):  # rows share one state tensor per layer
+        raise CharlmError(f"charlm serve takes recurrent models; {checkpoint} is a "
+                          f"{model.config.cell} (generate from it with charlm sample)")
     name = name or serving.model_name(checkpoint)
     limits = serving.Limits(max_tokens, min(max_n, max_batch), max_prompt, max_batch, max_queue)
     sock = serving.bind(host, port)

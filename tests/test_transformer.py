@@ -132,3 +132,13 @@ def test_the_tools_that_read_recurrent_units_refuse_it_in_one_sentence(text_file
         assert result.exit_code == 1 and "transformer" in result.stderr, (args, result.output)
         assert isinstance(result.exception, SystemExit)
     assert not (tmp_path / "p.html").exists()
+
+
+def test_serve_refuses_it_in_one_sentence(tmp_path):
+    from charlm.checkpoint import ExportedModel
+    exported = ExportedModel({"vocab_size": 3, "cell": "transformer", "hidden_size": 8,
+                              "num_layers": 1, "embedding_dim": 4,
+                              "extra": {"heads": 1, "context": 8}}, ["\n", "a", "b"], info={})
+    exported.save_pretrained(str(tmp_path / "x"))
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / "x"), "--port", "0"])
+    assert result.exit_code == 1 and "takes recurrent models" in result.stderr
