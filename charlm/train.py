@@ -128,6 +128,10 @@ class TrainConfig:
             return config
         except ValueError as e:
             raise CharlmError(str(e)) from None
+        except RuntimeError as e:  # sizes torch cannot even count (meta tensors hold no memory)
+            raise CharlmError(f"a model of --hidden-size {self.hidden_size} and --num-layers "
+                              f"{self.num_layers} is too large to build: "
+                              f"{str(e).splitlines()[0][:120]}") from None
 
 
 def decide_precision(config: TrainConfig, model_config: ModelConfig,
