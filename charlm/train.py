@@ -92,13 +92,9 @@ class TrainConfig:
         if self.lr <= 0:
             raise CharlmError(f"--lr must be positive, not {self.lr}")
         for flag, value in (("--weight-decay", self.weight_decay), ("--grad-clip", self.grad_clip),
-                            ("--warmup-steps", self.warmup_steps),
-                            ("--test-fraction", self.test_fraction)):
+                            ("--warmup-steps", self.warmup_steps)):
             if value < 0:
                 raise CharlmError(f"{flag} must be >= 0, not {value}")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise CharlmError(f"--val-fraction and --test-fraction must leave some text to train "
-                              f"on: {self.val_fraction} + {self.test_fraction} is not below 1")
         for flag, value in (("--seq-len", self.seq_len), ("--batch-size", self.batch_size),
                             ("--num-nodes", self.num_nodes)):
             if value is not None and value < 1:

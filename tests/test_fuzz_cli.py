@@ -269,6 +269,7 @@ def test_the_cli_survives_hostile_flags_and_files(world):
 @pytest.mark.parametrize("argv", [
     ["train", "--lr", "0"], ["train", "--lr", "-1"], ["train", "--lr", "nan"],
     ["train", "--max-time", "nan"], ["train", "--val-fraction", "0.6", "--test-fraction", "0.5"],
+    ["train", "--val-fraction", "nan"],
     ["train", "--out", "/proc/forbidden", "--max-steps", "1"],
     ["sample", "CKPT", "--temperature", "nan"], ["sample", "CKPT", "--temperature", "inf"],
     ["sample", "CKPT", "--top-p", "nan"], ["sample", "NAN"], ["eval", "CKPT", "--seq-len", "0"],

@@ -26,7 +26,7 @@ def test_forward_backward_and_carried_state(cell, layers):
 
 def test_unknown_cell_lists_valid_names():
     with pytest.raises(ValueError, match="choose one of: .*gru.*lstm.*rnn"):
-        ModelConfig(V, "transformer")
+        ModelConfig(V, "mamba")
 
 
 def test_register_a_new_cell_without_touching_charlm():
