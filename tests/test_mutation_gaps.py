@@ -1,0 +1,60 @@
+"""Small behaviours that mutation testing (docs/mutation.md) showed no test would notice breaking.
+
+Each test names the mutants it kills; where a survivor changes nothing observable, it is listed in
+docs/mutation.md instead of being tested here.
+"""
+
+import re
+
+import numpy as np
+import pytest
+
+from charlm.vocab import CharVocab, printable
+
+
+# --- vocab ----------------------------------------------------------------------------------------
+
+def test_printable_shows_space_and_control_characters_readably():
+    assert printable(" ") == "␠"
+    assert printable("a") == "a" and printable("é") == "é"
+    assert printable("\n") == "\\n" and printable("\x00") == "\\x00" and printable("\t") == "\\t"
+
+
+def test_vocabularies_are_equal_only_with_the_same_characters():
+    assert CharVocab("ab") == CharVocab("ba")
+    assert CharVocab("ab") != CharVocab("abc") and CharVocab("ab") != ["a", "b"]
+
+
+def test_decode_takes_an_empty_list_and_any_integer_array():
+    vocab = CharVocab("abc")
+    assert vocab.decode([]) == ""
+    assert vocab.decode(np.array([2, 0], dtype=np.uint8)) == "ca"
+
+
+def test_describe_is_the_characters_then_how_many_more():
+    assert CharVocab("ba ").describe() == "␠ab"
+    assert CharVocab("abcde").describe(limit=5) == "abcde"
+    assert CharVocab("abcdef").describe(limit=4) == "abcd … (+2)"
+
+
+def test_an_unknown_character_error_names_the_first_ten():
+    vocab = CharVocab("a")
+    unknown = "bcdefghijkl"  # eleven
+    with pytest.raises(ValueError) as e:
+        vocab.encode("a" + unknown)
+    named = re.findall(r"'(.)'", str(e.value))
+    assert named == list(unknown[:10])
+    assert str(e.value).endswith("'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k'")
+
+
+def test_describe_stops_at_200_characters_by_default():
+    many = CharVocab(chr(0x100 + i) for i in range(201))
+    assert many.describe().endswith(" … (+1)") and len(many.describe()) == 200 + len(" … (+1)")
+    assert not CharVocab(chr(0x100 + i) for i in range(200)).describe().endswith(")")
+
+
+def test_a_vocabulary_refuses_nothing_and_strings_with_a_reason():
+    with pytest.raises(ValueError, match="^a vocabulary needs at least one character$"):
+        CharVocab([])
+    with pytest.raises(ValueError, match="^a vocabulary holds single characters only$"):
+        CharVocab(["ab", "c"])
