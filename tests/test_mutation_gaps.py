@@ -25,6 +25,12 @@ def test_vocabularies_are_equal_only_with_the_same_characters():
     assert CharVocab("ab") != CharVocab("abc") and CharVocab("ab") != ["a", "b"]
 
 
+def test_lookup_gives_int32_ids_and_unknown_for_characters_past_the_table():
+    vocab = CharVocab("ac")
+    ids = vocab.lookup(np.array([97, 98, 99, 100, 0x1F600], dtype=np.uint32))
+    assert ids.dtype == np.int32 and ids.tolist() == [0, -1, 1, -1, -1]
+
+
 def test_decode_takes_an_empty_list_and_any_integer_array():
     vocab = CharVocab("abc")
     assert vocab.decode([]) == ""
