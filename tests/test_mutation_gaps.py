@@ -9,10 +9,22 @@ import re
 import numpy as np
 import pytest
 
-from charlm.vocab import CharVocab, printable
+from charlm.vocab import CharVocab, codepoints, id_dtype, printable
 
 
 # --- vocab ----------------------------------------------------------------------------------------
+
+def test_id_dtype_is_the_smallest_that_holds_every_id():
+    assert [id_dtype(n) for n in (1, 256, 257, 65536, 65537)] == [
+        np.uint8, np.uint8, np.uint16, np.uint16, np.int32]
+
+
+def test_a_lone_surrogate_is_a_character_like_any_other():
+    # text decoded with errors="surrogateescape", or a JSON prompt with "\ud800", holds them
+    assert codepoints("a\ud800").tolist() == [97, 0xD800]
+    vocab = CharVocab.from_text("a\udcff")
+    assert vocab.decode(vocab.encode("\udcffa")) == "\udcffa"
+
 
 def test_printable_shows_space_and_control_characters_readably():
     assert printable(" ") == "␠"
