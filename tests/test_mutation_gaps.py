@@ -76,3 +76,32 @@ def test_a_vocabulary_refuses_nothing_and_strings_with_a_reason():
         CharVocab([])
     with pytest.raises(ValueError, match="^a vocabulary holds single characters only$"):
         CharVocab(["ab", "c"])
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+def test_summarize_divides_by_the_count_and_caps_perplexity_short_of_overflow():
+    import math
+
+    from charlm.metrics import summarize
+    one = summarize(3.0, 1)
+    assert one == {"loss": 3.0, "bpc": 3.0 / math.log(2), "perplexity": math.exp(3.0), "chars": 1}
+    assert summarize(0.0, 0)["loss"] == 0.0 and summarize(0.0, 0)["chars"] == 0
+    assert summarize(800.0, 1)["perplexity"] == math.exp(700.0)  # exp(800) would overflow
+
+
+def test_evaluate_reads_windows_of_256_by_default_and_passes_the_device_on(monkeypatch):
+    import torch
+
+    from charlm import metrics
+    from charlm.model import CharRNN, ModelConfig
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(7, "gru", 8, 1, 4))
+    ids = np.random.default_rng(0).integers(0, 7, 4100)  # 2 streams at 256, 1 at 257
+    assert metrics.evaluate(model, ids) == metrics.evaluate(model, ids, 256)
+    assert metrics.evaluate(model, ids)["loss"] != metrics.evaluate(model, ids, 257)["loss"]
+    seen, loss_sums = [], metrics.loss_sums
+    monkeypatch.setattr(metrics, "loss_sums",
+                        lambda m, b, device: seen.append(device) or loss_sums(m, b, device))
+    metrics.evaluate(model, ids, device="cpu")
+    assert seen == ["cpu"]
