@@ -105,3 +105,30 @@ def test_evaluate_reads_windows_of_256_by_default_and_passes_the_device_on(monke
                         lambda m, b, device: seen.append(device) or loss_sums(m, b, device))
     metrics.evaluate(model, ids, device="cpu")
     assert seen == ["cpu"]
+
+
+def test_evaluate_split_over_two_ranks_sums_to_the_single_process_value():
+    # What DDP does (tests/test_ddp.py runs it for real, in subprocesses): each rank scores its
+    # own streams and ``reduce`` sums (loss, count) over the ranks.
+    import pytest
+    import torch
+
+    from charlm import metrics
+    from charlm.model import CharRNN, ModelConfig
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(7, "lstm", 8, 1, 4))
+    ids = np.random.default_rng(1).integers(0, 7, 20000)
+    single = metrics.evaluate(model, ids, 64)
+    sent = []
+
+    def keep(t):
+        sent.append(t.clone())
+        return t
+
+    metrics.evaluate(model, ids, 64, rank=1, world=2, reduce=keep)
+    (other,) = sent
+    assert other.dtype == torch.float64 and other.shape == (2,)
+    both = metrics.evaluate(model, ids, 64, rank=0, world=2, reduce=lambda t: t + other)
+    assert both["chars"] == single["chars"] == len(ids) - 1
+    assert both["loss"] == pytest.approx(single["loss"], rel=1e-6, abs=0)  # float32 windows
+    assert 0 < other[1] < len(ids) - 1  # rank 1 scored a part, not all, of the characters
