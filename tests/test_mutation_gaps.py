@@ -132,3 +132,68 @@ def test_evaluate_split_over_two_ranks_sums_to_the_single_process_value():
     assert both["chars"] == single["chars"] == len(ids) - 1
     assert both["loss"] == pytest.approx(single["loss"], rel=1e-6, abs=0)  # float32 windows
     assert 0 < other[1] < len(ids) - 1  # rank 1 scored a part, not all, of the characters
+
+
+def test_sequence_loss_ignores_the_burn_in_targets():
+    # (ignore_index=IGNORE is also torch's default, -100: dropping it is equivalent; this pins
+    # that the constant stays the one the loss skips)
+    from charlm.data import IGNORE
+    assert IGNORE == -100
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+def test_run_split_cuts_with_the_runs_own_fractions():
+    from charlm.data import Corpus
+    from charlm.errors import CharlmError
+    from charlm.evaluation import run_split
+    corpus = Corpus(np.arange(100), CharVocab("a"))
+    info = {"data": {"val_fraction": 0.2, "test_fraction": 0.1}}
+    assert run_split(corpus, info, "train").tolist() == list(range(70))
+    assert run_split(corpus, info, "val").tolist() == list(range(70, 90))
+    assert run_split(corpus, info, "test").tolist() == list(range(90, 100))
+    assert run_split(corpus, info, "all").tolist() == list(range(100))
+    only_val = {"data": {"val_fraction": 0.3}}  # test_fraction defaults to 0
+    assert run_split(corpus, only_val, "val").tolist() == list(range(70, 100))
+    for unrecorded in ({}, {"data": None}):  # the defaults: --val-fraction 0.1, no test split
+        assert run_split(corpus, unrecorded, "val").tolist() == list(range(90, 100))
+        with pytest.raises(CharlmError, match="^the test split is empty for this run; use "
+                                              "--split all or another$"):
+            run_split(corpus, unrecorded, "test")
+    short = Corpus(np.arange(20), CharVocab("a"))
+    assert len(run_split(short, {}, "val")) == 2  # two characters are enough to score one
+
+
+def test_run_corpus_needs_recorded_or_given_data():
+    from charlm.errors import CharlmError
+    from charlm.evaluation import run_corpus
+    with pytest.raises(CharlmError, match="^this model does not record its training data; "
+                                          "pass --data$"):
+        run_corpus({"data": {}}, CharVocab("a"))
+
+
+def test_evaluate_checkpoint_passes_its_defaults_and_options_on(monkeypatch):
+    from charlm import evaluation
+    from charlm.data import Corpus
+    calls = {}
+    monkeypatch.setattr(evaluation, "load", lambda path: ("model", CharVocab("ab"), {"data": {}}))
+
+    def load_corpus(sources, **options):
+        calls["corpus"] = (sources, options)
+        return Corpus(np.zeros(50, dtype=np.uint8), CharVocab("ab"), {})
+
+    def evaluate(model, ids, seq_len):
+        calls["evaluate"] = (model, len(ids), seq_len)
+        return {"loss": 1.0}
+
+    monkeypatch.setattr(evaluation, "load_corpus", load_corpus)
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
+    assert evaluation.evaluate_checkpoint("x.ckpt", ["t.txt"]) == {"loss": 1.0, "split": "val"}
+    assert calls["corpus"][1] == {"vocab": CharVocab("ab"), "encoding": "utf-8",
+                                  "text_column": "text", "split": "train", "streaming": False}
+    assert calls["evaluate"] == ("model", 5, 256)
+    evaluation.evaluate_checkpoint("x.ckpt", ["t.txt"], "all", seq_len=7, encoding="latin-1",
+                                   text_column="body", hf_split="test", streaming=True)
+    assert calls["corpus"][1] == {"vocab": CharVocab("ab"), "encoding": "latin-1",
+                                  "text_column": "body", "split": "test", "streaming": True}
+    assert calls["evaluate"] == ("model", 50, 7)
