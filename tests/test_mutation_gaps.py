@@ -197,3 +197,30 @@ def test_evaluate_checkpoint_passes_its_defaults_and_options_on(monkeypatch):
     assert calls["corpus"][1] == {"vocab": CharVocab("ab"), "encoding": "latin-1",
                                   "text_column": "body", "split": "test", "streaming": True}
     assert calls["evaluate"] == ("model", 50, 7)
+
+
+# --- checkpoint -----------------------------------------------------------------------------------
+
+def test_load_reports_what_is_known_and_export_keeps_it(text_file, tmp_path):
+    from charlm import load
+    from charlm.checkpoint import export
+    from charlm.errors import CharlmError
+    from charlm.train import TrainConfig, fit
+    fit(TrainConfig(data=[str(text_file)], max_steps=2, hidden_size=8, embedding_dim=4,
+                    batch_size=2, seq_len=8, progress=False, out=str(tmp_path / "r")))
+    ckpt = tmp_path / "r" / "best.ckpt"
+    _, _, info = load(ckpt)
+    assert info["path"] == str(ckpt) and info["step"] == 2
+    assert info["data"]["sources"] == [str(text_file)] and info["optim"]["lr"] > 0
+    assert set(info["charlm"]) == {"version", "torch", "elapsed_s"}
+    out = export(ckpt, tmp_path / "e")
+    _, _, exported = load(out)
+    assert exported["path"] == str(out) and exported["step"] == 2
+    assert exported["data"] == info["data"]
+    export(ckpt, out)  # an export may be overwritten
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(CharlmError, match="^.*notes exists and is not an export; choose an empty "
+                                          "or new folder$"):
+        export(ckpt, tmp_path / "notes")
+    assert (tmp_path / "notes" / "a.txt").read_text() == "mine"
