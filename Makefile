@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The tested versions; torch==2.13.0 is the CPU build (an unpinned torch pulls a multi-GB CUDA build).
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test install clean fuzz
+.PHONY: demo test install clean fuzz mutate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,5 +31,18 @@ fuzz: install
 	CHARLM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 \
 		$(BIN)/python -m pytest -q -s tests/test_fuzz_cli.py -k survives
 
+# Mutation testing of the core (docs/mutation.md); slow, so not part of `make test` or CI.
+# One module at a time, smallest first: MUTATE_MODULES="vocab metrics" make mutate runs a subset.
+MUTATE_MODULES ?= vocab metrics evaluation checkpoint sampling model data cells
+MUTATE_JOBS    ?= 2
+mutate: install
+	$(PIP_INSTALL) mutmut
+	@set -e; for m in $(MUTATE_MODULES); do \
+	    echo "== mutmut: charlm/$$m.py"; \
+	    HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TQDM_DISABLE=1 \
+	        $(BIN)/mutmut run --max-children $(MUTATE_JOBS) "charlm.$$m.*" | tail -n 3; \
+	done
+	$(BIN)/python tests/mutation_counts.py
+
 clean:
-	rm -rf $(VENV) checkpoints/demo
+	rm -rf $(VENV) checkpoints/demo mutants

@@ -59,7 +59,11 @@ def test_train_sample_eval_export(trained, tmp_path):
 def test_streaming_sample_prints_text(trained):
     out, _ = trained
     result = run("sample", out / "best.ckpt", "--prompt", "a", "--length", 30, "--seed", 1)
-    assert result.output.startswith("a") and len(result.output.rstrip("\n")) >= 25
+    assert result.output.startswith("a") and result.output.endswith("\n")
+    assert len(result.output) == 1 + 30 + 1  # the prompt, 30 characters, one newline
+    streamed = result.output[:-1]
+    assert streamed == last_json(run("sample", out / "best.ckpt", "--prompt", "a", "--length", 30,
+                                     "--seed", 1, "--json"))["samples"][0]
 
 
 def test_eval_on_new_text_reports_unknown_characters(trained, tmp_path):
@@ -111,7 +115,11 @@ def test_data_get_without_network_is_a_clear_error(tmp_path):
 def test_python_dash_m_and_version():
     out = subprocess.run([sys.executable, "-m", "charlm", "--version"], capture_output=True,
                          text=True, check=True)
-    assert "charlm" in out.stdout
+    from importlib.metadata import version
+
+    import charlm
+    assert out.stdout == f"charlm, version {charlm.__version__}\n"
+    assert charlm.__version__ == version("charlm")
 
 
 def test_sample_stats_against_training_text(trained):

@@ -102,10 +102,8 @@ def test_registry_checksums_are_well_formed(corpus):
         assert corpus.archive_checksum and corpus.archive_size
 
 
-def test_tinyshakespeare_checksum_matches_the_shared_copy():
-    shared = Path("/work/shared/data/tinyshakespeare.txt")
-    if not shared.exists():
-        pytest.skip("no shared copy of tinyshakespeare on this machine")
+def test_tinyshakespeare_checksum_matches_the_shared_copy(shakespeare):
+    shared = shakespeare  # ../shared/data/ beside the repository; skips with a reason if absent
     entry = corpora.CORPORA["tinyshakespeare"]
     assert shared.stat().st_size == entry.size
     assert sha256(shared.read_bytes()) == entry.checksum

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +47,8 @@ def test_second_load_comes_from_the_cache(text_file, monkeypatch):
     import charlm.data as data
     monkeypatch.setattr(data, "_encode", lambda *a, **k: pytest.fail("encoded twice"))
     second = load_corpus([str(text_file)])
-    assert isinstance(second.ids, np.memmap) or second.ids.base is not None
+    assert isinstance(second.ids, np.memmap) and second.ids.mode == "r"  # mapped, not read
+    assert Path(second.ids.filename) == Path(second.meta["cache"])
     assert np.array_equal(first.ids, second.ids)
 
 
@@ -81,6 +83,9 @@ def test_split_sizes_match_nanogpt():
     assert b == {"train": (0, 850), "val": (850, 950), "test": (950, 1000)}
     with pytest.raises(CharlmError, match="--val-fraction"):
         split_bounds(10, 0.01, 0.0)  # leaves val with 0 characters
+    assert split_bounds(100, 0.02, 0.0)["val"] == (98, 100)  # 2 characters are enough
+    with pytest.raises(CharlmError, match="--test-fraction 0.01 leaves the test split with 1"):
+        split_bounds(100, 0.1, 0.01)
     with pytest.raises(CharlmError, match="leave some text"):
         split_bounds(10, 0.5, 0.5)
 
@@ -179,4 +184,5 @@ def test_builtin_stdlib_corpus_is_deterministic():
 
 def test_meta_is_plain_json(text_file):
     corpus = load_corpus([str(text_file)])
-    json.dumps(corpus.meta)
+    assert json.loads(json.dumps(corpus.meta)) == corpus.meta
+    assert corpus.meta["chars"] == len(corpus.ids) and corpus.meta["vocab"] == corpus.vocab.chars

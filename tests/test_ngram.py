@@ -10,7 +10,6 @@ import pytest
 
 from charlm.ngram import NGramModel, fit_best_order
 
-CORPUS = Path("/work/shared/data/tinyshakespeare.txt")
 
 # A first-order Markov chain over 4 symbols; its entropy rate is what an order-2 model should reach.
 TRANSITIONS = np.array(
@@ -190,9 +189,8 @@ def test_rejects_bad_ids_and_unfitted_use() -> None:
         NGramModel(2, 4, discount=1.5)
 
 
-@pytest.mark.skipif(not CORPUS.exists(), reason=f"Tiny Shakespeare not found at {CORPUS}")
-def test_order_7_on_tiny_shakespeare_is_a_strong_baseline() -> None:
-    text = CORPUS.read_text()
+def test_order_7_on_tiny_shakespeare_is_a_strong_baseline(shakespeare: Path) -> None:
+    text = shakespeare.read_text()
     vocab = sorted(set(text))
     index = {char: i for i, char in enumerate(vocab)}
     ids = np.array([index[char] for char in text], dtype=np.int64)

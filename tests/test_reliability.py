@@ -665,7 +665,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(checkpoint, tmp_
 
 @pytest.mark.parametrize("name", ["hf:../x", "hf:a/../../x", "hf:/etc/passwd", "hf:~/x",
                                   "hf:..\\..\\x", "hf:a//b", "hf:./x", "hf:a/."])
-def test_an_hf_name_cannot_escape_to_local_paths(tmp_path, name):
+def test_an_hf_name_cannot_escape_to_local_paths(name):
     one_error(run("data", "info", name), "is not a Hugging Face dataset name")
 
 
