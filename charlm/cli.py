@@ -111,8 +111,11 @@ model_options = options(  # train and compare
 optim_options = options(  # train and compare: the same batches, optimiser and budget
     click.option("--seq-len", default=128, show_default=True,
                  help="Characters per window (BPTT length)."),
-    click.option("--lr", default=4e-3, show_default=True),
-    click.option("--weight-decay", default=0.0, show_default=True),
+    click.option("--lr", type=float, default=None,
+                 help="Peak learning rate (AdamW) [default: 6e-3 for train, 4e-3 for compare]."),
+    click.option("--weight-decay", type=float, default=None,
+                 help="AdamW's decoupled decay on the weight matrices "
+                      "[default: 0.1 for train, 0 for compare]."),
     click.option("--warmup-steps", default=0, show_default=True),
     click.option("--grad-clip", default=5.0, show_default=True),
     click.option("--schedule", default="cosine", show_default=True,
@@ -125,6 +128,9 @@ optim_options = options(  # train and compare: the same batches, optimiser and b
                  type=click.Choice(["stream", "random"])),
     click.option("--accelerator", default="auto", show_default=True),
 )
+
+
+UNSET_IS_DEFAULT = ("lr", "weight_decay")  # left out when not given: TrainConfig's default
 
 
 def emit_json(obj: dict) -> None:
@@ -183,6 +189,7 @@ def train(data, hf_split, as_json, preset, **options):
     given = {k for k in options
              if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     options = apply_preset(options, preset, given)
+    options = {k: v for k, v in options.items() if v is not None or k not in UNSET_IS_DEFAULT}
     if options["devices"].isdigit():
         options["devices"] = int(options["devices"])
     config = TrainConfig(data=list(data), split=hf_split, progress=not as_json, **options)

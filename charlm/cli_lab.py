@@ -56,6 +56,9 @@ def compare(checkpoints, data, hf_split, cells, params, hidden_size, seeds, out,
     from .train import TrainConfig
     names = [c.strip() for c in cells.split(",") if c.strip()] if cells is not None else \
         ([] if checkpoints else ["rnn", "lstm", "gru"])
+    # compare's own optimiser defaults: the same for every cell, and gentle enough for the RNN
+    options["lr"] = 4e-3 if options["lr"] is None else options["lr"]
+    options["weight_decay"] = 0.0 if options["weight_decay"] is None else options["weight_decay"]
     if options["max_steps"] is None and options["max_time"] is None:
         options["max_steps"] = DEFAULT_STEPS
     if eval_every is None:

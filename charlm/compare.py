@@ -50,7 +50,7 @@ class CompareConfig:
 
     train: TrainConfig = field(  # float32: gradient norms 64 steps back need its range
         default_factory=lambda: TrainConfig(progress=False, precision="32-true",
-                                              batch_size=8))
+                                              batch_size=8, lr=4e-3, weight_decay=0.0))
     cells: list[str] = field(default_factory=lambda: ["rnn", "lstm", "gru"])
     checkpoints: list[str] = field(default_factory=list)  # trained elsewhere: evaluated only
     params: int | None = None        # match every cell to this many parameters...

@@ -13,3 +13,8 @@ def test_a_time_budget_is_whole_seconds():
     config = CompareConfig(train=TrainConfig(max_time=1.6381, max_steps=None))
     assert config.budget == (98, "s") and isinstance(config.budget[0], int)
     assert CompareConfig(train=TrainConfig(max_steps=700)).budget == (700, "step")
+
+
+def test_compare_keeps_its_own_optimiser_defaults():
+    t = CompareConfig().train
+    assert (t.lr, t.weight_decay, t.precision, t.batch_size) == (4e-3, 0.0, "32-true", 8)

@@ -103,6 +103,7 @@ def test_a_default_run_says_and_records_what_it_chose(text_file, tmp_path):
     assert result.exit_code == 0, result.output
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["precision"] == "auto" and run["config"]["batch_size"] is None
+    assert (run["config"]["lr"], run["config"]["weight_decay"]) == (6e-3, 0.1)  # train's defaults
     auto, results = run["results"]["auto"], run["results"]
     assert (auto["precision"], auto["batch_size"]) == (results["precision"], results["batch_size"])
     native, _ = precision.cpu_bf16(precision._capabilities())
