@@ -31,8 +31,8 @@ from .atomic import atomic_write_bytes
 SMALL_BATCH, LARGE_BATCH = 8, 16
 # Batch 16 must give this many times batch 8's chars/s to win in a fixed budget: at 2x the
 # steps per second are equal and every step sees twice the text; at 1x batch 8 makes twice
-# the steps. Measured in 150 s runs (docs/results.md): bf16 with AMX gains about 2x and ends
-# lower at 16; bf16 with AVX512-BF16 alone gains about 1.35x and ends lower at 8.
+# the steps. In 150 s runs (docs/results.md): about 2x (bf16 with AMX), 16 ends lower; about
+# 1x (float32), 8 ends lower; about 1.5x (bf16 with AVX512-BF16 alone), the two end alike.
 LARGE_BATCH_GAIN = 1.6
 MEASURE_BUDGET_S = 1.5  # all the timed steps of one decision together, warm-ups included
 
