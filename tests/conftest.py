@@ -86,3 +86,24 @@ def memory_file(tmp_path) -> Path:
     p = tmp_path / "memory.txt"
     p.write_text(memory_text(), encoding="utf-8")
     return p
+
+
+@pytest.fixture
+def float64():
+    """Float64 by default for the test (exact comparisons of cells), seed 0."""
+    torch.manual_seed(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def tiny_run(root: Path, text: str, hidden: int = 8) -> tuple[Path, Path]:
+    """A tiny model trained for a few steps on ``text`` under ``root``: (best.ckpt, corpus)."""
+    from charlm.train import TrainConfig, fit
+    corpus = root / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    fit(TrainConfig(data=[str(corpus)], hidden_size=hidden, embedding_dim=4, seq_len=8,
+                    batch_size=2, max_steps=3, eval_every=0, precision="32-true", progress=False,
+                    out=str(root / "run")))
+    return root / "run" / "best.ckpt", corpus

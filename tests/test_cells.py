@@ -14,13 +14,7 @@ SIGMOID_GATES = {"i", "f", "o", "r", "z"}
 TANH_GATES = {"g", "n", "h"}
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    torch.manual_seed(0)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def random_state(cell: str, layers: int) -> model.State:

@@ -6,21 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from charlm.train import TrainConfig, fit
+from conftest import tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("closed")
-    corpus = root / "corpus.txt"
-    corpus.write_text("the cat sat on the mat. " * 60, encoding="utf-8")
-    fit(TrainConfig(data=[str(corpus)], hidden_size=8, embedding_dim=4, seq_len=8, batch_size=2,
-                    max_steps=2, eval_every=0, precision="32-true", progress=False,
-                    out=str(root / "run")))
-    return root / "run" / "best.ckpt", corpus
+    return tiny_run(tmp_path_factory.mktemp("closed"), "the cat sat on the mat. " * 60)
 
 
 @pytest.mark.parametrize("args", [

@@ -29,11 +29,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charlm.cli import cli
-from charlm.train import TrainConfig, fit
 
 EXAMPLES = int(os.environ.get("CHARLM_FUZZ_EXAMPLES", "0"))
 PROFILE = dict(max_examples=EXAMPLES or 60, deadline=None, derandomize=not EXAMPLES,
@@ -52,12 +52,7 @@ class Stopped(Exception):
 def world(tmp_path_factory):
     """The files every case may be pointed at, some good and many hostile."""
     root = tmp_path_factory.mktemp("fuzz")
-    corpus = root / "corpus.txt"
-    corpus.write_text("the cat sat on the mat. " * 60, encoding="utf-8")
-    fit(TrainConfig(data=[str(corpus)], hidden_size=8, embedding_dim=4, seq_len=8, batch_size=2,
-                    max_steps=2, eval_every=0, precision="32-true", progress=False,
-                    out=str(root / "run")))
-    ckpt = root / "run" / "best.ckpt"
+    ckpt, corpus = tiny_run(root, "the cat sat on the mat. " * 60)
     blob = ckpt.read_bytes()
     files = {"corpus": corpus, "ckpt": ckpt, "dir": root, "missing": root / "nope.ckpt",
              "proc": Path("/proc/charlm-fuzz/x"), "proc_file": Path("/proc/self/status"),

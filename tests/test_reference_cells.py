@@ -14,13 +14,7 @@ from charlm.cells import LayerNormLSTM, NoteGRU
 B, T, I, H, L = 3, 5, 4, 6, 2
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    torch.manual_seed(0)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def sigmoid(a):

@@ -10,11 +10,11 @@ import weakref
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_run
 
 from charlm.cli import cli
 from charlm.model import CharRNN, ModelConfig
 from charlm.sampling import SampleSettings, generate, generate_ids
-from charlm.train import TrainConfig, fit
 from charlm.vocab import CharVocab
 
 VOCAB = CharVocab(list("\n abcdefgh"))
@@ -22,13 +22,8 @@ VOCAB = CharVocab(list("\n abcdefgh"))
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream")
-    corpus = root / "corpus.txt"
-    corpus.write_text("a bad cab faced a decade. " * 80, encoding="utf-8")
-    fit(TrainConfig(data=[str(corpus)], hidden_size=12, embedding_dim=4, seq_len=16, batch_size=2,
-                    max_steps=3, eval_every=0, precision="32-true", progress=False,
-                    out=str(root / "run")))
-    return str(root / "run" / "best.ckpt")
+    return str(tiny_run(tmp_path_factory.mktemp("stream"), "a bad cab faced a decade. " * 80,
+                        hidden=12)[0])
 
 
 def model() -> CharRNN:
