@@ -45,7 +45,6 @@ class Decision:
     batch_size: int
     precision_reason: str
     batch_reason: str
-    measured: str | None = None  # the measurement's one line, when one was made or reused
 
     def line(self) -> str:
         """What a run prints: the choice and why, in one line."""
