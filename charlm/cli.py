@@ -271,12 +271,12 @@ def sample(checkpoint, prompt, length, temperature, top_k, top_p, greedy, num_sa
 
 def _stream_one(model, vocab, prompt: str, length: int, settings, seed) -> None:
     """One sample to stdout as it is drawn; nothing kept (a terminal sees every character)."""
-    from .sampling import generate_ids
-    out, chars = sys.stdout, vocab.chars
+    from .sampling import generate_chars
+    out = sys.stdout
     live = out.isatty()
     out.write(prompt)
-    for nxt in generate_ids(model, vocab, prompt, length, settings, 1, seed):
-        out.write(chars[nxt.item()])
+    for (ch,) in generate_chars(model, vocab, prompt, length, settings, 1, seed):
+        out.write(ch)
         if live:
             out.flush()
     out.write("\n")

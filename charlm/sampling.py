@@ -201,6 +201,17 @@ def check_length(length: int, num_samples: int = 1) -> None:
         raise CharlmError(f"--num-samples must be at least 1, not {num_samples}")
 
 
+def prime(model: CharRNN, vocab: CharVocab, ids: list[int],
+          num_samples: int = 1) -> tuple[Tensor, State]:
+    """One forward of the prompt's ``ids`` for ``num_samples`` rows → the next character's
+    logits (B, V) and the state. An empty prompt primes with a newline (the start of a line),
+    which is not echoed. ``charlm sample`` and ``charlm serve`` start every sample here."""
+    device = next(model.parameters()).device
+    x = torch.tensor(ids or [vocab.index.get("\n", 0)], device=device)
+    logits, state = model(x.repeat(num_samples, 1), None)  # (B, P, V)
+    return logits[:, -1], state
+
+
 @torch.inference_mode()
 def generate_ids(model: CharRNN, vocab: CharVocab, prompt: str = "", length: int = 500,
                  settings: SampleSettings | None = None, num_samples: int = 1,
@@ -215,11 +226,7 @@ def generate_ids(model: CharRNN, vocab: CharVocab, prompt: str = "", length: int
     model.eval()
     device = next(model.parameters()).device
     generators = sample_generators(seed, num_samples, device)
-    # An empty prompt primes with a newline (the start of a line), which is not echoed.
-    prime = prompt_ids(vocab, prompt) if prompt else [vocab.index.get("\n", 0)]
-    ids = torch.tensor(prime, device=device).repeat(num_samples, 1)  # (B, P)
-    logits, state = model(ids, None)  # prime once: (B, P, V)
-    logits = logits[:, -1]            # (B, V)
+    logits, state = prime(model, vocab, prompt_ids(vocab, prompt), num_samples)
     steps = Stepper(model)
     layers = steps.unpack(state)
     for t in range(length):

@@ -2,7 +2,7 @@
 
 A worker thread owns the model, so generation never blocks the event loop. Each turn it
 (1) admits waiting requests while rows are free, priming each with one forward of its prompt
-(exactly as ``sampling.generate_ids`` does), (2) picks every row's next character with that row's
+(``sampling.prime``, as ``charlm sample`` does), (2) picks every row's next character with that row's
 own settings and generator (``sampling.pick``, grouped by settings), (3) hands the characters to
 the requests' streams, and (4) drops finished or abandoned rows and steps the rest as one batch.
 
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..model import CharRNN
-from ..sampling import SampleSettings, Stepper, pick, sample_generators
+from ..sampling import SampleSettings, Stepper, pick, prime, sample_generators
 from ..vocab import CharVocab
 from .stops import StopText
 
@@ -102,7 +102,6 @@ class Batcher:
         self.stepper = Stepper(self.model)
         # unpacked explicit states are per-layer (B, H) tensors; a module's own are (L, B, H)
         self._dim = 0 if self.stepper.cell is not None else 1
-        self._newline = vocab.index.get("\n", 0)
         self._rows: list[_Row] = []
         self._logits: Tensor | None = None  # (B, V): every row's next-character logits
         self._layers = None                 # the rows' carried state, as Stepper carries it
@@ -185,17 +184,14 @@ class Batcher:
         if job.max_tokens == 0:
             job.sink([Piece(i, "", [], "length") for i in range(job.n)])
             return
-        # An empty prompt primes with a newline (the start of a line), as generate_ids does.
-        prime = job.prompt_ids or [self._newline]
-        ids = torch.tensor(prime).repeat(job.n, 1)  # (n, P)
-        logits, state = self.model(ids, None)       # (n, P, V)
+        logits, state = prime(self.model, self.vocab, job.prompt_ids, job.n)  # (n, V)
         layers = self.stepper.unpack(state)
         gens = sample_generators(job.seed, job.n)
         self._rows += [_Row(job, i, g) for i, g in enumerate(gens)]
         if self._logits is None:
-            self._logits, self._layers = logits[:, -1].contiguous(), layers
+            self._logits, self._layers = logits.contiguous(), layers
         else:
-            self._logits = torch.cat([self._logits, logits[:, -1]])
+            self._logits = torch.cat([self._logits, logits])
             self._layers = _tree(lambda a, b: torch.cat([a, b], self._dim), self._layers, layers)
 
     def _turn(self) -> None:
