@@ -169,18 +169,15 @@ def step_timer(build: Callable[[], torch.nn.Module], vocab_size: int, seq_len: i
     a warm-up. All of it within ``budget_s`` (at most four settings per decision).
     """
     def measure(asked: list[tuple[str, int]]) -> list[float]:
-        names = [json.dumps({**key, "precision": p, "batch": b}, sort_keys=True)
-                 for p, b in asked]
+        names = {(p, b): json.dumps({**key, "precision": p, "batch": b}, sort_keys=True)
+                 for p, b in asked}
         known = _read_cache(cache)
-        todo = [(p, b) for (p, b), name in zip(asked, names) if name not in known]
+        todo = [setting for setting, name in names.items() if name not in known]
         if todo:
-            rates = _time_steps(build, vocab_size, seq_len, todo,
-                                budget_s * len(todo) / 4)
-            known = {**_read_cache(cache), **{json.dumps({**key, "precision": p, "batch": b},
-                                                         sort_keys=True): rate
-                                              for (p, b), rate in zip(todo, rates)}}
+            rates = _time_steps(build, vocab_size, seq_len, todo, budget_s * len(todo) / 4)
+            known = {**_read_cache(cache), **{names[s]: r for s, r in zip(todo, rates)}}
             _write_cache(cache, known)
-        return [float(known[name]) for name in names]
+        return [float(known[names[setting]]) for setting in asked]
 
     return measure
 
