@@ -140,6 +140,23 @@ def _auto_precision(accelerator: str, measure: Measure | None, capabilities: dic
     return ("bf16-mixed" if native else "32-true"), why
 
 
+def bf16_failure(model: torch.nn.Module, vocab_size: int) -> str | None:
+    """Why a training step of ``model`` cannot run under the CPU's bf16 autocast here; None if it
+    can. oneDNN builds its fused LSTM's bf16 kernels only on CPUs with AVX512, and elsewhere
+    refuses at the first step, so a step on three characters tells before a run starts."""
+    from .metrics import sequence_loss
+    ids = torch.randint(vocab_size, (1, 3))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_sum, _, _ = sequence_loss(model, ids[:, :-1], ids[:, 1:], None)
+        loss_sum.backward()
+    except RuntimeError as e:
+        return str(e).split(". ")[0].strip()
+    finally:
+        model.zero_grad(set_to_none=True)
+    return None
+
+
 def _capabilities() -> dict:
     try:
         return dict(torch.cpu.get_capabilities())
@@ -206,12 +223,17 @@ def _time_steps(build: Callable[[], torch.nn.Module], vocab_size: int, seq_len: 
         optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
 
-    for run in runs:  # the first step builds oneDNN's kernels
-        step(*run)
+    failed = set()
+    for k, run in enumerate(runs):  # the first step builds oneDNN's kernels
+        try:
+            step(*run)
+        except RuntimeError:  # a precision this CPU has no kernel for: 0 chars/s
+            failed.add(k)
     fastest, t_end = [float("inf")] * len(runs), time.perf_counter() + budget_s
     for i in range(50):
         for k, run in enumerate(runs):
-            fastest[k] = min(fastest[k], step(*run))
+            if k not in failed:
+                fastest[k] = min(fastest[k], step(*run))
         if time.perf_counter() > t_end and i >= 2:
             break
     return [ids.size(0) * seq_len / t for (_, _, ids, _), t in zip(runs, fastest)]

@@ -13,7 +13,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
@@ -28,8 +28,8 @@ from .errors import CharlmError
 from .interrupt import GracefulStop
 from .lit import CharDataModule, CharLM, OptimConfig
 from .model import CharRNN, ModelConfig, build_cell
-from .precision import (Decision, cpu_kind, decide, machine_key, measurement_off, on_cuda,
-                        step_timer)
+from .precision import (Decision, bf16_failure, cpu_kind, decide, machine_key,
+                        measurement_off, on_cuda, step_timer)
 from .runlock import RunLock, is_rank_zero
 from .runfolder import RunFolder, loggers, merge_metrics, set_aside_metrics
 from .sources import absolute_spec
@@ -144,8 +144,19 @@ def decide_precision(config: TrainConfig, model_config: ModelConfig,
         key.pop("impl", None)
         measure = step_timer(lambda: CharRNN(model_config), model_config.vocab_size,
                              config.seq_len, cache_root() / "machine.json", key)
-    return decide(config.precision, config.batch_size or resumed_batch,
-                            config.accelerator, measure=measure)
+    decision = decide(config.precision, config.batch_size or resumed_batch, config.accelerator,
+                      measure=measure)
+    if decision.precision.startswith("bf16") and not on_cuda(config.accelerator):
+        failure = bf16_failure(CharRNN(model_config), model_config.vocab_size)
+        if failure and config.precision != "auto":
+            raise CharlmError(f"this CPU cannot train the {model_config.cell} cell in bf16 "
+                              f"({failure}); use --precision 32-true")
+        if failure:
+            fallback = decide("32-true", config.batch_size or resumed_batch, config.accelerator,
+                              measure=measure)
+            return replace(fallback, precision_reason=f"{decision.precision_reason}, but oneDNN "
+                           f"has no bf16 kernel for the {model_config.cell} on this CPU")
+    return decision
 
 
 def _total_steps(config: TrainConfig, windows_per_epoch: int) -> int | None:

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from charlm import precision
@@ -114,3 +115,57 @@ def test_a_default_run_says_and_records_what_it_chose(text_file, tmp_path):
     assert f"precision: {results['precision']}, batch {results['batch_size']} (auto: " \
         in result.output
     assert f"batches: {results['batch_size']} streams x 16 chars" in result.output
+
+
+class NoBf16Kernel(torch.nn.Module):
+    """A model whose step fails under bf16 autocast, as oneDNN's fused LSTM does on a CPU
+    without AVX512, and trains in float32."""
+
+    def __init__(self, vocab_size=5):
+        super().__init__()
+        self.out = torch.nn.Embedding(vocab_size, vocab_size)
+
+    def forward(self, x, state):
+        if torch.is_autocast_cpu_enabled():
+            raise RuntimeError("could not create a primitive descriptor for the LSTM forward "
+                               "propagation primitive. Run workload with ONEDNN_VERBOSE=all")
+        return self.out(x), state
+
+
+def test_a_bf16_step_this_cpu_cannot_run_is_found_before_the_run():
+    assert precision.bf16_failure(NoBf16Kernel(), 5) == \
+        "could not create a primitive descriptor for the LSTM forward propagation primitive"
+    from charlm.model import CharRNN, ModelConfig
+    assert precision.bf16_failure(CharRNN(ModelConfig(5, "gru", 8, 1, 4)), 5) is None
+
+
+def test_a_setting_without_a_kernel_measures_zero(tmp_path):
+    timer = precision.step_timer(NoBf16Kernel, 5, 8, None, {"cpu": "test"}, budget_s=0.1)
+    bf16, fp32 = timer([("bf16-mixed", 2), ("32-true", 2)])
+    assert bf16 == 0 and fp32 > 0
+
+
+@pytest.mark.parametrize("asked", ["bf16-mixed", "auto"])
+def test_bf16_on_a_cpu_without_the_kernel(text_file, tmp_path, monkeypatch, asked):
+    """Asked for, it is refused in one sentence; chosen by auto, the run falls back to float32
+    and says why."""
+    monkeypatch.setattr(precision, "_capabilities", lambda: CPUS["amx"][0])
+    import charlm.train
+    monkeypatch.setattr(charlm.train, "bf16_failure", lambda model, vocab: "no bf16 LSTM kernel")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "train", "--data", str(text_file), "--hidden-size", "16", "--seq-len", "16",
+        "--max-steps", "2", "--accelerator", "cpu", "--precision", asked, "--batch-size", "4",
+        "--out", str(out)])
+    if asked == "bf16-mixed":
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.output.strip().splitlines()[-1] == (
+            "Error: this CPU cannot train the lstm cell in bf16 (no bf16 LSTM kernel); use "
+            "--precision 32-true")
+        assert not (out / "run.json").exists()
+    else:
+        assert result.exit_code == 0, result.output
+        run = json.loads((out / "run.json").read_text())["results"]
+        assert (run["precision"], run["batch_size"]) == ("32-true", 4)
+        assert run["auto"]["precision_reason"] == (
+            "AMX computes bf16 natively, but oneDNN has no bf16 kernel for the lstm on this CPU")
