@@ -165,13 +165,21 @@ def _capabilities() -> dict:
 
 
 def _cpu_name() -> str:
+    """The CPU's model name, with its family and model numbers where Linux reports them: a
+    virtual machine's name alone ("AMD EPYC") does not tell one generation from another."""
     try:
+        fields = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if not key.strip():
+                break  # the first processor is enough
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        fields = {}
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 # -- measuring --------------------------------------------------------------------------------
