@@ -1,4 +1,4 @@
-"""What keeping freed memory (charlm.allocator) does for a CPU training step: the plain PyTorch
+"""What keeping freed memory (charlm.training.allocator) does for a CPU training step: the plain PyTorch
 loop of train_throughput.py with glibc's malloc as it comes and with charlm's settings, each in
 a fresh process (the settings last for the life of a process), interleaved.
 
@@ -28,8 +28,8 @@ SETTINGS = {"glibc default": {"CHARLM_MALLOC": "system"}, "charlm (kept)": {}}
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {here!r})
-from charlm.allocator import keep_freed_memory
-from charlm.data import load_corpus
+from charlm.training.allocator import keep_freed_memory
+from charlm.data.corpus import load_corpus
 from train_throughput import plain_loop
 cell, hidden, layers, batch, steps, precision = {args!r}
 kept = keep_freed_memory()  # a no-op under CHARLM_MALLOC=system

@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 import torch._dynamo.utils
 
-from charlm.allocator import keep_freed_memory
-from charlm.cells import _Explicit
-from charlm.data import load_corpus
+from charlm.data.corpus import load_corpus
+from charlm.model.cells import ExplicitCell
+from charlm.training.allocator import keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import SHAKESPEARE, plain_loop
@@ -47,7 +47,7 @@ def compile_model(model):
 
 def compile_cells(model):
     for m in model.modules():
-        if isinstance(m, _Explicit):
+        if isinstance(m, ExplicitCell):
             m._cell = torch.compile(m._cell)
     return model
 

@@ -45,7 +45,7 @@ def sample():
         peak["anon"] = max(peak["anon"], status("RssAnon"))
         time.sleep(0.005)
 
-from charlm.data import load_corpus
+from charlm.data.corpus import load_corpus
 import datasets, numpy, torch  # everything a run imports anyway, before the baseline
 base_anon, base_hwm = status("RssAnon"), status("VmHWM")
 threading.Thread(target=sample, daemon=True).start()
@@ -61,8 +61,8 @@ print(json.dumps({"seconds": seconds, "chars": len(corpus.ids), "vocab": len(cor
 WARM = r"""
 import json, sys, time
 from pathlib import Path
-import charlm.data as data
-from charlm.data import TrainStreams, load_corpus
+import charlm.data.corpus as data
+from charlm.data.corpus import TrainStreams, load_corpus
 import datasets, numpy, torch
 
 def rchar():
@@ -86,7 +86,7 @@ def load() -> float:
 
 
 def stdlib_texts() -> list[str]:
-    from charlm.sources import stdlib_files
+    from charlm.data.sources import stdlib_files
     return [f.read_text(encoding="utf-8", errors="replace") for f in stdlib_files()]
 
 

@@ -12,7 +12,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from charlm.train import TrainConfig, fit
+from charlm.training.environment import prepare_process
+from charlm.training.fit import TrainConfig, fit
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cells", default="rnn,lstm,gru,gru-note,lstm-ln")
     args = parser.parse_args()
+    prepare_process()  # as charlm train does before it trains
     rows = []
     for cell in args.cells.split(","):
         runs = {"fused": [], "explicit": []}

@@ -35,11 +35,12 @@ from pathlib import Path
 import torch
 
 import charlm
-from charlm import sampling
-from charlm.allocator import keep_freed_memory
-from charlm.data import load_corpus
+from charlm.data.corpus import load_corpus
+from charlm.generation import sampling
 from charlm.model import CharRNN, ModelConfig
-from charlm.train import TrainConfig, fit
+from charlm.model.cells import explicit_twin
+from charlm.training.environment import prepare_process
+from charlm.training.fit import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import SHAKESPEARE, StepHook, charlm_run, plain_loop
@@ -170,7 +171,7 @@ def plain_sample(model: CharRNN, length: int, batch: int, device: str) -> None:
 
 def sample_rows(vocab_size: int, configs, device: str, length: int, repeats: int) -> list[dict]:
     vocab = charlm.CharVocab([chr(32 + i) for i in range(vocab_size - 1)] + ["\n"])
-    explicit_twin = sampling._explicit_twin
+    original = sampling.stepping_cell
     def fused_only(model):  # the fused module itself, T=1 per call (charlm's choice on a GPU)
         return None
     rows = []
@@ -180,13 +181,13 @@ def sample_rows(vocab_size: int, configs, device: str, length: int, repeats: int
         for batch in (1, 64):
             def ours(twin, model=model, batch=batch):
                 def run():
-                    sampling._explicit_twin = twin
+                    sampling.stepping_cell = twin
                     try:
                         sampling.generate(model, vocab, "", length, num_samples=batch, seed=0)
                     finally:
-                        sampling._explicit_twin = explicit_twin
+                        sampling.stepping_cell = original
                 return run
-            fns = {"explicit_step": ours(sampling.explicit_form), "fused_step": ours(fused_only),
+            fns = {"explicit_step": ours(explicit_twin), "fused_step": ours(fused_only),
                    "plain_loop": lambda m=model, b=batch: plain_sample(m, length, b, device)}
             for fn in fns.values():  # warm-up: cuDNN plans, allocator
                 fn()
@@ -226,7 +227,7 @@ def main() -> None:
     else:
         raise SystemExit("no CUDA device here (torch.cuda.is_available() is False); "
                          "run with --smoke to check the script on the CPU")
-    keep_freed_memory()  # as charlm's fit() does, so the plain loop's first run matches
+    prepare_process()  # as charlm train does, for both sides
     env_row(device)
     corpus = load_corpus([args.data])
     ids = corpus.split(0.1, 0.0)["train"]

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from charlm.allocator import keep_freed_memory
-from charlm.data import load_corpus
+from charlm.data.corpus import load_corpus
+from charlm.training.allocator import keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import SHAKESPEARE, StepHook, charlm_run, plain_loop

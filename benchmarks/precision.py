@@ -5,7 +5,7 @@
 For the default model (1x384 LSTM, seq 128; ``--cell`` for another cell of that width) and each batch auto may choose (8, 16), runs
 ``charlm train``'s own path (``fit``, no validation) in float32 and in bf16-mixed, alternately,
 and reports the training chars/s of each. Then it asks charlm what ``auto`` picks here (the
-precision and the batch, from ``charlm.precision``) and whether that choice trains within 5 % of
+precision and the batch, from ``charlm.training.precision``) and whether that choice trains within 5 % of
 the fastest precision at the chosen batch. Every line names the CPU and its bf16 flags
 (AMX, AVX512-BF16): a figure from one kind of CPU does not stand for the other. A precision this
 CPU has no kernel for (oneDNN's bf16 LSTM without AVX512) counts as 0 chars/s.
@@ -23,10 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from charlm.data import load_corpus  # noqa: E402
+from charlm.data.corpus import load_corpus  # noqa: E402
 from charlm.errors import CharlmError  # noqa: E402
-from charlm.precision import cpu_kind  # noqa: E402
-from charlm.train import TrainConfig, decide_precision, fit  # noqa: E402
+from charlm.training.environment import prepare_process  # noqa: E402
+from charlm.training.fit import TrainConfig, decide_precision, fit  # noqa: E402
+from charlm.training.precision import cpu_kind  # noqa: E402
 
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--cell", default="lstm")
     parser.add_argument("--smoke", action="store_true", help="a tiny model, a few steps")
     args = parser.parse_args()
+    prepare_process()  # as charlm train does before it trains
     hidden, steps = (32, 5) if args.smoke else (384, args.steps)
     if args.smoke and not Path(args.data).exists():
         args.data = str(ROOT / "README.md")

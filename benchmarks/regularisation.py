@@ -7,7 +7,7 @@
 A budget is what this project's 2-core CPU machine trains in a given wall time, in steps:
 measured CPU chars/s of each architecture (the RATES table, with the command that measured it)
 x the minutes. So a GPU can run the study at the CPU's step budget, and the CPU run of the winner
-confirms it at the real wall time. Each variant is `charlm.train.fit` in its own process, with
+confirms it at the real wall time. Each variant is `charlm.training.fit.fit` in its own process, with
 its own budget and cosine schedule over its steps, validated every `eval_every` steps on the full
 val split. One JSON line per variant (best and last val loss, the curve), then a table.
 
@@ -87,7 +87,10 @@ def run_one(cfg: dict, data: str, accelerator: str) -> dict:
     warnings.filterwarnings("ignore")
     from lightning.pytorch.callbacks import Callback
 
-    from charlm.train import TrainConfig, fit
+    from charlm.training.environment import prepare_process
+    from charlm.training.fit import TrainConfig, fit
+
+    prepare_process()  # as charlm train does before it trains
 
     class Progress(Callback):  # each validation as it happens, on stderr: a cut-off run still tells
         def on_train_batch_end(self, trainer, *args) -> None:

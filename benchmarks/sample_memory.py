@@ -30,14 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from charlm.precision import cpu_kind  # noqa: E402
+from charlm.training.precision import cpu_kind  # noqa: E402
 
 
 def make_checkpoint(folder: Path, hidden: int = 384, vocab_size: int = 83) -> Path:
     """A checkpoint of an untrained model, written through the library's own export."""
     import torch
 
-    from charlm.checkpoint import ExportedModel
+    from charlm.generation.checkpoint import ExportedModel
     torch.manual_seed(0)
     chars = ["\n"] + [chr(c) for c in range(32, 32 + vocab_size - 1)]
     exported = ExportedModel({"vocab_size": len(chars), "cell": "lstm", "hidden_size": hidden,

@@ -13,10 +13,10 @@ import json
 
 import numpy as np
 
-from charlm.checkpoint import load
-from charlm.evaluation import run_corpus, run_split
-from charlm.sampling import SampleSettings, generate
-from charlm.textstats import TrainingText
+from charlm.generation.checkpoint import load
+from charlm.generation.evaluation import run_corpus, run_split
+from charlm.generation.sampling import SampleSettings, generate
+from charlm.lab.textstats import TrainingText
 
 TEMPERATURES = (0.5, 0.8, 1.0, 1.2)
 

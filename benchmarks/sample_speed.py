@@ -1,4 +1,4 @@
-"""Generation speed: charlm.sampling.generate against the ways one could write it instead.
+"""Generation speed: charlm.generation.sampling.generate against the ways one could write it instead.
 
     .venv/bin/python benchmarks/sample_speed.py [--repeats 3] [--threads 1] [--only length,context,plain]
 
@@ -23,7 +23,7 @@ also carries the load average when it was measured.
 The plain loop's speed depends on the C library: the fused CPU kernel re-lays the weights into a
 fresh buffer on every call, and glibc's malloc, as it comes, returns that buffer to the system
 after each call, so the next call page-faults it back in (about 2,000 faults a call for 2x512).
-``--malloc kept`` runs the whole process with charlm's training setting (charlm.allocator),
+``--malloc kept`` runs the whole process with charlm's training setting (charlm.training.allocator),
 which keeps freed memory; charlm's own steps allocate nothing that large.
 """
 
@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.allocator import keep_freed_memory
+from charlm.data.vocab import CharVocab
+from charlm.generation.sampling import SampleSettings, generate
 from charlm.model import CharRNN, ModelConfig
-from charlm.sampling import SampleSettings, generate
-from charlm.vocab import CharVocab
+from charlm.training.allocator import keep_freed_memory
 
 VOCAB = CharVocab([chr(c) for c in range(32, 127)] + ["\n", "\t"])  # 97 symbols, like source code
 CELLS = ("rnn", "lstm", "gru")

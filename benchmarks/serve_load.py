@@ -32,9 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from charlm.checkpoint import ExportedModel
+from charlm.data.vocab import CharVocab
+from charlm.generation.checkpoint import ExportedModel
 from charlm.model import CharRNN, ModelConfig
-from charlm.vocab import CharVocab
 
 PROMPT = "ROMEO:\n"
 

@@ -4,14 +4,14 @@ loop on the same model, batches and optimiser, interleaved in one process.
     .venv/bin/python benchmarks/train_throughput.py [--steps 60] [--repeats 3] [--data FILE]
         [--precision 32-true|bf16-mixed|auto]
 
-``--precision auto`` is what a user gets with no precision flag: charlm decides (charlm.precision),
+``--precision auto`` is what a user gets with no precision flag: charlm decides (charlm.training.precision),
 and the plain loop runs in both precisions, its faster one being the baseline of each pair.
 
 Prints one JSON line per figure, then a table. The ratio charlm/plain is what matters: the
 machine is shared, so absolute chars/s move from minute to minute; the two runs of each pair
 are measured back to back.
 
-charlm's training keeps the memory a step frees (charlm.allocator) for the rest of the process,
+charlm's training keeps the memory a step frees (charlm.training.allocator) for the rest of the process,
 so the plain loop would run with glibc's default settings only until charlm's first run. Both
 sides therefore run with charlm's settings from the start (``--malloc kept``), and the ratio is
 Lightning's cost alone; ``--malloc system`` runs both with glibc's defaults.
@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
-from charlm.allocator import keep_freed_memory
-from charlm.data import TrainStreams, load_corpus
+from charlm.data.corpus import TrainStreams, load_corpus
 from charlm.model import CharRNN, ModelConfig, detach_state
-from charlm.precision import cpu_kind
-from charlm.train import TrainConfig, fit
+from charlm.training.environment import prepare_process
+from charlm.training.fit import TrainConfig, fit
+from charlm.training.precision import cpu_kind
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 CONFIGS = [  # (cell, hidden, layers, steps scale): batch 64 x 128 chars as the issue asks
@@ -143,8 +143,8 @@ def main() -> None:
                         help="charlm's malloc settings for both sides, or glibc's defaults")
     args = parser.parse_args()
     if args.malloc == "system":
-        os.environ["CHARLM_MALLOC"] = "system"  # so charlm's fit() leaves malloc alone too
-    kept = keep_freed_memory()
+        os.environ["CHARLM_MALLOC"] = "system"  # so prepare_process leaves malloc alone too
+    kept = prepare_process()  # what charlm train does before it trains, for both sides
     device = "cuda" if args.accelerator == "gpu" else "cpu"
     corpus = load_corpus([args.data])
     ids = corpus.split(0.1, 0.0)["train"]

@@ -1,17 +1,20 @@
-"""charlm: train character-level RNN, LSTM and GRU language models, generate, compare the cells."""
+"""charlm: train character-level RNN, LSTM and GRU language models, generate, compare the cells.
 
-__version__ = "0.1.0"
+The package is layered, each layer importing only those below it (``tests/test_layers.py``
+checks): the base (``errors``, ``atomic``, ``process``, ``version``), then ``model``, ``data``,
+``generation``, ``training``, ``lab`` and ``serve``, and ``cli`` on top. What is exported here is
+the public API a script or a plug-in uses.
+"""
 
-from .model import CharRNN, ModelConfig, cell_names, register_cell  # noqa: E402
-from . import cells  # noqa: E402,F401  (registers the explicit cells and gru-note)
-from . import transformer  # noqa: E402,F401  (registers the transformer reference)
-from .vocab import CharVocab  # noqa: E402
+from charlm.data.vocab import CharVocab
+from charlm.model import CharRNN, ModelConfig, cell_names, register_cell
+from charlm.version import __version__
 
 
 def load(path):
     """Load a checkpoint (.ckpt) or an exported folder: ``(model, vocab, info)`` on the CPU."""
-    from .checkpoint import load as _load
-    return _load(path)
+    from charlm.generation.checkpoint import load as load_checkpoint
+    return load_checkpoint(path)
 
 
 __all__ = ["CharRNN", "CharVocab", "ModelConfig", "cell_names", "load", "register_cell",

@@ -1,5 +1,5 @@
 """``python -m charlm`` runs the command-line interface."""
 
-from .cli import cli
+from charlm.cli import cli
 
 cli()

@@ -11,9 +11,11 @@ import contextlib
 import errno
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
+from charlm.process import pid_alive
 
 _TMP_PID = re.compile(r"\.tmp(\d+)")  # temporary files named with their writer's pid
 
@@ -56,21 +58,27 @@ def commit_file(tmp: Path, path: Path) -> None:
     fsync_dir(Path(path).parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+@contextlib.contextmanager
+def temporary_for(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path next to ``path`` for the caller to write; a failed write removes it and
+    becomes one sentence. The caller commits it (``commit_file``) when it is whole."""
+    tmp = path.with_name(path.name + suffix)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        yield tmp
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise write_error(path, e) from None
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all."""
+    with temporary_for(path, f".tmp{os.getpid()}") as tmp:
+        tmp.write_bytes(data)
     commit_file(tmp, path)
 
 
 def sweep_stale_temporaries(directory: Path) -> None:
     """Delete ``*.tmp<pid>*`` files whose writer is dead (left by a killed run); keep live ones."""
-    from .runlock import pid_alive
     for path in directory.glob("*.tmp*"):
         match = _TMP_PID.search(path.name)
         if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):

@@ -100,7 +100,7 @@ def float64():
 
 def tiny_run(root: Path, text: str, hidden: int = 8) -> tuple[Path, Path]:
     """A tiny model trained for a few steps on ``text`` under ``root``: (best.ckpt, corpus)."""
-    from charlm.train import TrainConfig, fit
+    from charlm.training.fit import TrainConfig, fit
     corpus = root / "corpus.txt"
     corpus.write_text(text, encoding="utf-8")
     fit(TrainConfig(data=[str(corpus)], hidden_size=hidden, embedding_dim=4, seq_len=8,

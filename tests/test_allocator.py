@@ -1,4 +1,4 @@
-"""charlm.allocator: a training process keeps the memory a step frees, so the next step does not
+"""charlm.training.allocator: a training process keeps the memory a step frees, so the next step does not
 page-fault it back in. Measured in child processes, since the setting is process-wide."""
 
 import os
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from charlm.allocator import glibc
+from charlm.training.allocator import glibc
 
 pytestmark = pytest.mark.skipif(glibc() is None, reason="the malloc settings are glibc's")
 
@@ -37,7 +37,9 @@ print(sorted(counts)[len(counts) // 2])
 """
 
 FIT = """
-from charlm.train import TrainConfig, fit
+from charlm.training.environment import prepare_process
+from charlm.training.fit import TrainConfig, fit
+{prepare}
 fit(TrainConfig(data=[{data!r}], hidden_size=16, embedding_dim=8, batch_size=4, seq_len=16,
                 max_steps=2, progress=False, out={out!r}))
 """
@@ -58,22 +60,41 @@ def always_huge_pages() -> bool:
 
 
 def test_freed_memory_is_kept_for_the_next_allocation():
-    kept = refaults("from charlm.allocator import keep_freed_memory\n"
+    kept = refaults("from charlm.training.allocator import keep_freed_memory\n"
                     "assert keep_freed_memory()")
     assert kept < PAGES // 100, kept
     if not always_huge_pages():
         assert refaults("") > PAGES // 2  # glibc's default unmaps it: a fault per page
 
 
-def test_training_keeps_freed_memory_unless_told_not_to(text_file, tmp_path):
-    setup = FIT.format(data=str(text_file), out=str(tmp_path / "a"))
-    assert refaults(setup) < PAGES // 100
+def test_a_training_process_keeps_freed_memory_unless_told_not_to(text_file, tmp_path):
+    """``charlm train`` prepares its process before fit; fit alone leaves malloc as it was."""
+    def run(name, prepare, env=None):
+        setup = FIT.format(data=str(text_file), out=str(tmp_path / name),
+                           prepare="prepare_process()" if prepare else "")
+        return refaults(setup, env)
+
+    assert run("a", prepare=True) < PAGES // 100
     if not always_huge_pages():
-        setup = FIT.format(data=str(text_file), out=str(tmp_path / "b"))
-        assert refaults(setup, {"CHARLM_MALLOC": "system"}) > PAGES // 2
+        assert run("b", prepare=True, env={"CHARLM_MALLOC": "system"}) > PAGES // 2
+        assert run("c", prepare=False) > PAGES // 2  # no side effect of a library call
 
 
 def test_system_malloc_on_request(monkeypatch):
-    from charlm.allocator import keep_freed_memory
+    from charlm.training.allocator import keep_freed_memory
     monkeypatch.setenv("CHARLM_MALLOC", "system")
     assert keep_freed_memory() is False
+
+
+def test_charlm_train_prepares_its_process(text_file, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from charlm.cli import cli
+    from charlm.training import environment
+    calls = []
+    monkeypatch.setattr(environment, "prepare_process", lambda: calls.append(1) or True)
+    result = CliRunner().invoke(cli, ["train", "--data", str(text_file), "--hidden-size", "8",
+                                      "--max-steps", "1", "--batch-size", "2",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert calls == [1]

@@ -4,9 +4,16 @@ import pytest
 import torch
 from torch import nn
 
-from charlm import cells, model
-from charlm.cells import ExplicitGRU, ExplicitLSTM, ExplicitRNN, NoteGRU, to_explicit, to_fused
-from charlm.model import CharRNN, ModelConfig
+from charlm import model
+from charlm.model import CharRNN, ModelConfig, cells
+from charlm.model.cells import (
+    ExplicitGRU,
+    ExplicitLSTM,
+    ExplicitRNN,
+    NoteGRU,
+    to_explicit,
+    to_fused,
+)
 
 B, T, I, H = 2, 3, 4, 5
 FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -191,7 +198,7 @@ def test_note_gru_equals_torch_gru_once_both_differences_are_undone():
 
 
 @pytest.mark.parametrize("cell", [c for c in model.cell_names()
-                                  if model._CELLS[c].explicit is not None])
+                                  if model.cell(c).explicit is not None])
 def test_explicit_char_rnn_trains_for_every_cell(cell):
     net = CharRNN(ModelConfig(vocab_size=7, cell=cell, hidden_size=5, num_layers=2,
                               embedding_dim=4, impl="explicit"))
@@ -218,8 +225,8 @@ def test_explicit_char_rnn_trains_for_every_cell(cell):
 
 def test_gru_note_is_registered_as_explicit_only():
     assert "gru-note" in model.cell_names()
-    assert model._CELLS["gru-note"].fused is None and model._CELLS["gru-note"].explicit is NoteGRU
-    assert all(model._CELLS[c].explicit is getattr(cells, k) for c, k in
+    assert model.cell("gru-note").fused is None and model.cell("gru-note").explicit is NoteGRU
+    assert all(model.cell(c).explicit is getattr(cells, k) for c, k in
                (("rnn", "ExplicitRNN"), ("lstm", "ExplicitLSTM"), ("gru", "ExplicitGRU")))
 
 

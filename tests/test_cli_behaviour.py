@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from conftest import markov_text
 
 from charlm import load
 from charlm.cli import cli
-from charlm.lit import CharLM, OptimConfig
-from charlm.sampling import SampleSettings, generate
-from charlm.train import TrainConfig, fit
-from conftest import markov_text
+from charlm.generation.sampling import SampleSettings, generate
+from charlm.training.fit import TrainConfig, fit
+from charlm.training.lightning_module import CharLM, OptimConfig
 
 SIZES = dict(hidden_size=16, embedding_dim=8, batch_size=4, seq_len=16, progress=False,
              precision="32-true")
@@ -270,7 +270,7 @@ def test_a_hostile_checkpoint_is_refused_by_visualize_inspect_and_compare(checkp
     assert not marker.exists() and not (tmp_path / "page.html").exists()
 
 
-# --- eval, computed without charlm.metrics --------------------------------------------------------
+# --- eval, computed without charlm.generation.metrics --------------------------------------------------------
 
 def test_eval_loss_equals_cross_entropy_computed_in_one_pass(checkpoint):
     model, vocab, info = load(checkpoint)

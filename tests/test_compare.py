@@ -8,16 +8,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charlm import compare as compare_module
-from charlm import compare_report
 from charlm.cli import cli
-from charlm.compare import CompareConfig, hidden_sizes, ngram_baseline, run_compare
-from charlm.compare_run import MeasureSettings, _proc_status_mb
-from charlm.data import load_corpus
+from charlm.data.corpus import load_corpus
 from charlm.errors import CharlmError
-from charlm.gradflow import decay_k, gradient_flow, steps_per_decade
+from charlm.lab import compare as compare_module
+from charlm.lab import compare_report
+from charlm.lab.compare import CompareConfig, hidden_sizes, ngram_baseline, run_compare
+from charlm.lab.compare_runs import MeasureSettings, _proc_status_mb
+from charlm.lab.gradient_flow import decay_k, gradient_flow, steps_per_decade
 from charlm.model import CharRNN, ModelConfig
-from charlm.train import TrainConfig, fit
+from charlm.training.fit import TrainConfig, fit
 
 TINY = dict(embedding_dim=8, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=5, progress=False)
 PROBE = MeasureSettings(probe_k=16, probe_windows=8, probe_warmup=16, sample_length=40)
@@ -195,7 +195,7 @@ def test_user_mistakes_are_one_sentence(text_file, tmp_path):
 
 
 def test_an_interrupted_run_says_how_to_go_on(text_file, tmp_path, monkeypatch):
-    from charlm.interrupt import Interrupted
+    from charlm.training.interrupt import Interrupted
 
     def interrupted(spec, run_dir, report=None):
         raise Interrupted(5)
@@ -206,7 +206,7 @@ def test_an_interrupted_run_says_how_to_go_on(text_file, tmp_path, monkeypatch):
 
 
 def test_report_text_cannot_inject_markup():
-    from charlm.compare_report import fenced, md
+    from charlm.lab.compare_report import fenced, md
     assert md("<script>alert(1)</script> | x") == "&lt;script&gt;alert(1)&lt;/script&gt; \\| x"
     block = fenced("a ``` b ```` c")
     assert block[0] == block[-1] == "`````"  # longer than any backtick run inside

@@ -1,8 +1,8 @@
 """What compare shows a reader: seeds counted in words, time budgets in whole seconds."""
 
-from charlm.compare import CompareConfig
-from charlm.compare_plots import seeds
-from charlm.train import TrainConfig
+from charlm.lab.compare import CompareConfig
+from charlm.lab.compare_plots import seeds
+from charlm.training.fit import TrainConfig
 
 
 def test_seeds_are_counted_in_words():

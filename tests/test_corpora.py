@@ -1,4 +1,4 @@
-"""charlm.corpora: offline tests against a local HTTP server on 127.0.0.1 and file:// URLs."""
+"""charlm.data.downloads: offline tests against a local HTTP server on 127.0.0.1 and file:// URLs."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from charlm import corpora
-from charlm.corpora import ChecksumError, Corpus, CorpusError, DownloadError, get_corpus
+from charlm.data import downloads as corpora
+from charlm.data.downloads import ChecksumError, Corpus, CorpusError, DownloadError, get_corpus
 
 TEXT = b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 50
 

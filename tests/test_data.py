@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charlm.data import TrainStreams, eval_batches, load_corpus, split_bounds
+from charlm.data.corpus import TrainStreams, eval_batches, load_corpus, split_bounds
 from charlm.errors import CharlmError
 
 
@@ -44,7 +44,7 @@ def test_save_to_disk_dataset(tmp_path):
 
 def test_second_load_comes_from_the_cache(text_file, monkeypatch):
     first = load_corpus([str(text_file)])
-    import charlm.data as data
+    import charlm.data.corpus as data
     monkeypatch.setattr(data, "_encode", lambda *a, **k: pytest.fail("encoded twice"))
     second = load_corpus([str(text_file)])
     assert isinstance(second.ids, np.memmap) and second.ids.mode == "r"  # mapped, not read
@@ -67,7 +67,7 @@ def test_corrupt_cache_is_detected_and_rebuilt(text_file):
 
 
 def test_vocab_given_skips_and_counts_unknown(tmp_path):
-    from charlm.vocab import CharVocab
+    from charlm.data.vocab import CharVocab
     p = tmp_path / "t.txt"
     p.write_text("abcxxd")
     corpus = load_corpus([str(p)], vocab=CharVocab("abcd"))
@@ -176,7 +176,7 @@ def test_missing_sources(tmp_path):
 
 
 def test_builtin_stdlib_corpus_is_deterministic():
-    from charlm.sources import stdlib_files
+    from charlm.data.sources import stdlib_files
     files = stdlib_files()
     assert files == sorted(files) and len(files) > 100
     assert not any("test" in f.parts[:-1] for f in files)

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import markov_text
 
-from charlm.metrics import evaluate
+from charlm.generation.metrics import evaluate
 from charlm.model import CharRNN, ModelConfig
 
 SPLIT_SIZES = (300, 5000, 9000)  # one eval stream (rank 1 gets none), 2 streams, 4 streams
@@ -59,7 +59,7 @@ def test_evaluate_under_two_gloo_processes_equals_one_process(tmp_path):
 
 
 def test_charlm_train_ddp_two_cpu_processes(tmp_path):
-    from charlm.evaluation import evaluate_checkpoint
+    from charlm.generation.evaluation import evaluate_checkpoint
     text = tmp_path / "text.txt"
     text.write_text(markov_text(100_000))  # val split of 10,000: 4 eval streams, 2 per rank
     run = tmp_path / "run"
@@ -85,7 +85,7 @@ def test_charlm_train_ddp_two_cpu_processes(tmp_path):
 
 def test_ctrl_c_under_ddp_stops_every_rank_at_one_saved_step_that_resumes(tmp_path):
     """A Ctrl-C reaches every process of the group; rank 0's decides, at a step all ranks share
-    (charlm.interrupt.RankZeroSays), the step is saved, and --resume goes on from it."""
+    (charlm.training.interrupt.RankZeroSays), the step is saved, and --resume goes on from it."""
     import signal
     import time
     text = tmp_path / "text.txt"

@@ -6,9 +6,9 @@ If ``training_step`` started every window from zeros, every loss threshold would
 
 import torch
 
-from charlm import metrics
-from charlm.lit import CharLM
+from charlm.generation import metrics
 from charlm.model import CharRNN, ModelConfig
+from charlm.training.lightning_module import CharLM
 
 V = 5
 

@@ -2,8 +2,14 @@ import pytest
 import torch
 from torch import nn
 
-from charlm.model import (CharRNN, ModelConfig, cell_names, detach_state, hidden_size_for_params,
-                          register_cell)
+from charlm.model import (
+    CharRNN,
+    ModelConfig,
+    cell_names,
+    detach_state,
+    hidden_size_for_params,
+    register_cell,
+)
 
 N, T, E, H, V = 2, 3, 4, 5, 6
 

@@ -9,8 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from charlm.vocab import CharVocab, codepoints, id_dtype, printable
-
+from charlm.data.vocab import CharVocab, codepoints, id_dtype, printable
 
 # --- vocab ----------------------------------------------------------------------------------------
 
@@ -83,7 +82,7 @@ def test_a_vocabulary_refuses_nothing_and_strings_with_a_reason():
 def test_summarize_divides_by_the_count_and_caps_perplexity_short_of_overflow():
     import math
 
-    from charlm.metrics import summarize
+    from charlm.generation.metrics import summarize
     one = summarize(3.0, 1)
     assert one == {"loss": 3.0, "bpc": 3.0 / math.log(2), "perplexity": math.exp(3.0), "chars": 1}
     assert summarize(0.0, 0)["loss"] == 0.0 and summarize(0.0, 0)["chars"] == 0
@@ -93,7 +92,7 @@ def test_summarize_divides_by_the_count_and_caps_perplexity_short_of_overflow():
 def test_evaluate_reads_windows_of_256_by_default_and_passes_the_device_on(monkeypatch):
     import torch
 
-    from charlm import metrics
+    from charlm.generation import metrics
     from charlm.model import CharRNN, ModelConfig
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(7, "gru", 8, 1, 4))
@@ -113,7 +112,7 @@ def test_evaluate_split_over_two_ranks_sums_to_the_single_process_value():
     import pytest
     import torch
 
-    from charlm import metrics
+    from charlm.generation import metrics
     from charlm.model import CharRNN, ModelConfig
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(7, "lstm", 8, 1, 4))
@@ -137,16 +136,16 @@ def test_evaluate_split_over_two_ranks_sums_to_the_single_process_value():
 def test_sequence_loss_ignores_the_burn_in_targets():
     # (ignore_index=IGNORE is also torch's default, -100: dropping it is equivalent; this pins
     # that the constant stays the one the loss skips)
-    from charlm.data import IGNORE
+    from charlm.data.corpus import IGNORE
     assert IGNORE == -100
 
 
 # --- evaluation -----------------------------------------------------------------------------------
 
 def test_run_split_cuts_with_the_runs_own_fractions():
-    from charlm.data import Corpus
+    from charlm.data.corpus import Corpus
     from charlm.errors import CharlmError
-    from charlm.evaluation import run_split
+    from charlm.generation.evaluation import run_split
     corpus = Corpus(np.arange(100), CharVocab("a"))
     info = {"data": {"val_fraction": 0.2, "test_fraction": 0.1}}
     assert run_split(corpus, info, "train").tolist() == list(range(70))
@@ -166,15 +165,15 @@ def test_run_split_cuts_with_the_runs_own_fractions():
 
 def test_run_corpus_needs_recorded_or_given_data():
     from charlm.errors import CharlmError
-    from charlm.evaluation import run_corpus
+    from charlm.generation.evaluation import run_corpus
     with pytest.raises(CharlmError, match="^this model does not record its training data; "
                                           "pass --data$"):
         run_corpus({"data": {}}, CharVocab("a"))
 
 
 def test_evaluate_checkpoint_passes_its_defaults_and_options_on(monkeypatch):
-    from charlm import evaluation
-    from charlm.data import Corpus
+    from charlm.data.corpus import Corpus
+    from charlm.generation import evaluation
     calls = {}
     monkeypatch.setattr(evaluation, "load", lambda path: ("model", CharVocab("ab"), {"data": {}}))
 
@@ -203,9 +202,9 @@ def test_evaluate_checkpoint_passes_its_defaults_and_options_on(monkeypatch):
 
 def test_load_reports_what_is_known_and_export_keeps_it(text_file, tmp_path):
     from charlm import load
-    from charlm.checkpoint import export
     from charlm.errors import CharlmError
-    from charlm.train import TrainConfig, fit
+    from charlm.generation.checkpoint import export
+    from charlm.training.fit import TrainConfig, fit
     fit(TrainConfig(data=[str(text_file)], max_steps=2, hidden_size=8, embedding_dim=4,
                     batch_size=2, seq_len=8, progress=False, out=str(tmp_path / "r")))
     ckpt = tmp_path / "r" / "best.ckpt"

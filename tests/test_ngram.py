@@ -1,4 +1,4 @@
-"""Tests for the Kneser–Ney character n-gram baseline (charlm.ngram)."""
+"""Tests for the Kneser–Ney character n-gram baseline (charlm.lab.ngram)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charlm.ngram import NGramModel, fit_best_order
-
+from charlm.lab.ngram import NGramModel, fit_best_order
 
 # A first-order Markov chain over 4 symbols; its entropy rate is what an order-2 model should reach.
 TRANSITIONS = np.array(

@@ -6,9 +6,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charlm import precision
 from charlm.cli import cli
-from charlm.precision import decide
+from charlm.training import precision
+from charlm.training.precision import decide
 
 X86 = {"architecture": "x86_64", "avx": True, "avx2": True}
 AVX512 = {**X86, "avx512_f": True, "avx512_bw": True, "avx512_vl": True, "avx512_dq": True}
@@ -150,8 +150,8 @@ def test_bf16_on_a_cpu_without_the_kernel(text_file, tmp_path, monkeypatch, aske
     """Asked for, it is refused in one sentence; chosen by auto, the run falls back to float32
     and says why."""
     monkeypatch.setattr(precision, "_capabilities", lambda: CPUS["amx"][0])
-    import charlm.train
-    monkeypatch.setattr(charlm.train, "bf16_failure", lambda model, vocab: "no bf16 LSTM kernel")
+    import charlm.training.fit
+    monkeypatch.setattr(charlm.training.fit, "bf16_failure", lambda model, vocab: "no bf16 LSTM kernel")
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, [
         "train", "--data", str(text_file), "--hidden-size", "16", "--seq-len", "16",

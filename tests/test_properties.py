@@ -10,11 +10,11 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from charlm.data import TrainStreams, eval_batches, load_corpus, split_bounds
+from charlm.data.corpus import TrainStreams, eval_batches, load_corpus, split_bounds
+from charlm.data.vocab import CharVocab
 from charlm.errors import CharlmError
+from charlm.generation.sampling import SampleSettings, generate
 from charlm.model import CharRNN, ModelConfig
-from charlm.sampling import SampleSettings, generate
-from charlm.vocab import CharVocab
 
 QUICK = settings(max_examples=60, deadline=None)
 

@@ -9,7 +9,7 @@ layer-norm gains and shifts.
 import pytest
 import torch
 
-from charlm.cells import LayerNormLSTM, NoteGRU
+from charlm.model.cells import LayerNormLSTM, NoteGRU
 
 B, T, I, H, L = 3, 5, 4, 6, 2
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charlm import presets
 from charlm.cli import cli
 from charlm.model import CharRNN, ModelConfig
+from charlm.training import presets
 
 V, E, H = 11, 8, 12
 
@@ -110,8 +110,9 @@ def test_preset_through_the_cli(text_file, tmp_path):
 
 
 def test_layer_norm_lstm_backpropagates_steps_and_samples():
-    from charlm import cells, sampling
-    from charlm.vocab import CharVocab
+    from charlm.data.vocab import CharVocab
+    from charlm.generation import sampling
+    from charlm.model import cells
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(V, "lstm-ln", H, 2, E))
     assert isinstance(model.rnn, cells.LayerNormLSTM) and model.config.impl == "explicit"
@@ -134,7 +135,7 @@ def test_layer_norm_lstm_backpropagates_steps_and_samples():
     trace = model.rnn.trace(x)
     assert set(trace) == {"i", "f", "g", "o", "c", "h"} and trace["h"].shape == (2, 3, 10, H)
     # sampling steps it through forward (no table of per-character projections)
-    assert sampling._explicit_twin(model) is None
+    assert sampling.stepping_cell(model) is None
     vocab = CharVocab([chr(97 + i) for i in range(V)])
     a = sampling.generate(model.eval(), vocab, "abc", 20, seed=3)
     assert a == sampling.generate(model, vocab, "abc", 20, seed=3) and len(a[0]) == 3 + 20
@@ -158,7 +159,7 @@ def test_layer_norm_lstm_checkpoint_round_trip(text_file, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_every_preset_is_a_valid_training_configuration(name):
-    from charlm.train import TrainConfig
+    from charlm.training.fit import TrainConfig
     options = presets.apply({"accelerator": "cpu"}, name, given=set())
     config = TrainConfig(data=["x.txt"], **options)
     assert config.model_config(65).cell == options["cell"]
@@ -166,7 +167,7 @@ def test_every_preset_is_a_valid_training_configuration(name):
 
 
 def test_resume_keeps_the_batch_the_run_started_with(text_file, tmp_path):
-    from charlm.train import TrainConfig, fit
+    from charlm.training.fit import TrainConfig, fit
     settings = dict(data=[str(text_file)], hidden_size=16, embedding_dim=8, seq_len=16,
                     precision="32-true", progress=False, out=str(tmp_path / "run"))
     fit(TrainConfig(max_steps=2, batch_size=4, **settings))

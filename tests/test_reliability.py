@@ -21,12 +21,12 @@ import torch
 from click.testing import CliRunner
 
 from charlm.cli import cli
-from charlm.data import load_corpus
+from charlm.data.corpus import load_corpus
 from charlm.errors import CharlmError
-from charlm.lit import CharLM
-from charlm.runfolder import RunFolder
-from charlm.runlock import LOCK_NAME, RunLock, is_rank_zero
-from charlm.train import TrainConfig, fit
+from charlm.training.fit import TrainConfig, fit
+from charlm.training.lightning_module import CharLM
+from charlm.training.run_folder import RunFolder
+from charlm.training.runlock import LOCK_NAME, RunLock, is_rank_zero
 
 SIZES = {"hidden_size": 16, "embedding_dim": 8, "batch_size": 4, "seq_len": 16}
 ARGS = ["--hidden-size", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-len", "16"]
@@ -71,7 +71,7 @@ def step_of(path) -> int:
 # temporary file, "rename:N" with the N-th checkpoint whole in its temporary file, not yet renamed.
 FORKER = r'''
 import json, os, signal, sys, traceback
-import charlm.cli, charlm.lit, charlm.train  # the slow imports, once
+import charlm.cli, charlm.training.lightning_module, charlm.training.fit  # the slow imports, once
 import lightning.fabric.plugins.io.torch_io as torch_io
 
 
@@ -82,13 +82,13 @@ def die():
 def arm(what, n):
     n, calls = int(n), []
     if what == "step":
-        step = charlm.lit.CharLM.training_step
+        step = charlm.training.lightning_module.CharLM.training_step
         def training_step(self, batch, batch_idx):
             loss = step(self, batch, batch_idx)
             if self.global_step == n:
                 die()
             return loss
-        charlm.lit.CharLM.training_step = training_step
+        charlm.training.lightning_module.CharLM.training_step = training_step
     elif what == "write":
         import io, torch
         save = torch_io._atomic_save
@@ -340,7 +340,7 @@ def test_under_ddp_rank_zero_is_asked_about_twice_a_second_at_the_same_steps(mon
     """The stop question is a collective under DDP (a host wait for the GPU with NCCL): it is
     asked about every half second of steps, never more than every step nor less than every 100,
     and a Ctrl-C is seen at the next question. In one process it is asked every step, free."""
-    from charlm import interrupt
+    from charlm.training import interrupt
     clock = {"now": 0.0}
     monkeypatch.setattr(interrupt.time, "monotonic", lambda: clock["now"])
     asked, flag = [], {"stop": False}
@@ -396,7 +396,7 @@ def test_a_stale_lock_from_a_dead_run_is_taken_over(text_file, tmp_path):
 
 
 def test_without_flock_the_pid_in_the_lock_decides(tmp_path, monkeypatch):
-    from charlm import runlock
+    from charlm.training import runlock
     monkeypatch.setattr(runlock, "_try_flock", lambda fd: None)  # a file system without locks
     out = tmp_path / "run"
     out.mkdir()
@@ -481,7 +481,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(text_file,
 
 
 def test_a_full_disk_while_caching_data_is_one_sentence(text_file, monkeypatch):
-    from charlm import data
+    from charlm.data import corpus as data
 
     def full(path, payload):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

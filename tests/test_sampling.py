@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from charlm.data.vocab import CharVocab
 from charlm.errors import CharlmError
+from charlm.generation.sampling import SampleSettings, generate, pick, stepper
 from charlm.model import CharRNN, ModelConfig
-from charlm.sampling import SampleSettings, generate, pick, stepper
-from charlm.vocab import CharVocab
 
 VOCAB = CharVocab("abcdef\n ")
 

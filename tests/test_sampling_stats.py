@@ -4,9 +4,9 @@ direction in which temperature moves the entropy."""
 import pytest
 import torch
 
+from charlm.data.vocab import CharVocab
+from charlm.generation.sampling import SampleSettings, generate, pick
 from charlm.model import CharRNN, ModelConfig
-from charlm.sampling import SampleSettings, generate, pick
-from charlm.vocab import CharVocab
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -0.5, -1.5]])  # V = 6
 N = 20000
@@ -31,7 +31,7 @@ def chi_square(picks, probs):
 
 def expected_probs(logits, temperature=1.0, top_k=None, top_p=None):
     """softmax(logits / T), then keep the top k, then the smallest prefix reaching p; renormalised.
-    Written from the definitions, independently of charlm.sampling."""
+    Written from the definitions, independently of charlm.generation.sampling."""
     p = torch.softmax(logits[0].double() / temperature, -1)
     order = sorted(range(len(p)), key=lambda i: -p[i])
     keep = set(order[:top_k] if top_k else order)

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from charlm import data, sources
-from charlm.data import TrainStreams, load_corpus
+from charlm.data import corpus as data
+from charlm.data import sources
+from charlm.data.corpus import TrainStreams, load_corpus
+from charlm.data.sources import read_chunks, resolve
 from charlm.errors import CharlmError
-from charlm.sources import read_chunks, resolve
 
 # --- text files in chunks ------------------------------------------------------------------------
 
@@ -112,8 +113,8 @@ def cjk_text(symbols: int = 3200, n: int = 40_000, seed: int = 0) -> str:
 
 def test_cjk_corpus_trains_and_samples(tmp_path):
     import charlm
-    from charlm.sampling import generate
-    from charlm.train import TrainConfig, fit
+    from charlm.generation.sampling import generate
+    from charlm.training.fit import TrainConfig, fit
     p = tmp_path / "cjk.txt"
     p.write_text(cjk_text(), encoding="utf-8")
     corpus = load_corpus([str(p)])
@@ -130,8 +131,8 @@ def test_cjk_corpus_trains_and_samples(tmp_path):
 
 
 def test_int32_ids_for_a_vocabulary_beyond_65536_symbols(tmp_path):
+    from charlm.generation.sampling import generate
     from charlm.model import CharRNN, ModelConfig
-    from charlm.sampling import generate
     cps = [*range(0x4E00, 0xA000), *range(0xAC00, 0xD7A4), *range(0x20000, 0x2A6E0)]
     text = "".join(map(chr, cps)) + "\n"
     (tmp_path / "wide.txt").write_text(text, encoding="utf-8")

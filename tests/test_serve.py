@@ -15,13 +15,13 @@ uvicorn = pytest.importorskip("uvicorn", reason="charlm serve needs the serve ex
 from browser import no_alert  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
-from charlm.checkpoint import ExportedModel  # noqa: E402
+from charlm.data.vocab import CharVocab  # noqa: E402
+from charlm.generation.checkpoint import ExportedModel  # noqa: E402
+from charlm.generation.sampling import SampleSettings, generate  # noqa: E402
 from charlm.model import CharRNN, ModelConfig  # noqa: E402
-from charlm.sampling import SampleSettings, generate  # noqa: E402
 from charlm.serve import Limits, bind, create_app  # noqa: E402
 from charlm.serve.batcher import Batcher, Job  # noqa: E402
 from charlm.serve.stops import StopText  # noqa: E402
-from charlm.vocab import CharVocab  # noqa: E402
 
 TEXT = "the cat sat on the mat and ran away home.\nA dog, quickly!\n"
 KEY = "sk-test-key"

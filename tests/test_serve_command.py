@@ -19,7 +19,6 @@ from test_serve import KEY, checkpoint, health, tiny  # noqa: E402,F401  (shared
 from charlm.cli import cli  # noqa: E402
 from charlm.serve import bind  # noqa: E402
 
-
 # --- the command
 
 def test_serve_command_port_in_use_and_missing_extra(checkpoint, monkeypatch):

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from conftest import tiny_run
 
 from charlm.cli import cli
+from charlm.data.vocab import CharVocab
+from charlm.generation.sampling import SampleSettings, generate, generate_ids
 from charlm.model import CharRNN, ModelConfig
-from charlm.sampling import SampleSettings, generate, generate_ids
-from charlm.vocab import CharVocab
 
 VOCAB = CharVocab(list("\n abcdefgh"))
 
@@ -86,7 +86,7 @@ def test_json_keeps_text_only_up_to_the_limit(ckpt):
 
 
 def test_tiny_and_huge_temperatures():
-    from charlm.sampling import pick
+    from charlm.generation.sampling import pick
     logits = torch.tensor([[0.0, 3.0, 1.0]])
     g = torch.Generator().manual_seed(0)
     assert pick(logits, SampleSettings(temperature=1e-300), g).tolist() == [1]  # greedy

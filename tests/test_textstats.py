@@ -1,7 +1,7 @@
 import numpy as np
 
-from charlm.textstats import TrainingText
-from charlm.vocab import CharVocab
+from charlm.data.vocab import CharVocab
+from charlm.lab.textstats import TrainingText
 
 TRAIN = "the cat sat on the mat and the dog ran far away\n"
 

@@ -5,12 +5,12 @@ import time
 
 import pytest
 import torch
+from conftest import conditional_entropy
 from lightning.pytorch.callbacks import Callback
 
 from charlm import load
 from charlm.errors import CharlmError
-from charlm.train import ProgressBar, RunFolder, TrainConfig, fit
-from conftest import conditional_entropy
+from charlm.training.fit import ProgressBar, RunFolder, TrainConfig, fit
 
 TINY = dict(hidden_size=32, embedding_dim=16, batch_size=8, seq_len=32, lr=1e-2, warmup_steps=5,
             progress=False)

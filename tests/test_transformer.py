@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from charlm.cli import cli
-from charlm.metrics import evaluate
+from charlm.generation.metrics import evaluate
 from charlm.model import CharRNN, ModelConfig
-from charlm.transformer import default_heads
+from charlm.model.transformer import default_heads
 
 V, CONTEXT = 7, 8
 
@@ -135,7 +135,7 @@ def test_the_tools_that_read_recurrent_units_refuse_it_in_one_sentence(text_file
 
 
 def test_serve_refuses_it_in_one_sentence(tmp_path):
-    from charlm.checkpoint import ExportedModel
+    from charlm.generation.checkpoint import ExportedModel
     exported = ExportedModel({"vocab_size": 3, "cell": "transformer", "hidden_size": 8,
                               "num_layers": 1, "embedding_dim": 4,
                               "extra": {"heads": 1, "context": 8}}, ["\n", "a", "b"], info={})

@@ -8,19 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from browser import no_alert
 from click.testing import CliRunner
 from torch import nn
 
-from browser import no_alert
-
-from charlm import model as model_mod
-from charlm.checkpoint import ExportedModel
 from charlm.cli import cli
-from charlm.inspect_units import find_units, gate_saturation, text_features, trace_text
-from charlm.model import CharRNN, ModelConfig
-from charlm.visualize import plot_gates, read_text, visualize
-from charlm.visualize_page import script_json
-from charlm.vocab import CharVocab, printable
+from charlm.data.vocab import CharVocab, printable
+from charlm.generation.checkpoint import ExportedModel
+from charlm.lab.inspection import read_text
+from charlm.lab.page import script_json
+from charlm.lab.units import find_units, gate_saturation, text_features, trace_text
+from charlm.lab.visualize import plot_gates, visualize
+from charlm.model import CharRNN, ModelConfig, registry
 
 CELLS = ["rnn", "lstm", "gru", "gru-note"]
 PAYLOAD = ('He said "<script>window.__pwned = 1; alert(1)</script>" & left.\n'
@@ -146,7 +145,7 @@ def test_cell_without_explicit_twin_falls_back_to_top_h(monkeypatch):
         def forward(self, x, state=None):
             return self.inner(x, state)
 
-    monkeypatch.setitem(model_mod._CELLS, "wrapped", model_mod._Cell(Wrapped))
+    monkeypatch.setitem(registry._CELLS, "wrapped", registry.Cell("wrapped", Wrapped))
     text = quoted_text(200)
     vocab = CharVocab.from_text(text)
     m = tiny_model(vocab, "wrapped", layers=2)

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charlm.vocab import CharVocab, id_dtype
+from charlm.data.vocab import CharVocab, id_dtype
 
 unicode_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1)
 

@@ -10,9 +10,9 @@ import errno
 import socket
 from pathlib import Path
 
-from ..errors import CharlmError
-from .api import Limits
-from .app import create_app
+from charlm.errors import CharlmError
+from charlm.serve.api import Limits
+from charlm.serve.app import create_app
 
 __all__ = ["Limits", "create_app", "bind", "run", "model_name"]
 

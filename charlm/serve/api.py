@@ -11,8 +11,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ..sampling import SampleSettings
-from ..vocab import CharVocab
+from charlm.data.vocab import CharVocab
+from charlm.generation.sampling import SampleSettings
 
 # Fields OpenAI's completions accept that charlm honours, or accepts at their neutral value.
 KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "n", "seed", "stop", "stream",

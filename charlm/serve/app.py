@@ -20,11 +20,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..model import CharRNN
-from ..vocab import CharVocab
-from . import api
-from .api import ApiError, Completion, Limits
-from .batcher import Batcher, Job, Piece, QueueFull
+from charlm.data.vocab import CharVocab
+from charlm.model import CharRNN
+from charlm.serve import api
+from charlm.serve.api import ApiError, Completion, Limits
+from charlm.serve.batcher import Batcher, Job, Piece, QueueFull
 
 MAX_BODY = 1 << 20  # bytes: far above the longest prompt a server allows
 SEND_EVERY = 0.02  # seconds between a stream's sends (50 a second: smooth to a reader's eye)

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..model import CharRNN
-from ..sampling import SampleSettings, Stepper, pick, prime, sample_generators
-from ..vocab import CharVocab
-from .stops import StopText
+from charlm.data.vocab import CharVocab
+from charlm.generation.sampling import SampleSettings, Stepper, pick, prime, sample_generators
+from charlm.model import CharRNN
+from charlm.serve.stops import StopText
 
 
 class QueueFull(Exception):

@@ -1,0 +1,80 @@
+"""``charlm train``: a run folder from a corpus, with the settings resolved by the library."""
+
+from __future__ import annotations
+
+import click
+
+from charlm.cli.common import (
+    UNSET_IS_DEFAULT,
+    data_options,
+    emit_json,
+    model_options,
+    optim_options,
+    user_errors,
+)
+from charlm.training.presets import PRESETS
+from charlm.training.presets import apply as apply_preset
+
+
+@click.command()
+@data_options
+@click.option("--cell", default="lstm", show_default=True,
+              help="Recurrent cell (rnn, lstm, gru, gru-note, lstm-ln, a registered one), or "
+                   "transformer: a small causal transformer, the reference to beat.")
+@click.option("--hidden-size", default=384, show_default=True)
+@click.option("--batch-size", type=int, default=None,
+              help="Parallel streams per process [default: 8 or 16, whichever trains faster "
+                   "on this machine, measured once and cached].")
+@model_options
+@optim_options
+@click.option("--max-epochs", type=int, default=None)
+@click.option("--seed", default=1337, show_default=True)
+@click.option("--out", default="checkpoints/run", show_default=True, help="Run folder.")
+@click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.ckpt.")
+@click.option("--eval-every", default=500, show_default=True,
+              help="Validate and checkpoint every N steps (0: only at the end).")
+@click.option("--sample-every", default=0, show_default=True,
+              help="Write samples every N steps (0: never).")
+@click.option("--devices", default="auto", show_default=True)
+@click.option("--strategy", default="auto", show_default=True)
+@click.option("--num-nodes", default=1, show_default=True)
+@click.option("--precision", default="auto", show_default=True,
+              help="Lightning's precision (32-true, bf16-mixed, 16-mixed, ...); auto: bf16-mixed "
+                   "where this machine computes bf16 natively (a CPU reporting AMX or "
+                   "AVX512-BF16, a GPU of compute capability 8.0+; measured where the CPU does "
+                   "not say), else 32-true. The run prints what it chose and why.")
+@click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)),
+              help="Measured settings for a job; flags you give override them. " + " ".join(
+                  f"{p.name}: {p.summary}." for p in PRESETS.values()))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@user_errors
+def train(data, hf_split, as_json, preset, **options):
+    """Train a model; the run folder gets best.ckpt, last.ckpt, metrics.csv, samples.txt, run.json."""
+    from charlm.training.environment import prepare_process
+    from charlm.training.fit import TrainConfig, fit
+    from charlm.training.interrupt import Interrupted
+    from charlm.training.runlock import is_rank_zero
+    ctx = click.get_current_context()
+    given = {k for k in options
+             if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    options = apply_preset(options, preset, given)
+    options = {k: v for k, v in options.items() if v is not None or k not in UNSET_IS_DEFAULT}
+    if options["devices"].isdigit():
+        options["devices"] = int(options["devices"])
+    config = TrainConfig(data=list(data), split=hf_split, progress=not as_json, **options)
+    try:
+        prepare_process()
+        results = fit(config)
+    except Interrupted:
+        if not is_rank_zero():  # every rank stopped at the same step: rank 0 says so, once
+            raise SystemExit(1) from None
+        raise
+    if not is_rank_zero():  # under DDP every process runs this command; one of them reports
+        return
+    if as_json:
+        emit_json({k: v for k, v in results.items() if k != "history"})
+    else:
+        click.echo(f"best val loss {results['val_loss']:.4f} nats ({results['val_bpc']:.4f} bpc) "
+                   f"at step {results['best_step']}; {results['steps']} steps, "
+                   f"{results['train_chars_per_s']:,.0f} train chars/s; "
+                   f"checkpoints in {config.out}")

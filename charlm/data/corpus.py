@@ -1,0 +1,262 @@
+"""From sources to batches: encode once into a memory-mapped cache, split, lay out streams.
+
+    source(s) ──datasets──▶ text ──vocab──▶ ids (cached .npy, memory-mapped)
+      ──contiguous split: train | val | test──▶ B parallel streams ──windows of T──▶ model
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from charlm.atomic import atomic_write_bytes, commit_file, sweep_stale_temporaries
+from charlm.data import sources as src
+from charlm.data.vocab import CharVocab, codepoints
+from charlm.errors import CharlmError
+
+CACHE_FORMAT = 1
+IGNORE = -100  # target id that the loss skips (padding, burn-in)
+_CHUNK = 1 << 20  # code points encoded at a time: ~15 MB of working memory, whatever the corpus
+
+
+def cache_root() -> Path:
+    """Where encoded corpora live: $CHARLM_CACHE, else ~/.cache/charlm."""
+    return Path(os.environ.get("CHARLM_CACHE", Path.home() / ".cache" / "charlm"))
+
+
+@dataclass
+class Corpus:
+    """An encoded corpus: ids (memory-mapped), the vocabulary, and what was done to make them."""
+
+    ids: np.ndarray
+    vocab: CharVocab
+    meta: dict = field(default_factory=dict)
+
+    def split(self, val_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:
+        """Contiguous splits: train = first (1 − val − test), then val, then test."""
+        bounds = split_bounds(len(self.ids), val_fraction, test_fraction)
+        return {name: self.ids[a:b] for name, (a, b) in bounds.items()}
+
+
+def split_bounds(n: int, val_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
+    """[start, end) of each split; the same arithmetic as nanoGPT's int(n * 0.9)."""
+    for flag, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0.0 <= f < 1.0:
+            raise CharlmError(f"{flag} must be in [0, 1), not {f}")
+    if val_fraction + test_fraction >= 1.0:
+        raise CharlmError("--val-fraction plus --test-fraction must leave some text to train on")
+    train_end = int(n * (1.0 - val_fraction - test_fraction))
+    val_end = int(n * (1.0 - test_fraction)) if test_fraction else n
+    bounds = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, n)}
+    for name, frac in (("val", val_fraction), ("test", test_fraction)):
+        a, b = bounds[name]
+        if frac > 0 and b - a < 2:
+            raise CharlmError(f"--{name}-fraction {frac} leaves the {name} split with {b - a} "
+                              f"characters of {n}; use a larger fraction or more text")
+    return bounds
+
+
+def _fingerprint(sources: list[src.Source], encoding: str, vocab: CharVocab | None) -> str:
+    key = {"format": CACHE_FORMAT, "sources": [[s.kind, s.identity()] for s in sources],
+           "encoding": encoding, "vocab": vocab.chars if vocab else None}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _checksum(ids: np.ndarray) -> int:
+    return zlib.crc32(memoryview(np.ascontiguousarray(ids)).cast("B"))
+
+
+def _load_cached(entry: Path) -> Corpus | None:
+    """The cached corpus, or None when it is missing, truncated or corrupt (then it is rebuilt)."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        ids = np.load(entry / "ids.npy", mmap_mode="r")
+        if len(ids) != meta["chars"] or _checksum(ids) != meta["crc32"]:
+            return None
+        return Corpus(ids, CharVocab(meta["vocab"]), meta)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+
+
+def _encode(sources: list[src.Source], vocab: CharVocab | None, encoding: str,
+            entry: Path) -> Corpus:
+    """Two passes in chunks, so memory does not grow with the corpus: code points to a scratch
+    file (counting them for the vocabulary), then ids into the cache that later runs memory-map."""
+    entry.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(entry)  # what a killed run left; a live writer's files are kept
+    scratch = entry / f"codepoints.tmp{os.getpid()}"
+    counts = np.zeros(0, dtype=np.int64)
+    try:
+        with open(scratch, "wb") as f, tqdm(desc="reading", unit="char", unit_scale=True,
+                                             leave=False) as bar:
+            for chunk in src.read_chunks(sources, encoding):
+                cps = codepoints(chunk)
+                f.write(cps.tobytes())
+                c = np.bincount(cps)
+                if len(c) > len(counts):
+                    counts = np.pad(counts, (0, len(c) - len(counts)))
+                counts[:len(c)] += c
+                bar.update(len(cps))
+        total = int(counts.sum())
+        if total == 0:
+            raise CharlmError(f"{src.describe(sources)} is empty: there is no text to train on")
+        if not any(not chr(c).isspace() for c in np.flatnonzero(counts)):
+            raise CharlmError(f"{src.describe(sources)} contains only whitespace")
+        vocab = vocab or CharVocab.from_counts(counts)
+        known = vocab.lookup(np.arange(len(counts), dtype=np.uint32)) >= 0
+        unknown = {chr(c): int(counts[c]) for c in np.flatnonzero(counts * ~known)}
+        n = total - sum(unknown.values())
+        tmp = entry / f"ids.tmp{os.getpid()}.npy"
+        crc = 0
+        # read()/write() in chunks rather than memory maps: mapped pages would count in this
+        # process's resident memory, which then grows with the corpus
+        with open(scratch, "rb") as cps_file, open(tmp, "wb") as out:
+            np.lib.format.write_array_header_1_0(out, {
+                "descr": np.lib.format.dtype_to_descr(vocab.dtype), "fortran_order": False,
+                "shape": (n,)})
+            for _ in tqdm(range(0, total, _CHUNK), desc="encoding", unit="chunk", leave=False):
+                ids = vocab.lookup(np.fromfile(cps_file, dtype=np.uint32, count=_CHUNK))
+                ids = ids[ids >= 0].astype(vocab.dtype)  # outside a given vocabulary: skipped
+                out.write(ids.tobytes())
+                crc = zlib.crc32(ids, crc)  # the same as _checksum of the whole array
+        commit_file(tmp, entry / "ids.npy")
+    finally:
+        scratch.unlink(missing_ok=True)
+    ids = np.load(entry / "ids.npy", mmap_mode="r")
+    meta = {"format": CACHE_FORMAT, "chars": n, "crc32": crc, "vocab": vocab.chars,
+            "sources": src.describe(sources), "encoding": encoding,
+            "unknown": unknown, "fingerprint": entry.name}
+    atomic_write_bytes(entry / "meta.json", json.dumps(meta).encode())
+    return Corpus(ids, vocab, meta)
+
+
+def load_corpus(specs: list[str] | None = None, *, vocab: CharVocab | None = None,
+                encoding: str = "utf-8", split: str = "train", text_column: str = "text",
+                streaming: bool = False) -> Corpus:
+    """Encode ``specs`` (default: the built-in stdlib corpus), from the cache when it is there.
+
+    With ``vocab`` (a checkpoint's), characters outside it are skipped and counted in
+    ``meta["unknown"]``; without, the vocabulary is every character of the text.
+    """
+    sources = [src.resolve(s, split=split, text_column=text_column, streaming=streaming)
+               for s in (specs or [src.STDLIB])]
+    entry = cache_root() / _fingerprint(sources, encoding, vocab)
+    corpus = _load_cached(entry)
+    if corpus is None:
+        corpus = _encode(sources, vocab, encoding, entry)
+    corpus.meta["cache"] = str(entry / "ids.npy")
+    return corpus
+
+
+# The train split as B parallel streams, read in windows of T characters (stateful TBPTT):
+#
+#   ids:      [ stream 0 .......... | stream 1 .......... | ... | stream B-1 ......... ]
+#   step k:   stream b feeds ids[b*L + k*T : b*L + (k+1)*T] and predicts the next character
+#
+#             window 0   window 1   window 2        (one row per stream, one batch per column)
+#   row 0   |----------|----------|----------| ...
+#   row 1   |----------|----------|----------| ...
+#
+# Window k+1 of a row continues window k, so the hidden state carried out of step k is the
+# right context for step k+1. Each row's last partial window is the documented tail.
+class TrainStreams:
+    """Batch ``step`` of training, as a pure function of the step (so resuming is exact)."""
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, window: str = "stream",
+                 seed: int = 0, rank: int = 0, world: int = 1):
+        if window not in ("stream", "random"):
+            raise CharlmError(f"--window must be stream or random, not {window!r}")
+        self.ids, self.batch_size, self.seq_len, self.window = ids, batch_size, seq_len, window
+        self.seed, self.rank, self.world = seed, rank, world
+        streams = batch_size * world
+        self.stream_len = (len(ids) - 1) // streams
+        self.windows_per_epoch = self.stream_len // seq_len
+        if self.windows_per_epoch < 1:
+            need = streams * seq_len + 1
+            raise CharlmError(
+                f"the training split has {len(ids)} characters, fewer than one batch needs "
+                f"({need} = batch size {batch_size} x {world} process(es) x seq len {seq_len} + 1); "
+                f"use more text or a smaller --batch-size / --seq-len")
+        self._offsets = np.arange(seq_len + 1)
+
+    @property
+    def chars_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def tail(self) -> int:
+        """Characters of the train split that an epoch never feeds (per process group)."""
+        used = self.batch_size * self.world * self.windows_per_epoch * self.seq_len
+        return len(self.ids) - used
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(x (B, T), y (B, T), reset): reset says the carried state must start from zero."""
+        rows = np.arange(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        if self.window == "stream":
+            k = step % self.windows_per_epoch
+            starts = rows * self.stream_len + k * self.seq_len
+            reset = k == 0
+        else:  # nanoGPT-style random windows; the generator is keyed by the step, not carried
+            rng = np.random.default_rng([self.seed, step])
+            starts = rng.integers(0, len(self.ids) - self.seq_len,
+                                  size=self.batch_size * self.world)[rows]
+            reset = True
+        chunk = torch.from_numpy(self.ids[starts[:, None] + self._offsets].astype(np.int64))
+        return chunk[:, :-1], chunk[:, 1:], reset  # (B, T), (B, T)
+
+
+class StepBatches(torch.utils.data.IterableDataset):
+    """Batches for steps [start, stop) of a TrainStreams, as a DataLoader wants them."""
+
+    def __init__(self, streams: TrainStreams, start: int, stop: int | None):
+        self.streams, self.start, self.stop = streams, start, stop
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+        step = self.start
+        while self.stop is None or step < self.stop:
+            yield self.streams.batch(step)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.stop is None:
+            raise TypeError("an open-ended run has no length")
+        return max(0, self.stop - self.start)
+
+
+def eval_batches(ids: np.ndarray, seq_len: int, max_streams: int = 16, rank: int = 0,
+                 world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+    """Windows for one full pass over a split: every character after the first is predicted once.
+
+    For speed the split is cut into S pieces read in parallel. Stream b starts ``seq_len``
+    characters before its piece (a burn-in whose predictions are not scored), so a piece's first
+    characters are predicted with context, as in a single pass. S does not depend on the number of
+    processes: under DDP rank r takes streams r, r+world, ..., and sums give the exact value.
+    """
+    n = len(ids)
+    s = max(1, min(max_streams, n // (8 * seq_len)))
+    cuts = [round(b * n / s) for b in range(s + 1)]
+    rows = list(range(rank, s, world))
+    if n < 2 or not rows:
+        return
+    starts = [max(0, cuts[b] - seq_len) for b in rows]
+    length = max(cuts[b + 1] - st - 1 for b, st in zip(rows, starts))
+    x = np.zeros((len(rows), length), dtype=np.int64)
+    y = np.full((len(rows), length), IGNORE, dtype=np.int64)
+    for r, (b, st) in enumerate(zip(rows, starts)):
+        seg = np.asarray(ids[st:cuts[b + 1]], dtype=np.int64)
+        x[r, :len(seg) - 1] = seg[:-1]
+        first = max(cuts[b], 1) - st - 1  # index in y of the first scored target
+        y[r, first:len(seg) - 1] = seg[first + 1:]
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    for k in range(0, length, seq_len):
+        yield x[:, k:k + seq_len], y[:, k:k + seq_len], k == 0
+

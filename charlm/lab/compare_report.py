@@ -1,0 +1,306 @@
+"""What ``charlm compare`` concludes and writes: seed statistics, the noise rule, tables, report.
+
+The noise rule: two cells' mean val bpc differ by Δ; with standard deviations s_a, s_b over n_a, n_b
+seeds, Δ is *within seed noise* when |Δ| < 2·sqrt(s_a²/n_a + s_b²/n_b), two standard errors of the
+difference (about a 95% band). With two seeds a standard deviation is itself a rough estimate, so
+the rule is a screen, not a test; with one seed there is no estimate and nothing is claimed.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from charlm.atomic import atomic_write_bytes
+from charlm.lab import compare_plots
+from charlm.lab.compare_config import CompareConfig
+from charlm.lab.compare_plots import seeds
+from charlm.lab.compare_runs import SAMPLE_REPEATS
+from charlm.lab.gradient_flow import format_decay
+
+NOISE_RULE = ("Δ is within seed noise when |Δ| < 2·sqrt(sd_a²/n_a + sd_b²/n_b) (two standard "
+              "errors of the difference of means; with 2 seeds the sd is itself rough, so this "
+              "is a screen, not a test; with 1 seed nothing is claimed)")
+_LEAN = ("history", "grad_norms", "grad_norms_init", "sample")  # kept out of the JSON line
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def _mean(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return float(np.mean(values)) if len(values) == len(runs) else None
+
+
+def summarise(runs: list[dict], ngram: dict, config: CompareConfig) -> dict:
+    """Per-cell means ± sd over seeds, pairwise noise verdicts, the baseline verdicts and notes."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["cell"] if r.get("seed") is not None else r["label"], []).append(r)
+    summary = []
+    for name, rs in groups.items():
+        bpc_mean, bpc_sd = _stats([r["val_bpc"] for r in rs])
+        row = {"cell": rs[0]["cell"], "group": name, "runs": len(rs), "params": rs[0]["params"],
+               "hidden_size": rs[0]["hidden_size"], "impl": rs[0].get("impl"),
+               "val_bpc_mean": bpc_mean, "val_bpc_std": bpc_sd,
+               "val_bpc_min": min(r["val_bpc"] for r in rs),
+               "val_bpc_max": max(r["val_bpc"] for r in rs),
+               "grad_decay_k": [r["grad_decay_k"] for r in rs],
+               "grad_decay_k_init": [r["grad_decay_k_init"] for r in rs]}
+        for key in ("val_loss", "test_bpc", "train_chars_per_s", "sample_chars_per_s", "wall_s",
+                    "peak_rss_mb", "grad_ratio_K", "grad_steps_per_decade",
+                    "grad_steps_per_decade_init"):
+            row[f"{key}_mean"] = _mean(rs, key)
+        if row["test_bpc_mean"] is not None:
+            row["test_bpc_std"] = _stats([r["test_bpc"] for r in rs])[1]
+        row["vs_ngram_bpc"] = bpc_mean - ngram["val_bpc"]
+        row["verdict"] = _verdict(row, ngram, _budget_words(config, rs[0]))
+        summary.append(row)
+    return {"settings": _settings(config), "ngram": ngram, "summary": summary,
+            "comparisons": _comparisons(summary), "runs": runs, "noise_rule": NOISE_RULE}
+
+
+def _comparisons(summary: list[dict]) -> list[dict]:
+    out = []
+    for i, a in enumerate(summary):
+        for b in summary[i + 1:]:
+            delta = b["val_bpc_mean"] - a["val_bpc_mean"]
+            noise = 2 * math.sqrt(a["val_bpc_std"] ** 2 / a["runs"]
+                                  + b["val_bpc_std"] ** 2 / b["runs"])
+            within = None if min(a["runs"], b["runs"]) < 2 else abs(delta) < noise
+            out.append({"a": a["group"], "b": b["group"], "delta_bpc": delta, "noise_bpc": noise,
+                        "within_noise": within})
+    return out
+
+
+def _verdict(row: dict, ngram: dict, budget: str) -> str:
+    """One plain sentence on where a cell stands against the n-gram baseline."""
+    delta, n = row["vs_ngram_bpc"], row["runs"]
+    noise = 2 * row["val_bpc_std"] / math.sqrt(n) if n > 1 else 0.0
+    base = f"the order-{ngram['order']} n-gram baseline ({ngram['val_bpc']:.3f} bpc)"
+    if n > 1 and abs(delta) < noise:
+        return f"{md(row['group'])} is level with {base} within seed noise after {budget}."
+    if delta < 0:
+        return f"{md(row['group'])} beats {base} by {-delta:.3f} bpc after {budget}."
+    return (f"{md(row['group'])} does not beat {base}: it is {delta:.3f} bpc worse after {budget}. "
+            f"Short runs may not beat it; give it a longer budget to see what the cell can do.")
+
+
+def _budget_words(config: CompareConfig, run: dict) -> str:
+    if run.get("seed") is None:  # a checkpoint trained elsewhere
+        return f"its own training ({run.get('steps')} steps)"
+    t = config.train
+    return f"{t.max_steps} steps" if t.max_steps else f"{t.max_time:g} minutes"
+
+
+def _settings(config: CompareConfig) -> dict:
+    shared = {k: v for k, v in asdict(config.train).items()
+              if k not in ("cell", "hidden_size", "seed", "out", "resume", "progress")}
+    return {"train": shared, "cells": config.cells, "checkpoints": config.checkpoints,
+            "params": config.params, "hidden_size": config.hidden_size, "seeds": config.seeds,
+            "first_seed": config.train.seed, "isolated": config.isolate,
+            "measure": asdict(config.measure), "out": config.out}
+
+
+# -- tables --------------------------------------------------------------------------------------
+
+def md(text: object) -> str:
+    """User-given text (file names, labels, prompts) made inert in markdown: no HTML, no table
+    breaks, however a viewer renders the report."""
+    return html.escape(str(text), quote=False).replace("|", "\\|")
+
+
+def fenced(text: str) -> list[str]:
+    """A code block that ``text`` cannot close: its fence is longer than any backtick run in it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence, text, fence]
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _table(columns: list[tuple[str, object]], rows: list[dict]) -> list[str]:
+    """Markdown lines for ``rows``; each column is (header, row → text)."""
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
+    return lines
+
+
+def summary_table(results: dict) -> str:
+    """The markdown table: one row per cell (mean ± sd over seeds) and the n-gram baseline."""
+    summary, ngram = results["summary"], results["ngram"]
+    k = results["settings"]["measure"]["probe_k"]
+
+    def decays(s: dict, key: str) -> str:
+        return "/".join(format_decay(d, k) for d in s[key])
+
+    columns = [
+        ("cell", lambda s: md(s["group"])), ("params", lambda s: f"{s['params']:,}"),
+        ("hidden", lambda s: str(s["hidden_size"])), ("seeds", lambda s: str(s["runs"])),
+        ("val bpc (mean ± sd)", lambda s: f"{s['val_bpc_mean']:.3f}" + (  # no sd from one run
+            f" ± {s['val_bpc_std']:.3f}" if s["runs"] > 1 else "")),
+        ("val loss (nats)", lambda s: _fmt(s["val_loss_mean"], ".4f")),
+        ("test bpc", lambda s: _fmt(s["test_bpc_mean"])),
+        ("train chars/s", lambda s: _fmt(s["train_chars_per_s_mean"], ",.0f")),
+        ("sample chars/s", lambda s: _fmt(s["sample_chars_per_s_mean"], ",.0f")),
+        ("wall s", lambda s: _fmt(s["wall_s_mean"], ".1f")),
+        ("peak RSS MB", lambda s: _fmt(s["peak_rss_mb_mean"], ",.0f")),
+        (f"grad decay k, init → trained (K={k})",
+         lambda s: f"{decays(s, 'grad_decay_k_init')} → {decays(s, 'grad_decay_k')}"),
+        ("steps per 10× grad fall, init → trained",
+         lambda s: f"{_fmt(s['grad_steps_per_decade_init_mean'], '.1f')} → "
+                   f"{_fmt(s['grad_steps_per_decade_mean'], '.1f')}")]
+    absent = {"test bpc": "test_bpc_mean", "peak RSS MB": "peak_rss_mb_mean"}
+    columns = [(h, f) for h, f in columns  # no empty test or memory column
+               if h not in absent or any(s[absent[h]] is not None for s in summary)]
+    lines = _table(columns, summary)
+    baseline = {"cell": f"n-gram KN (order {ngram['order']})",
+                "val bpc (mean ± sd)": f"{ngram['val_bpc']:.3f}",
+                "val loss (nats)": f"{ngram['val_loss']:.4f}",
+                "test bpc": _fmt(ngram.get("test_bpc"))}
+    lines.append("| " + " | ".join(baseline.get(h, "–") for h, _ in columns) + " |")
+    return "\n".join(lines)
+
+
+def runs_table(results: dict) -> str:
+    """Every run on its own row."""
+    k = results["settings"]["measure"]["probe_k"]
+    columns = [
+        ("run", lambda r: md(r["label"])), ("cell", lambda r: md(r["cell"])),
+        ("params", lambda r: f"{r['params']:,}"), ("hidden", lambda r: str(r["hidden_size"])),
+        ("steps", lambda r: str(r.get("steps"))), ("val loss", lambda r: f"{r['val_loss']:.4f}"),
+        ("val bpc", lambda r: f"{r['val_bpc']:.3f}"),
+        ("test bpc", lambda r: _fmt(r.get("test_bpc"))),
+        ("train chars/s", lambda r: _fmt(r.get("train_chars_per_s"), ",.0f")),
+        ("sample chars/s", lambda r: _fmt(r.get("sample_chars_per_s"), ",.0f")),
+        ("wall s", lambda r: _fmt(r.get("wall_s"), ".1f")),
+        ("peak RSS MB", lambda r: _fmt(r.get("peak_rss_mb"), ",.0f")),
+        ("RSS before training MB", lambda r: _fmt(r.get("rss_before_train_mb"), ",.0f")),
+        ("decay k init", lambda r: format_decay(r["grad_decay_k_init"], k)),
+        ("decay k", lambda r: format_decay(r["grad_decay_k"], k)),
+        (f"‖∂‖ at k={k} / k=0", lambda r: f"{r['grad_ratio_K']:.1e}")]
+    return "\n".join(_table(columns, results["runs"]))
+
+
+def json_line(results: dict) -> dict:
+    """The object ``--json`` prints: runs without their long arrays, the summary, the baseline."""
+    return {"runs": [{k: v for k, v in r.items() if k not in _LEAN} for r in results["runs"]],
+            "summary": results["summary"], "comparisons": results["comparisons"],
+            "ngram": {k: v for k, v in results["ngram"].items() if k != "val_bpc_by_order"},
+            "out": results["settings"]["out"]}
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+def write_outputs(results: dict, out: Path) -> None:
+    """results.json, the two plots and report.md in ``out``."""
+    atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+    compare_plots.learning_curves(results, out / "learning_curves.png")
+    compare_plots.gradient_flow_plot(results, out / "gradient_flow.png")
+    atomic_write_bytes(out / "report.md", report(results).encode())
+
+
+def report(results: dict) -> str:
+    """The whole report as markdown."""
+    s, ngram, m = results["settings"], results["ngram"], results["settings"]["measure"]
+    t, k = s["train"], m["probe_k"]
+    sizing = (f"hidden size solved per cell for {s['params']:,} parameters (exact counts below)"
+              if s["params"] else f"hidden size {s['hidden_size']} for every cell")
+    budget = f"{t['max_steps']} steps" if t["max_steps"] else f"{t['max_time']:g} minutes"
+    data = (f"Data: {md(', '.join(t['data']) or 'stdlib')} (val fraction {t['val_fraction']}, test "
+            f"fraction {t['test_fraction']}).")
+    settings = data + (
+        f" Cells: {md(', '.join(s['cells']))}; {sizing}; "
+        f"{t['num_layers']} layer(s), embedding {t['embedding_dim']}, dropout {t['dropout']}, "
+        f"impl {t['impl']}. Every run: {budget}, batch {t['batch_size']} × seq {t['seq_len']}, "
+        f"lr {t['lr']} ({t['schedule']}, warm-up {t['warmup_steps']}), grad clip "
+        f"{t['grad_clip']}, window {t['window']}, {seeds(s['seeds'])} from {s['first_seed']}. "
+        f"Same corpus, splits, vocabulary, batches (in the same order) and optimiser for every "
+        f"cell; runs go seed by seed through every cell, so a machine that slows down hurts all "
+        f"cells alike.")
+    if not s["cells"]:
+        settings = data
+    if s["checkpoints"]:
+        settings += (f" Checkpoints trained elsewhere, evaluated on the same split with their own "
+                     f"vocabularies: {md(', '.join(s['checkpoints']))}.")
+    baseline = (
+        f"Interpolated modified Kneser–Ney, order {ngram['order']} chosen on val: "
+        f"{ngram['val_bpc']:.3f} val bpc. The n-gram scores every val character including the "
+        f"first; the neural full pass scores characters 1..N−1 (one character in N, negligible).")
+    flow = (
+        f"‖∂L_t/∂h_{{t−k}}‖ for k = 0…{k}, averaged over {m['probe_windows']} windows of the val "
+        f"split after a {m['probe_warmup']}-character warm-up; dashed: at initialisation, solid: "
+        f"trained. *Decay k* is the first k where the norm falls below 1/10 of its k = 0 value "
+        f"(\">{k}\": never within {k} steps). k = 0 is the direct path through the output layer, "
+        f"so a cell can drop at k = 1 before its recurrence matters; *steps per 10× grad fall* "
+        f"reads the recurrence alone, from a straight line through log10 ‖∂‖ over k = 1…{k} "
+        f"(larger: the gradient reaches further back; –: it does not fall).")
+    impls = {row["group"]: row["impl"] for row in results["summary"]}
+    if len(set(impls.values())) > 1:
+        settings += (" Implementations differ (" + ", ".join(f"{g}: {i}" for g, i in impls.items())
+                     + "): the speed columns compare implementations as much as cells.")
+    parts = [
+        "# charlm compare", "", settings, "", summary_table(results), "",
+        "## Against the n-gram baseline", "", baseline, "",
+        *[f"- {row['verdict']}" for row in results["summary"]], "",
+        "## Between cells", "", f"Rule: {results['noise_rule']}.", "",
+        *[_comparison_line(c) for c in results["comparisons"]], "",
+        "## Learning curves", "", "![learning curves](learning_curves.png)", "",
+        ("Val bpc of a full pass over the val split, against steps and against seconds of the "
+         "run's clock (validation included); bands span the seeds."), "",
+        "## Gradient flow", "", "![gradient flow](gradient_flow.png)", "", flow, "",
+        "## Runs", "", runs_table(results), "", _measures_note(s), "",
+        "## Samples", "",
+        f"Temperature {m['temperature']}, prompt {md(repr(m['prompt']))}, the first run of each "
+        f"cell.", ""]
+    seen = set()
+    for r in results["runs"]:
+        if r.get("sample") is not None and (r.get("seed") is None or r["cell"] not in seen):
+            seen.add(r["cell"])
+            parts += [f"**{md(r['label'])}**", "", *fenced(r["sample"][:400]), ""]
+    parts += [f"Note on {md(r['label'])}: {md(r['note'])}." for r in results["runs"]
+              if r.get("note")]
+    return "\n".join(parts) + "\n"
+
+
+def _comparison_line(c: dict) -> str:
+    verdict = {None: "one seed each: no noise estimate", True: "within seed noise",
+               False: "larger than seed noise"}[c["within_noise"]]
+    return (f"- {md(c['b'])} − {md(c['a'])}: Δ = {c['delta_bpc']:+.3f} bpc, noise band "
+            f"{c['noise_bpc']:.3f}: {verdict}.")
+
+
+def _measures_note(s: dict) -> str:
+    m = s["measure"]
+    speed = (f"Train chars/s: training characters over the time spent in training steps "
+             f"(validation excluded). Sample chars/s: {m['sample_length']} characters at batch 1 "
+             f"on the CPU at temperature {m['temperature']}, the best of {SAMPLE_REPEATS} timings, "
+             f"in the run's process after training. Wall s: the run's clock, validation included. ")
+    return speed + _memory_note(s)
+
+
+def _memory_note(s: dict) -> str:
+    if not s["isolated"]:
+        return "Peak memory: not measured (runs shared one process, --in-process)."
+    return ("Peak RSS: the largest resident memory of each run's own training process up to the "
+            "end of training (VmHWM in /proc/self/status; ru_maxrss where there is no /proc). It "
+            "includes the Python, torch and Lightning runtime, shown as *RSS before training* "
+            "(resident memory when training starts); when the two are close, the model's own "
+            "memory is lost under the runtime's and the cells do not differ in memory at this "
+            "size. On a GPU, run.json also records peak_cuda_mb "
+            "(torch.cuda.max_memory_allocated), the model's own footprint.")
+
+
+__all__ = ["NOISE_RULE", "json_line", "report", "runs_table", "summarise", "summary_table",
+           "write_outputs"]

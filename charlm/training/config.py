@@ -1,0 +1,106 @@
+"""TrainConfig: every setting of a training run, checked when it is made."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from charlm.errors import CharlmError
+from charlm.model import ModelConfig, build_cell
+
+DEFAULT_EPOCHS = 10  # when no budget is given at all
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (the CLI flags, one to one)."""
+
+    data: list[str] = field(default_factory=list)
+    cell: str = "lstm"
+    hidden_size: int = 384
+    num_layers: int = 1
+    embedding_dim: int = 64
+    dropout: float = 0.0
+    weight_drop: float = 0.0
+    init: str = "default"
+    impl: str = "auto"
+    heads: int | None = None    # transformer only: attention heads (None: width // 64 or so)
+    context: int | None = None  # transformer only: characters attended to (None: seq_len)
+    seq_len: int = 128
+    batch_size: int | None = None  # None: what is fast on this machine (charlm.training.precision)
+    lr: float = 6e-3  # with weight decay 0.1: the best of the 150-second runs (docs/results.md)
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+    grad_clip: float = 5.0
+    schedule: str = "cosine"
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    max_time: float | None = None  # minutes
+    val_fraction: float = 0.1
+    test_fraction: float = 0.0
+    seed: int = 1337
+    out: str = "checkpoints/run"
+    resume: bool = False
+    eval_every: int = 500
+    sample_every: int = 0
+    window: str = "stream"
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"  # bf16-mixed where this machine computes it faster (charlm.training.precision)
+    encoding: str = "utf-8"
+    text_column: str = "text"
+    split: str = "train"
+    streaming: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--lr", self.lr), ("--weight-decay", self.weight_decay),
+                            ("--grad-clip", self.grad_clip), ("--max-time", self.max_time),
+                            ("--val-fraction", self.val_fraction),
+                            ("--test-fraction", self.test_fraction),
+                            ("--dropout", self.dropout), ("--weight-drop", self.weight_drop)):
+            if value is not None and not math.isfinite(value):
+                raise CharlmError(f"{flag} must be a finite number, not {value}")
+        if self.lr <= 0:
+            raise CharlmError(f"--lr must be positive, not {self.lr}")
+        for flag, value in (("--weight-decay", self.weight_decay), ("--grad-clip", self.grad_clip),
+                            ("--warmup-steps", self.warmup_steps)):
+            if value < 0:
+                raise CharlmError(f"{flag} must be >= 0, not {value}")
+        for flag, value in (("--seq-len", self.seq_len), ("--batch-size", self.batch_size),
+                            ("--num-nodes", self.num_nodes)):
+            if value is not None and value < 1:
+                raise CharlmError(f"{flag} must be at least 1, not {value}")
+        for flag, value in (("--max-steps", self.max_steps), ("--max-epochs", self.max_epochs)):
+            if value is not None and value < 1:
+                raise CharlmError(f"{flag} must be at least 1, not {value}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise CharlmError(f"--max-time must be a positive number of minutes, not {self.max_time}")
+        if self.eval_every < 0 or self.sample_every < 0:
+            raise CharlmError("--eval-every and --sample-every must be >= 0 (0 means only at the end)")
+        if self.val_fraction <= 0:  # else the val loss would read 0 and best.ckpt be arbitrary
+            raise CharlmError(f"--val-fraction must be above 0, not {self.val_fraction}: training "
+                              f"picks best.ckpt by the validation loss")
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The model these settings build; a cell's own settings are checked by building it
+        on the meta device (no memory)."""
+        extra = {"heads": self.heads, "context": self.context or self.seq_len} \
+            if self.cell == "transformer" else {}
+        try:
+            config = ModelConfig(vocab_size, self.cell, self.hidden_size, self.num_layers,
+                                 self.embedding_dim, self.dropout, self.impl, extra=extra,
+                                 weight_drop=self.weight_drop, init=self.init)
+            with torch.device("meta"):
+                build_cell(config)
+            return config
+        except ValueError as e:
+            raise CharlmError(str(e)) from None
+        except RuntimeError as e:  # sizes torch cannot even count (meta tensors hold no memory)
+            raise CharlmError(f"a model of --hidden-size {self.hidden_size} and --num-layers "
+                              f"{self.num_layers} is too large to build: "
+                              f"{str(e).splitlines()[0][:120]}") from None

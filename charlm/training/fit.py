@@ -1,0 +1,246 @@
+"""fit(): a Lightning Trainer with charlm's run folder, no click here.
+
+A run folder holds best.ckpt (lowest val loss), last.ckpt (exact resume), metrics.csv,
+samples.txt and run.json. Validation is one full pass over the val split every ``eval_every``
+steps and at the end of the run; every checkpoint is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+
+from charlm.atomic import atomic_write_bytes
+from charlm.data.corpus import cache_root
+from charlm.data.sources import absolute_spec
+from charlm.data.vocab import printable
+from charlm.errors import CharlmError
+from charlm.generation.checkpoint import load, read_checkpoint
+from charlm.generation.metrics import evaluate
+from charlm.model import CharRNN, ModelConfig
+from charlm.training.config import DEFAULT_EPOCHS, TrainConfig
+from charlm.training.interrupt import GracefulStop
+from charlm.training.lightning_module import CharDataModule, CharLM, OptimConfig
+from charlm.training.precision import (
+    Decision,
+    bf16_failure,
+    cpu_kind,
+    decide,
+    machine_key,
+    measurement_off,
+    on_cuda,
+    step_timer,
+)
+from charlm.training.run_folder import RunFolder, loggers, merge_metrics, set_aside_metrics
+from charlm.training.runlock import RunLock, is_rank_zero
+
+
+def decide_precision(config: TrainConfig, model_config: ModelConfig,
+                     resumed_batch: int | None = None) -> Decision:
+    """The run's precision and batch size (``charlm.training.precision``): ``auto`` and an unset batch
+    are decided from what this machine reports, and measured once (cached) where that cannot
+    tell or where the batch is open. Distributed and GPU runs take the report alone, so every
+    rank decides the same."""
+    single = (config.num_nodes == 1 and str(config.devices) in ("auto", "1")
+              and config.strategy == "auto" and not on_cuda(config.accelerator))
+    measure = None
+    if single and not measurement_off():
+        key = {**machine_key(), **model_config.to_dict(), "seq_len": config.seq_len}
+        key.pop("impl", None)
+        measure = step_timer(lambda: CharRNN(model_config), model_config.vocab_size,
+                             config.seq_len, cache_root() / "machine.json", key)
+    decision = decide(config.precision, config.batch_size or resumed_batch, config.accelerator,
+                      measure=measure)
+    if decision.precision.startswith("bf16") and not on_cuda(config.accelerator):
+        failure = bf16_failure(CharRNN(model_config), model_config.vocab_size)
+        if failure and config.precision != "auto":
+            raise CharlmError(f"this CPU cannot train the {model_config.cell} cell in bf16 "
+                              f"({failure}); use --precision 32-true")
+        if failure:
+            fallback = decide("32-true", config.batch_size or resumed_batch, config.accelerator,
+                              measure=measure)
+            return replace(fallback, precision_reason=f"{decision.precision_reason}, but oneDNN "
+                           f"has no bf16 kernel for the {model_config.cell} on this CPU")
+    return decision
+
+
+def _total_steps(config: TrainConfig, windows_per_epoch: int) -> int | None:
+    if config.max_steps is not None:
+        return config.max_steps
+    if config.max_epochs is not None:
+        return config.max_epochs * windows_per_epoch
+    if config.max_time is not None:
+        return None
+    return DEFAULT_EPOCHS * windows_per_epoch
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar with the module's own figures (``CharLM.progress_metrics``), read when
+    the bar redraws rather than at every step as Lightning reads ``prog_bar`` metrics."""
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        return {**super().get_metrics(trainer, pl_module), **pl_module.progress_metrics()}
+
+
+def fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
+    """Train as ``config`` says; returns the results that also go to run.json.
+
+    ``callbacks`` are added to the Trainer's (e.g. ``charlm compare``'s progress reporting).
+    """
+    with RunLock(config.out):  # a second run on the same --out refuses (charlm.training.runlock)
+        return _fit(config, callbacks)
+
+
+def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
+    out = Path(config.out)
+    last = out / "last.ckpt"
+    if config.resume and not last.exists():
+        raise CharlmError(f"--resume: there is no {last} to resume from")
+    resumed = _resume_info(last) if config.resume else None
+    if not config.resume and last.exists():
+        raise CharlmError(f"{out} already holds a run; pass --resume to continue it, "
+                          f"or choose another --out")
+    resumed_batch = (resumed or {}).get("batch_size")
+    if resumed_batch is not None and config.batch_size not in (None, resumed_batch):
+        raise CharlmError(f"--resume: {last} was trained with --batch-size "
+                          f"{resumed_batch}; resume it with that batch size")
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    dm = CharDataModule(config.data or None, batch_size=config.batch_size or 1,
+                        seq_len=config.seq_len,
+                        val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                        window=config.window, seed=config.seed,
+                        corpus_options={"encoding": config.encoding, "split": config.split,
+                                        "text_column": config.text_column,
+                                        "streaming": config.streaming})
+    dm.load()
+    corpus = dm.corpus
+    model_config = config.model_config(len(corpus.vocab))
+    if resumed is not None:
+        differ = {k: v for k, v in resumed["model"].items()
+                  if k != "impl" and model_config.to_dict().get(k) != v}
+        if differ:
+            raise CharlmError(f"--resume: {last} was trained with "
+                              f"{', '.join(f'{k}={v!r}' for k, v in differ.items())}; pass the "
+                              f"options and --data it was trained with")
+    load, t_decide = os.getloadavg()[0], time.perf_counter()
+    decision = decide_precision(config, model_config, resumed_batch)
+    t_decide = time.perf_counter() - t_decide
+    precision, batch_size = decision.precision, decision.batch_size
+    dm.batch_size = batch_size
+    trainer_kwargs = dict(accelerator=config.accelerator, devices=config.devices,
+                          strategy=config.strategy, num_nodes=config.num_nodes,
+                          precision=precision)
+    probe = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      **trainer_kwargs)
+    world = probe.world_size
+    streams = dm.make_streams(0, world)
+    total = _total_steps(config, streams.windows_per_epoch)
+    dm.max_steps = total
+    if config.progress and is_rank_zero():
+        _report_data(corpus, dm, streams, world)
+        if config.precision == "auto" or config.batch_size is None:
+            print(decision.line() + _measured(t_decide, load), flush=True)
+    optim = OptimConfig(lr=config.lr, weight_decay=config.weight_decay,
+                        warmup_steps=config.warmup_steps, schedule=config.schedule,
+                        total_steps=total,
+                        max_time_s=config.max_time * 60 if config.max_time else None)
+    module = CharLM(model_config.to_dict(), asdict(optim), corpus.vocab.chars,
+                    data={"sources": [absolute_spec(d) for d in config.data or ["stdlib"]],
+                          "fingerprint": corpus.meta.get("fingerprint"),
+                          "val_fraction": config.val_fraction,
+                          "test_fraction": config.test_fraction, "seq_len": config.seq_len,
+                          "batch_size": batch_size})
+    run_folder = RunFolder(out, dm, config, total)
+    callbacks = [run_folder, GracefulStop(run_folder), *(callbacks or [])]
+    if config.progress:
+        callbacks.append(ProgressBar(refresh_rate=10))
+    trainer = L.Trainer(
+        max_steps=total if total is not None else -1,
+        max_epochs=-1 if total is None else None,
+        limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=config.grad_clip or None,
+        logger=loggers(out), callbacks=callbacks,
+        enable_checkpointing=False, enable_progress_bar=config.progress,
+        enable_model_summary=False, log_every_n_steps=10, use_distributed_sampler=False,
+        deterministic=False, **trainer_kwargs)
+    previous = set_aside_metrics(out) if config.resume else None
+    resumed_at = resumed["global_step"] if resumed is not None else 0
+    t0 = time.time()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if config.resume else None,
+                    weights_only=True)
+    except SystemExit:  # Lightning's ending for a Ctrl-C that GracefulStop did not get to handle
+        saved = f"{last} holds the last saved step; resume with --resume" if last.exists() \
+            else "no checkpoint was saved yet"
+        raise CharlmError(f"interrupted at step {trainer.global_step} before it was saved; "
+                          f"{saved}") from None
+    finally:
+        if previous is not None and trainer.is_global_zero:
+            merge_metrics(out / "metrics.csv", previous, resumed_at)
+    results = {
+        "checkpoint": str(last), "best_checkpoint": str(out / "best.ckpt"),
+        "val_loss": run_folder.best_val_loss, "val_bpc": run_folder.best_val_loss / 0.6931471805599453,
+        "best_step": run_folder.best_step, "steps": trainer.global_step,
+        "params": module.model.num_params(), "precision": precision, "batch_size": batch_size,
+        "auto": decision.to_dict(), "machine": cpu_kind(),
+        "train_chars_per_s": module.train_chars / module.train_s if module.train_s else 0.0,
+        "elapsed_s": module.elapsed_s, "wall_s_this_session": time.time() - t0,
+        "history": run_folder.history,
+    }
+    if config.test_fraction and trainer.is_global_zero:
+        results.update(_test_metrics(out / "best.ckpt", dm))
+    if trainer.is_global_zero:
+        run = {"config": asdict(config), "model": model_config.to_dict(),
+               "data": module.hparams["data"], "results": results}
+        atomic_write_bytes(out / "run.json", json.dumps(run, indent=2).encode())
+    return results
+
+
+def _measured(seconds: float, load: float) -> str:
+    """What the run says of a fresh measurement: where it is kept, and if it ran on a busy
+    machine (other work slows the settings unevenly), how to take it again."""
+    if seconds < 0.1:  # the cache answered
+        return ""
+    where = cache_root() / "machine.json"
+    cores = os.cpu_count() or 1
+    if load > cores - 0.5:
+        return (f" [measured in {seconds:.1f} s while the machine was busy (load {load:.1f} on "
+                f"{cores} cores): delete {where} to measure again when it is quiet]")
+    return f" [measured in {seconds:.1f} s, cached in {where}]"
+
+
+def _resume_info(last: Path) -> dict:
+    """The model and step of ``last``, opened as plain data before Lightning opens it, so a
+    crafted or broken file is one clear refusal rather than a traceback."""
+    ckpt = read_checkpoint(last)
+    hparams = ckpt["hyper_parameters"]
+    return {"model": hparams.get("model") or {}, "global_step": ckpt.get("global_step", 0),
+            "batch_size": (hparams.get("data") or {}).get("batch_size")}
+
+
+def _test_metrics(best: Path, dm: CharDataModule) -> dict:
+    model, _, _ = load(best)
+    test = evaluate(model, dm.splits["test"], dm.eval_seq_len)
+    return {"test_loss": test["loss"], "test_bpc": test["bpc"]}
+
+
+def _report_data(corpus, dm: CharDataModule, streams, world: int) -> None:
+    """Tell the user what the data preparation did."""
+    meta = corpus.meta
+    lines = [f"data: {meta.get('sources', '?')}: {len(corpus.ids):,} characters, "
+             f"vocab {len(corpus.vocab)}, cache {meta.get('cache')}",
+             f"vocab: {corpus.vocab.describe()}",
+             "splits: " + ", ".join(f"{k} {len(v):,}" for k, v in dm.splits.items() if len(v)),
+             f"batches: {streams.batch_size * world} streams x {streams.seq_len} chars, "
+             f"{streams.windows_per_epoch} steps per epoch, tail of {streams.tail:,} train "
+             f"characters unused per epoch"]
+    if meta.get("unknown"):
+        lines.append("skipped characters outside the vocabulary: " +
+                     ", ".join(f"{printable(c)}×{n}" for c, n in meta["unknown"].items()))
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,241 @@
+"""CharLM, the LightningModule that trains a CharRNN, and the DataModule that feeds it.
+
+The plain ``nn.Module`` (charlm.model) knows nothing of Lightning. Here: one shared step for
+training and evaluation, the hidden state carried across windows and detached (stateful
+truncated BPTT; Lightning 2 has no automatic TBPTT), AdamW with warm-up and cosine decay driven
+by whichever budget (steps or wall-clock) runs out first.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from charlm.data.corpus import StepBatches, TrainStreams, eval_batches, load_corpus
+from charlm.data.vocab import CharVocab
+from charlm.errors import CharlmError
+from charlm.generation import metrics
+from charlm.generation.checkpoint import CHECKPOINT_FORMAT
+from charlm.model import CharRNN, ModelConfig, State, detach_state, map_state
+from charlm.version import __version__
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule; the budget decides how far along the schedule a step is."""
+
+    lr: float = 4e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    schedule: str = "cosine"  # "cosine" | "constant"
+    total_steps: int | None = None   # the step budget, when there is one
+    max_time_s: float | None = None  # the wall-clock budget, when there is one
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise CharlmError(f"--lr must be positive, not {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise CharlmError(f"--schedule must be cosine or constant, not {self.schedule!r}")
+
+    def lr_at(self, step: int, elapsed_s: float) -> float:
+        """Linear warm-up, then cosine decay to min_lr_ratio × lr over the budget."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        progress = 0.0
+        if self.total_steps:
+            progress = max(progress, step / self.total_steps)
+        if self.max_time_s:
+            progress = max(progress, elapsed_s / self.max_time_s)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine)
+
+
+class CharLM(L.LightningModule):
+    """Trains a CharRNN with stateful truncated BPTT; checkpoints hold only plain data."""
+
+    def __init__(self, model: dict, optim: dict, vocab: list[str], data: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()  # plain dicts: load_from_checkpoint needs nothing else
+        self.model = CharRNN(ModelConfig(**model))
+        self.optim = OptimConfig(**optim)
+        self.vocab = CharVocab(vocab)
+        self.carried: State | None = None  # the training state carried from window to window
+        self.elapsed_s = 0.0       # wall-clock of the run so far, validation included
+        self.aside_s = 0.0         # of which validation, samples and checkpoints
+        self.train_chars = 0
+        self._clock: float | None = None
+        # What the progress bar shows, kept as they are (a loss stays on the device) and read
+        # only when the bar redraws: see progress_metrics.
+        self.shown: dict[str, Tensor | float] = {}
+
+    # -- the one step ---------------------------------------------------------------------
+    def _shared_step(self, x: Tensor, y: Tensor, state: State | None):
+        return metrics.sequence_loss(self.model, x, y, state)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, y, reset = batch
+        if reset:
+            self.carried = None
+        loss_sum, count, state = self._shared_step(x, y, self.carried)
+        self.carried = detach_state(state)
+        loss = loss_sum / count
+        if self._logs_this_step():
+            self.log("train_loss", loss)
+            self.log("bpc", loss / metrics.LN2)
+            self.shown["train_loss"] = loss.detach()
+        return loss
+
+    def _logs_this_step(self) -> bool:
+        """Whether the loggers write this step (Lightning's rule: every log_every_n_steps-th
+        step). Only then is self.log worth its cost, about 0.5 ms a call, which is several per
+        cent of a small model's step.
+
+        Nothing is logged with ``prog_bar=True``: Lightning reads every progress-bar metric back
+        to the host after every step, and on a GPU each read makes the host wait for the device
+        (3.0 waits a step on an H200 before, 0.19 after: benchmarks/gpu.py --only syncs)."""
+        every = self.trainer.log_every_n_steps if self._trainer else 1
+        return every > 0 and (self.global_step + 1) % every == 0
+
+    @torch.no_grad()
+    def evaluate_split(self, ids: np.ndarray, seq_len: int) -> dict:
+        """Full-pass loss over a split, summed over every process (exact under DDP)."""
+        world = self.trainer.world_size if self._trainer else 1
+        rank = self.trainer.global_rank if self._trainer else 0
+        reduce = (lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")) if world > 1 else None
+        return metrics.evaluate(self.model, ids, seq_len, rank=rank, world=world,
+                                device=self.device, reduce=reduce)
+
+    # -- optimiser, schedule, clocks -----------------------------------------------------------
+    def configure_optimizers(self):
+        decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+        rest = [p for n, p in self.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": self.optim.weight_decay},
+                                  {"params": rest, "weight_decay": 0.0}],
+                                 lr=self.optim.lr, betas=(0.9, 0.999))
+
+    def on_train_start(self) -> None:
+        self._clock = time.monotonic() - self.elapsed_s
+
+    def on_train_end(self) -> None:
+        # The run's clock stops here (after the last validation and checkpoint, which the
+        # callbacks' on_train_end ran). Lightning's teardown that follows moves the model and
+        # the optimiser's state back to the CPU and empties CUDA's cache: that is not training.
+        self.tick()
+        self._clock = None
+
+    def tick(self) -> float:
+        """Seconds of this run so far (resumed runs continue their clock)."""
+        if self._clock is not None:
+            self.elapsed_s = time.monotonic() - self._clock
+        return self.elapsed_s
+
+    @property
+    def train_s(self) -> float:
+        """Training time: the run's wall-clock less validation, samples and checkpoints
+        (data loading and Lightning's own overhead count as training)."""
+        return self.tick() - self.aside_s
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        lr = self.optim.lr_at(self.global_step, self.tick())
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = lr
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.train_chars += batch[0].numel() * (self.trainer.world_size if self._trainer else 1)
+
+    def progress_metrics(self) -> dict[str, float]:
+        """The progress bar's figures. Reading the training loss waits for the device, so this
+        is called only when the bar redraws."""
+        shown = {}
+        if "train_loss" in self.shown:
+            loss = float(self.shown["train_loss"])
+            shown.update({"train_loss": loss, "bpc": loss / metrics.LN2})
+        if self.train_s > 0:
+            shown["chars/s"] = self.train_chars / self.train_s
+        if "val_bpc" in self.shown:
+            shown["val_bpc"] = float(self.shown["val_bpc"])
+        return shown
+
+    # -- checkpoints: plain data only, so torch.load(weights_only=True) opens them ----------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["charlm"] = {
+            "format": CHECKPOINT_FORMAT,
+            "version": __version__,
+            "torch": str(torch.__version__),
+            "elapsed_s": self.tick(), "aside_s": self.aside_s, "train_chars": self.train_chars,
+            "carried": detach_state(self.carried),
+            "cpu_rng": torch.get_rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        info = checkpoint.get("charlm", {})
+        self.elapsed_s = info.get("elapsed_s", 0.0)
+        self.aside_s = info.get("aside_s", 0.0)
+        self.train_chars = info.get("train_chars", 0)
+        self.carried = info.get("carried")
+        if info.get("cpu_rng") is not None:
+            torch.set_rng_state(info["cpu_rng"])
+
+    def on_fit_start(self) -> None:
+        if self.carried is not None:  # a resumed state travels to the training device
+            self.carried = map_state(lambda t: t.to(self.device), self.carried)
+
+
+class CharDataModule(L.LightningDataModule):
+    """Loads (or encodes once) the corpus, splits it, and serves training steps from a position.
+
+    The batch of step s is a pure function of s, and the loader starts at the trainer's global
+    step, so a resumed run reads exactly the batches an uninterrupted one would have.
+    """
+
+    def __init__(self, sources: list[str] | None, *, batch_size: int, seq_len: int,
+                 val_fraction: float = 0.1, test_fraction: float = 0.0, window: str = "stream",
+                 seed: int = 0, eval_seq_len: int = 256, corpus_options: dict | None = None,
+                 max_steps: int | None = None):
+        super().__init__()
+        self.sources, self.batch_size, self.seq_len = sources, batch_size, seq_len
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.window, self.seed, self.eval_seq_len = window, seed, eval_seq_len
+        self.corpus_options = corpus_options or {}
+        self.max_steps = max_steps
+        self.corpus = None
+        self.splits: dict[str, np.ndarray] = {}
+        self.streams: TrainStreams | None = None
+
+    def load(self) -> None:
+        """Encode or open the cached corpus and cut the splits (idempotent)."""
+        if self.corpus is None:
+            self.corpus = load_corpus(self.sources, **self.corpus_options)
+            self.splits = self.corpus.split(self.val_fraction, self.test_fraction)
+
+    def make_streams(self, rank: int = 0, world: int = 1) -> TrainStreams:
+        self.load()
+        return TrainStreams(self.splits["train"], self.batch_size, self.seq_len, self.window,
+                            self.seed, rank, world)
+
+    def setup(self, stage: str) -> None:
+        self.load()
+        self.streams = self.make_streams(self.trainer.global_rank, self.trainer.world_size)
+
+    def train_dataloader(self):
+        # Called after a checkpoint is restored, so global_step is the resumed position.
+        # Its own generator: creating the iterator must not draw from the global RNG, which
+        # drives dropout and is restored on resume.
+        start = self.trainer.global_step
+        return torch.utils.data.DataLoader(StepBatches(self.streams, start, self.max_steps),
+                                           batch_size=None, generator=torch.Generator())
+
+    def val_batches(self, rank: int = 0, world: int = 1):
+        return eval_batches(self.splits["val"], self.eval_seq_len, rank=rank, world=world)
+
+
+__all__ = ["CharLM", "CharDataModule", "OptimConfig"]
