@@ -23,22 +23,25 @@ demo: install
 	$(BIN)/charlm sample checkpoints/demo/best.ckpt --num-samples 3 --length 300 --temperature 0.8 --seed 1
 
 test: install
+	$(BIN)/ruff check charlm tests benchmarks
 	HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-# A long random run of the CLI fuzzer (tests/test_fuzz_cli.py); `make test` runs a short fixed one.
+# A long random run of the CLI fuzzer (tests/cli/test_fuzz_cli.py); `make test` runs a short fixed one.
 FUZZ_EXAMPLES ?= 2000
 fuzz: install
 	CHARLM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 \
-		$(BIN)/python -m pytest -q -s tests/test_fuzz_cli.py -k survives
+		$(BIN)/python -m pytest -q -s tests/cli/test_fuzz_cli.py -k survives
 
 # Mutation testing of the core (docs/mutation.md); slow, so not part of `make test` or CI.
-# One module at a time, smallest first: MUTATE_MODULES="vocab metrics" make mutate runs a subset.
-MUTATE_MODULES ?= vocab metrics evaluation checkpoint sampling model data cells
+# One module at a time, smallest first: MUTATE_MODULES="data.vocab generation.metrics" make mutate
+# runs a subset.
+MUTATE_MODULES ?= data.vocab generation.metrics generation.evaluation generation.checkpoint \
+                  model.registry generation.sampling model.charrnn data.corpus model.cells
 MUTATE_JOBS    ?= 2
 mutate: install
 	$(PIP_INSTALL) mutmut
 	@set -e; for m in $(MUTATE_MODULES); do \
-	    echo "== mutmut: charlm/$$m.py"; \
+	    echo "== mutmut: charlm.$$m"; \
 	    HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TQDM_DISABLE=1 \
 	        $(BIN)/mutmut run --max-children $(MUTATE_JOBS) "charlm.$$m.*" | tail -n 3; \
 	done

@@ -47,7 +47,7 @@ def no_alert(driver) -> bool:
     """True when no alert/confirm/prompt dialog is open (a page script did not open one)."""
     from selenium.common.exceptions import NoAlertPresentException
     try:
-        driver.switch_to.alert
+        driver.switch_to.alert  # noqa: B018  (reading it raises when there is none)
     except NoAlertPresentException:
         return True
     return False

@@ -21,7 +21,7 @@ COLUMNS = ("generated", "killed", "survived", "timeout", "no tests", "not checke
 
 def counts(root: Path = Path("mutants")) -> dict[str, tuple[Counter, list[str]]]:
     out = {}
-    for meta in sorted(root.glob("charlm/*.py.meta")):
+    for meta in sorted(root.glob("charlm/**/*.py.meta")):
         codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
         c, survivors = Counter(), []
         for name, code in codes.items():
@@ -30,7 +30,8 @@ def counts(root: Path = Path("mutants")) -> dict[str, tuple[Counter, list[str]]]
             c[status if status in COLUMNS else "other"] += 1
             if status == "survived":
                 survivors.append(name)
-        out[meta.name.removesuffix(".py.meta")] = (c, sorted(survivors))
+        module = meta.relative_to(root / "charlm").as_posix().removesuffix(".py.meta")
+        out[module.replace("/", ".")] = (c, sorted(survivors))
     return out
 
 
@@ -49,7 +50,7 @@ def main() -> None:
     print(f"{'total':<12}" + "".join(f"{total[k]:>12}" for k in COLUMNS)
           + f"{100 * (total['killed'] + total['timeout']) / max(checked, 1):>10.1f}")
     if "--survivors" in sys.argv:
-        for module, (_, survivors) in table.items():
+        for _, survivors in table.values():
             for name in survivors:
                 print(name)
 

@@ -53,12 +53,12 @@ class CharVocab:
         self.index = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
-    def from_text(cls, text: str) -> "CharVocab":
+    def from_text(cls, text: str) -> CharVocab:
         """The vocabulary of every character that occurs in ``text``."""
         return cls.from_counts(np.bincount(codepoints(text)))
 
     @classmethod
-    def from_counts(cls, counts: np.ndarray) -> "CharVocab":
+    def from_counts(cls, counts: np.ndarray) -> CharVocab:
         """The vocabulary of code points whose count is non-zero."""
         return cls(chr(c) for c in np.flatnonzero(counts))
 
@@ -101,7 +101,7 @@ class CharVocab:
         return {"chars": list(self.chars)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CharVocab":
+    def from_dict(cls, data: dict) -> CharVocab:
         return cls(data["chars"])
 
     def describe(self, limit: int = 200) -> str:

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from charlm.atomic import atomic_write_bytes
+from charlm.lab.figures import png_bytes
+
 
 def seeds(n: int) -> str:
     """'1 seed', '3 seeds'."""
@@ -58,8 +61,7 @@ def learning_curves(results: dict, path: Path) -> None:
     by_time.set(xlabel="seconds of the run (validation included)", title="against wall clock")
     by_step.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    atomic_write_bytes(path, png_bytes(fig))
 
 
 def _geometric_mean(rows: list[list[float]]) -> np.ndarray:
@@ -84,8 +86,7 @@ def gradient_flow_plot(results: dict, path: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    atomic_write_bytes(path, png_bytes(fig))
 
 
 __all__ = ["gradient_flow_plot", "learning_curves"]

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from charlm.data.corpus import atomic_write_bytes, load_corpus
+from charlm.atomic import atomic_write_bytes
+from charlm.data.corpus import load_corpus
 from charlm.data.vocab import CharVocab
 from charlm.errors import CharlmError
 from charlm.generation.checkpoint import load
@@ -150,7 +151,7 @@ def train_and_measure(spec: dict, run_dir: Path, report: Progress | None = None)
 
 def run_isolated(spec: dict, run_dir: Path, report: Progress | None = None) -> dict:
     """``train_and_measure`` in a child process; its CharlmError comes back as one."""
-    (run_dir / "spec.json").write_text(json.dumps({**spec, "isolated": True}, indent=2))
+    atomic_write_bytes(run_dir / "spec.json", json.dumps({**spec, "isolated": True}, indent=2).encode())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run_dir / "train.log", "ab") as log:
         child = subprocess.Popen([sys.executable, "-m", "charlm.lab.compare_runs", str(run_dir)],

@@ -6,11 +6,11 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from charlm.atomic import atomic_write_bytes
 from charlm.errors import CharlmError
+from charlm.lab.figures import png_bytes
 from charlm.lab.inspection import Inspection, inspect_checkpoint
 from charlm.lab.page import render_page
 from charlm.lab.units import (
@@ -37,12 +37,10 @@ def plot_gates(stats: list[GateStats], path: Path | None = None) -> bytes:
     axes[0][0].set_ylabel("fraction right-saturated (> 0.9)")
     axes[0][-1].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
+    png = png_bytes(fig)
     if path is not None:
-        Path(path).write_bytes(buf.getvalue())
-    return buf.getvalue()
+        atomic_write_bytes(Path(path), png)
+    return png
 
 
 def gates_png_path(page: Path) -> Path:

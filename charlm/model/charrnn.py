@@ -6,8 +6,8 @@ every place that touches one goes through ``map_state``, so no caller branches o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor, nn

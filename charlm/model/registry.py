@@ -14,8 +14,8 @@ same way (``charlm.register_cell``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from lightning.pytorch.callbacks import Callback
 

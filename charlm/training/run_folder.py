@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
+from charlm.atomic import commit_file, temporary_for
 from charlm.errors import CharlmError
 from charlm.generation.sampling import SampleSettings, generate
 from charlm.training.config import TrainConfig
@@ -190,10 +191,9 @@ def merge_metrics(metrics: Path, previous: Path, upto: int | None) -> None:
             new = list(csv.DictReader(f))
     rows = [r for r in old if upto is None or int(r["step"]) <= upto] + new
     fields = sorted({k for r in rows for k in r})
-    tmp = metrics.with_name(metrics.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with temporary_for(metrics) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, metrics)
+    commit_file(tmp, metrics)
     previous.unlink()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def ckpt(tmp_path_factory):
 @pytest.mark.parametrize("args", [
     ["sample", "CKPT", "--num-samples", "3"], ["sample", "CKPT", "--json"],
     ["eval", "CKPT", "--data", "CORPUS"], ["inspect", "CKPT", "--text", "CORPUS", "--chars", "200"],
-])  # one sample streamed to `| head -c 100`: tests/test_streaming.py
+])  # one sample streamed to `| head -c 100`: tests/cli/test_streaming.py
 def test_a_closed_stdout_is_no_error(ckpt, args):
     path, corpus = ckpt
     args = [{"CKPT": str(path), "CORPUS": str(corpus)}.get(a, a) for a in args]

@@ -133,7 +133,7 @@ def test_full_pass_scores_every_character_after_the_first_once(n, world):
     ids = np.arange(n, dtype=np.int64)
     targets = []
     for rank in range(world):
-        for x, y, _ in eval_batches(ids, seq_len=16, rank=rank, world=world):
+        for _, y, _ in eval_batches(ids, seq_len=16, rank=rank, world=world):
             targets.append(y[y >= 0].numpy())
     assert sorted(np.concatenate(targets).tolist()) == list(range(1, n))
 

@@ -175,7 +175,7 @@ def test_stop_and_logprobs_in_a_response(tiny):
     assert c["text"] == full[:full.index(stop)] and c["finish_reason"] == "stop"
     lp = c["logprobs"]
     assert "".join(lp["tokens"]) == c["text"] and len(lp["top_logprobs"]) == len(c["text"])
-    for tok, lp_tok, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+    for lp_tok, top in zip(lp["token_logprobs"], lp["top_logprobs"]):
         assert len(top) == 3 and lp_tok <= 0 and max(top.values()) >= lp_tok - 1e-6
     assert lp["text_offset"] == list(range(len(c["text"])))
 

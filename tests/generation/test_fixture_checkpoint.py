@@ -1,4 +1,4 @@
-"""A run folder written by charlm 0.1.0 (tests/fixtures/run-0.1.0) keeps working: load, sample,
+"""A run folder written by charlm 0.1.0 (tests/generation/fixtures/run-0.1.0) keeps working: load, sample,
 eval, export and resume it. Checkpoints users already have must outlive any refactoring."""
 
 import json
