@@ -1,4 +1,5 @@
-"""What keeping freed memory (charlm.training.allocator) does for a CPU training step: the plain PyTorch
+"""What keeping freed memory (charlm.training.allocator) does for a CPU training step: \
+the plain PyTorch
 loop of train_throughput.py with glibc's malloc as it comes and with charlm's settings, each in
 a fresh process (the settings last for the life of a process), interleaved.
 

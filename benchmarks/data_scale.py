@@ -151,7 +151,8 @@ def main() -> None:
                    "hwm_growth_mb": round((cold["hwm"] - cold["base_hwm"]) / 1e6, 1),
                    "cold_loadavg": cold_load,
                    "warm_start_s": round(warm["seconds"], 3),
-                   "warm_bytes_read": warm["bytes_read"], "warm_encoded_again": warm["encoded_again"],
+                   "warm_bytes_read": warm["bytes_read"],
+                   "warm_encoded_again": warm["encoded_again"],
                    "warm_loadavg": load()}
             print(json.dumps(row), flush=True)
             rows.append(row)

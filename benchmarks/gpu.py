@@ -1,8 +1,8 @@
 """GPU check and speed: training chars/s at fp32 and bf16-mixed, Lightning vs a plain loop,
 sampling chars/s, and that a GPU-trained (bf16) checkpoint trains, evaluates and loads on the CPU.
 
-    python benchmarks/gpu.py [--steps 200] [--repeats 2] [--data FILE]   # on a machine with CUDA
-    python benchmarks/gpu.py --smoke                                     # the same code, tiny, on CPU
+    python benchmarks/gpu.py [--steps 200] [--repeats 2] [--data FILE] # on a machine with CUDA
+    python benchmarks/gpu.py --smoke                                   # the same code, tiny, on CPU
 
 One prepared script for a GPU session (about 3-5 minutes on one H100). It needs a CUDA build of
 torch and charlm's dependencies (lightning, datasets, click, tqdm) in the Python that runs it.
@@ -213,7 +213,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sample-length", type=int, default=1000)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the script")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes on the CPU: checks the script")
     parser.add_argument("--only", default="check,train,syncs,sample")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -242,7 +243,8 @@ def main() -> None:
                            steps, args.repeats)
     if "sample" in only:
         rows += sample_rows(len(corpus.vocab), configs, device, length, args.repeats)
-    print(f"\n{'train':<12}{'precision':>12}{'plain chars/s':>15}{'charlm chars/s':>16}{'ratio':>8}")
+    print(f"\n{'train':<12}{'precision':>12}{'plain chars/s':>15}{'charlm chars/s':>16}"
+          f"{'ratio':>8}")
     for r in (r for r in rows if r["figure"] == "train_chars_per_s"):
         print(f"{r['cell']} {r['layers']}x{r['hidden']:<7}{r['precision']:>12}{r['plain']:>15,}"
               f"{r['charlm']:>16,}{r['charlm_over_plain']:>8.3f}")

@@ -1,14 +1,15 @@
 """Is ``--precision auto`` the fast choice on this machine? Both precisions timed through charlm.
 
-    .venv/bin/python benchmarks/precision.py [--steps 150] [--repeats 2] [--cell lstm] [--data FILE] [--smoke]
+    .venv/bin/python benchmarks/precision.py [--steps 150] [--repeats 2] [--cell lstm] [--data FILE]
+        [--smoke]
 
-For the default model (1x384 LSTM, seq 128; ``--cell`` for another cell of that width) and each batch auto may choose (8, 16), runs
-``charlm train``'s own path (``fit``, no validation) in float32 and in bf16-mixed, alternately,
-and reports the training chars/s of each. Then it asks charlm what ``auto`` picks here (the
-precision and the batch, from ``charlm.training.precision``) and whether that choice trains within 5 % of
-the fastest precision at the chosen batch. Every line names the CPU and its bf16 flags
-(AMX, AVX512-BF16): a figure from one kind of CPU does not stand for the other. A precision this
-CPU has no kernel for (oneDNN's bf16 LSTM without AVX512) counts as 0 chars/s.
+For the default model (1x384 LSTM, seq 128; ``--cell`` for another cell of that width) and each
+batch auto may choose (8, 16), runs ``charlm train``'s own path (``fit``, no validation) in float32
+and in bf16-mixed, alternately, and reports the training chars/s of each. Then it asks charlm what
+``auto`` picks here (the precision and the batch, from ``charlm.training.precision``) and whether
+that choice trains within 5 % of the fastest precision at the chosen batch. Every line names the CPU
+and its bf16 flags (AMX, AVX512-BF16): a figure from one kind of CPU does not stand for the other. A
+precision this CPU has no kernel for (oneDNN's bf16 LSTM without AVX512) counts as 0 chars/s.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@
 A budget is what this project's 2-core CPU machine trains in a given wall time, in steps:
 measured CPU chars/s of each architecture (the RATES table, with the command that measured it)
 x the minutes. So a GPU can run the study at the CPU's step budget, and the CPU run of the winner
-confirms it at the real wall time. Each variant is `charlm.training.fit.fit` in its own process, with
-its own budget and cosine schedule over its steps, validated every `eval_every` steps on the full
-val split. One JSON line per variant (best and last val loss, the curve), then a table.
+confirms it at the real wall time. Each variant is `charlm.training.fit.fit` in its own process,
+with its own budget and cosine schedule over its steps, validated every `eval_every` steps on the
+full val split. One JSON line per variant (best and last val loss, the curve), then a table.
 
 Plans:
   long   the `--preset shakespeare` question: 2x512 LSTM and neighbours, 60 CPU minutes
@@ -97,7 +97,8 @@ def run_one(cfg: dict, data: str, accelerator: str) -> dict:
             step = trainer.global_step
             if step % cfg["eval_every"] == 0 and "val_bpc" in trainer.callback_metrics:
                 loss = float(trainer.callback_metrics["val_bpc"]) * math.log(2)
-                print(json.dumps({"progress": cfg["name"], "step": step, "val_loss": round(loss, 4)}),
+                print(json.dumps({"progress": cfg["name"], "step": step,
+                                  "val_loss": round(loss, 4)}),
                       file=sys.stderr, flush=True)
 
     fields = {k: v for k, v in cfg.items() if k not in ("minutes", "steps", "name")}

@@ -1,6 +1,8 @@
-"""Generation speed: charlm.generation.sampling.generate against the ways one could write it instead.
+"""Generation speed: charlm.generation.sampling.generate against the ways one could write it \
+instead.
 
-    .venv/bin/python benchmarks/sample_speed.py [--repeats 3] [--threads 1] [--only length,context,plain]
+    .venv/bin/python benchmarks/sample_speed.py [--repeats 3] [--threads 1]
+        [--only length,context,plain]
 
 Three figures, each on randomly initialised models (speed does not depend on training):
 
@@ -162,7 +164,8 @@ def n_params(model: nn.Module) -> int:
 
 # --- the figures -------------------------------------------------------------------------------
 
-def interleaved(clocks: dict[str, Clock], repeats: int, times: dict[str, int] | None = None) -> None:
+def interleaved(clocks: dict[str, Clock], repeats: int,
+                times: dict[str, int] | None = None) -> None:
     """Run every clock ``repeats`` rounds, round-robin, so load drift hits all of them alike."""
     for _ in range(repeats):
         for name, clock in clocks.items():
@@ -201,7 +204,8 @@ def context_figures(repeats: int, hidden: int) -> list[dict]:
     for length in (100, 1000):
         clocks = {"charlm": Clock(charlm_fn(rnn, length), length),
                   "rnn_refeed": Clock(lambda n=length: refeed_loop(rnn, n), length),
-                  "gpt_full_context": Clock(lambda n=length: refeed_loop(gpt, n, gpt.block), length)}
+                  "gpt_full_context": Clock(lambda n=length: refeed_loop(gpt, n, gpt.block),
+                                            length)}
         interleaved(clocks, repeats if length <= 100 else 1,  # the naive ones get slow
                     {"charlm": 5})
         row = {"figure": "sample_context", "length": length, "rnn": f"lstm 2x{hidden}",
@@ -257,8 +261,8 @@ def table(rows: list[dict]) -> None:
                   f"{r['gpt_full_context_cpu_chars_per_s']:>14,.1f}{r['charlm_over_rnn_refeed']:>11}"
                   f"{r['charlm_over_gpt']:>8}{r['loadavg']:>7}")
         r = by["sample_context"][0]
-        print(f"  ({r['rnn']}: {r['rnn_params']:,} parameters; GPT 4 layers, block {r['gpt_block']}: "
-              f"{r['gpt_params']:,})")
+        print(f"  ({r['rnn']}: {r['rnn_params']:,} parameters; "
+              f"GPT 4 layers, block {r['gpt_block']}: {r['gpt_params']:,})")
     if "sample_vs_plain" in by:
         print(f"\n{'model':<12}{'charlm':>10}{'plain loop':>12}{'ratio':>8}{'wall ratio':>12}"
               f"{'load':>7}   (chars/s by CPU time, batch 1)")

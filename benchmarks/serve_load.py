@@ -174,8 +174,9 @@ def main() -> None:
     print(f"\n{'clients':>7} {'server ch/s':>12} {'generate ch/s':>14} {'ratio':>6} "
           f"{'ttfc med ms':>12} {'ttfc p95 ms':>12}")
     for r in rows:
-        print(f"{r['clients']:>7} {r['server_chars_per_s']:>12,.0f} {r['generate_chars_per_s']:>14,.0f} "
-              f"{r['ratio']:>6.2f} {r['ttfc_median_ms']:>12.1f} {r['ttfc_p95_ms']:>12.1f}")
+        print(f"{r['clients']:>7} {r['server_chars_per_s']:>12,.0f} "
+              f"{r['generate_chars_per_s']:>14,.0f} {r['ratio']:>6.2f} "
+              f"{r['ttfc_median_ms']:>12.1f} {r['ttfc_p95_ms']:>12.1f}")
     print(f"server memory: {start_rss / 1024:.0f} MiB at start, peak {peak / 1024:.0f} MiB")
 
 

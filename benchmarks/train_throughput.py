@@ -4,16 +4,17 @@ loop on the same model, batches and optimiser, interleaved in one process.
     .venv/bin/python benchmarks/train_throughput.py [--steps 60] [--repeats 3] [--data FILE]
         [--precision 32-true|bf16-mixed|auto]
 
-``--precision auto`` is what a user gets with no precision flag: charlm decides (charlm.training.precision),
-and the plain loop runs in both precisions, its faster one being the baseline of each pair.
+``--precision auto`` is what a user gets with no precision flag: charlm decides
+(charlm.training.precision), and the plain loop runs in both precisions, its faster one being the
+baseline of each pair.
 
 Prints one JSON line per figure, then a table. The ratio charlm/plain is what matters: the
 machine is shared, so absolute chars/s move from minute to minute; the two runs of each pair
 are measured back to back.
 
-charlm's training keeps the memory a step frees (charlm.training.allocator) for the rest of the process,
-so the plain loop would run with glibc's default settings only until charlm's first run. Both
-sides therefore run with charlm's settings from the start (``--malloc kept``), and the ratio is
+charlm's training keeps the memory a step frees (charlm.training.allocator) for the rest of the
+process, so the plain loop would run with glibc's default settings only until charlm's first run.
+Both sides therefore run with charlm's settings from the start (``--malloc kept``), and the ratio is
 Lightning's cost alone; ``--malloc system`` runs both with glibc's defaults.
 """
 

@@ -33,7 +33,8 @@ def browser(tmp_path):
     options.binary_location = CHROMIUM
     for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                "--disable-sync", "--window-size=1200,900", f"--user-data-dir={tmp_path / 'profile'}"]:
+                "--disable-sync", "--window-size=1200,900",
+                f"--user-data-dir={tmp_path / 'profile'}"]:
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)

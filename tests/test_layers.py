@@ -3,6 +3,7 @@ into another module's private names. Read from the source (every import, lazy on
 so a violation fails here before anyone has to find it by reading."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,8 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def resolve(module: str, names: list[str]) -> list[str]:
-    """The charlm modules an import loads: ``from charlm.lab import compare`` is charlm.lab.compare."""
+    """The charlm modules an import loads: ``from charlm.lab import compare`` is
+    charlm.lab.compare."""
     subs = [f"{module}.{n}" for n in names if f"{module}.{n}" in MODULES]
     return subs or [module]
 
@@ -104,7 +106,8 @@ def test_imports_run_downward_only(module):
 
 
 def private_uses(path: Path) -> list[str]:
-    """``from charlm.x import _name``, and ``mod._name`` where ``mod`` is an imported charlm module."""
+    """``from charlm.x import _name``, and ``mod._name`` where ``mod`` is an imported charlm
+    module."""
     tree, found, modules = ast.parse(path.read_text()), [], set()
     for mod, names, line in imports(path):
         found += [f"line {line}: {mod}.{n}" for n in names if n.startswith("_")
@@ -169,3 +172,29 @@ def test_the_checker_sees_what_it_must(tmp_path):
     bad.write_text("from .x import y\n")
     with pytest.raises(AssertionError, match="relative import"):
         imports(bad)
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z]")
+# a whole command a message suggests running, which is the CLI's own text
+WHOLE_COMMANDS = re.compile(r"charlm \w+ --")
+
+
+def strings_outside_docstrings(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                       ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings]
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if layer(m) not in ("cli", "serve")))
+def test_the_library_names_no_cli_flags(module):
+    """Settings are named `field` in messages (charlm.errors); the CLI turns them into flags.
+    (The server's own limits are named by its flags in its HTTP errors, on purpose.)"""
+    flags = [f"line {line}: {text!r}" for line, text in strings_outside_docstrings(MODULES[module])
+             if FLAG.search(WHOLE_COMMANDS.sub("", text))]
+    assert not flags, f"{module} names CLI flags: {flags}"

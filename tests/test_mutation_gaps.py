@@ -107,8 +107,8 @@ def test_evaluate_reads_windows_of_256_by_default_and_passes_the_device_on(monke
 
 
 def test_evaluate_split_over_two_ranks_sums_to_the_single_process_value():
-    # What DDP does (tests/training/test_ddp.py runs it for real, in subprocesses): each rank scores its
-    # own streams and ``reduce`` sums (loss, count) over the ranks.
+    # What DDP does (tests/training/test_ddp.py runs it for real, in subprocesses): each rank scores
+    # its own streams and ``reduce`` sums (loss, count) over the ranks.
     import pytest
     import torch
 

@@ -12,6 +12,14 @@ import click
 
 from charlm.errors import CharlmError
 
+# The library names a setting by its field; the flag is "--" + the field with dashes, but for these
+FLAGS = {"text_file": "--text", "vocab_size": "the vocabulary size"}
+
+
+def flag(setting: str) -> str:
+    """The command-line name of the setting the library calls ``setting``."""
+    return FLAGS.get(setting, "--" + setting.replace("_", "-"))
+
 
 def user_errors(fn):
     """Turn a user's mistake into one clear sentence and exit code 1, never a traceback."""
@@ -20,7 +28,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except CharlmError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(e.render(flag)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted") from None
         except BrokenPipeError:  # the reader went away (`| head`): nothing left to say to it
@@ -69,7 +77,8 @@ def data_options(fn=None, *, split_flag: str = "--split"):
                      help="Column of a dataset that holds the text."),
         click.option(split_flag, "hf_split", default="train", show_default=True,
                      help="Split of a Hugging Face / save_to_disk dataset."),
-        click.option("--streaming", is_flag=True, help="Stream an hf: dataset instead of downloading it whole."),
+        click.option("--streaming", is_flag=True,
+                     help="Stream an hf: dataset instead of downloading it whole."),
     ]):
         fn = decorator(fn)
     return fn

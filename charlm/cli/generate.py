@@ -104,7 +104,8 @@ def _stream_many(model, vocab, prompt: str, length: int, settings, num_samples: 
         if need > free:
             raise CharlmError(f"{num_samples:,} samples of {length:,} characters need "
                               f"{need / 1e9:.1f} GB of temporary disk in {tempfile.gettempdir()}, "
-                              f"which has {free / 1e9:.1f} GB free; ask for fewer or shorter samples")
+                              f"which has {free / 1e9:.1f} GB free; "
+                              f"ask for fewer or shorter samples")
         chunk = []
         for nxt in generate_ids(model, vocab, prompt, length, settings, num_samples, seed):
             chunk.append(nxt.numpy().astype(dtype))
@@ -140,7 +141,8 @@ def _sample_stats(vocab, info: dict, texts: list[str]) -> dict:
 @click.option("--split", "which", default=None, type=click.Choice(["train", "val", "test", "all"]),
               help="Which part to score, with the training run's fractions "
                    "[default: val of the training data; all of new --data].")
-@click.option("--seq-len", default=256, show_default=True, help="Window length of the pass (the state is carried).")
+@click.option("--seq-len", default=256, show_default=True,
+              help="Window length of the pass (the state is carried).")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def eval_(checkpoint, data, hf_split, which, seq_len, as_json, encoding, text_column, streaming):
@@ -155,8 +157,8 @@ def eval_(checkpoint, data, hf_split, which, seq_len, as_json, encoding, text_co
     click.echo(f"{result['split']}: loss {result['loss']:.4f} nats/char, bpc {result['bpc']:.4f}, "
                f"perplexity {result['perplexity']:.3f} over {result['chars']:,} characters")
     if result.get("unknown_chars"):
-        click.echo(f"skipped {result['unknown_chars']:,} characters outside the model's vocabulary: "
-                   f"{result['unknown']}")
+        click.echo(f"skipped {result['unknown_chars']:,} characters outside the model's "
+                   f"vocabulary: {result['unknown']}")
 
 
 @click.command()

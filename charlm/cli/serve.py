@@ -26,7 +26,8 @@ from charlm.errors import CharlmError
               help="Requests that may wait for rows; beyond it the server answers 503.")
 @click.option("--max-tokens", default=2048, show_default=True, help="Most characters per choice.")
 @click.option("--max-n", default=16, show_default=True, help="Most choices per request.")
-@click.option("--max-prompt", default=4096, show_default=True, help="Longest prompt, in characters.")
+@click.option("--max-prompt", default=4096, show_default=True,
+              help="Longest prompt, in characters.")
 @user_errors
 def serve(checkpoint, host, port, api_key, name, max_batch, max_queue, max_tokens, max_n,
           max_prompt):
@@ -36,7 +37,8 @@ def serve(checkpoint, host, port, api_key, name, max_batch, max_queue, max_token
     except ImportError as e:
         if (e.name or "").split(".")[0] not in ("starlette", "uvicorn", "anyio", "h11"):
             raise
-        raise CharlmError("charlm serve needs the serve extra: pip install 'charlm[serve]'") from None
+        raise CharlmError("charlm serve needs the serve extra: "
+                          "pip install 'charlm[serve]'") from None
     from charlm.generation.checkpoint import load
     from charlm.model import is_recurrent
     for flag, value, least in [("--max-batch", max_batch, 1), ("--max-n", max_n, 1),

@@ -49,7 +49,8 @@ from charlm.training.presets import apply as apply_preset
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @user_errors
 def train(data, hf_split, as_json, preset, **options):
-    """Train a model; the run folder gets best.ckpt, last.ckpt, metrics.csv, samples.txt, run.json."""
+    """Train a model; the run folder gets best.ckpt, last.ckpt, metrics.csv, samples.txt,
+    run.json."""
     from charlm.training.environment import prepare_process
     from charlm.training.fit import TrainConfig, fit
     from charlm.training.interrupt import Interrupted

@@ -49,18 +49,18 @@ class Corpus:
 
 def split_bounds(n: int, val_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
     """[start, end) of each split; the same arithmetic as nanoGPT's int(n * 0.9)."""
-    for flag, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+    for flag, f in (("`val_fraction`", val_fraction), ("`test_fraction`", test_fraction)):
         if not 0.0 <= f < 1.0:
             raise CharlmError(f"{flag} must be in [0, 1), not {f}")
     if val_fraction + test_fraction >= 1.0:
-        raise CharlmError("--val-fraction plus --test-fraction must leave some text to train on")
+        raise CharlmError("`val_fraction` plus `test_fraction` must leave some text to train on")
     train_end = int(n * (1.0 - val_fraction - test_fraction))
     val_end = int(n * (1.0 - test_fraction)) if test_fraction else n
     bounds = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, n)}
     for name, frac in (("val", val_fraction), ("test", test_fraction)):
         a, b = bounds[name]
         if frac > 0 and b - a < 2:
-            raise CharlmError(f"--{name}-fraction {frac} leaves the {name} split with {b - a} "
+            raise CharlmError(f"`{name}_fraction` {frac} leaves the {name} split with {b - a} "
                               f"characters of {n}; use a larger fraction or more text")
     return bounds
 
@@ -174,7 +174,7 @@ class TrainStreams:
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, window: str = "stream",
                  seed: int = 0, rank: int = 0, world: int = 1):
         if window not in ("stream", "random"):
-            raise CharlmError(f"--window must be stream or random, not {window!r}")
+            raise CharlmError(f"`window` must be stream or random, not {window!r}")
         self.ids, self.batch_size, self.seq_len, self.window = ids, batch_size, seq_len, window
         self.seed, self.rank, self.world = seed, rank, world
         streams = batch_size * world
@@ -184,8 +184,8 @@ class TrainStreams:
             need = streams * seq_len + 1
             raise CharlmError(
                 f"the training split has {len(ids)} characters, fewer than one batch needs "
-                f"({need} = batch size {batch_size} x {world} process(es) x seq len {seq_len} + 1); "
-                f"use more text or a smaller --batch-size / --seq-len")
+                f"({need} = batch size {batch_size} x {world} process(es) "
+                f"x seq len {seq_len} + 1); use more text or a smaller `batch_size` / `seq_len`")
         self._offsets = np.arange(seq_len + 1)
 
     @property

@@ -1,10 +1,11 @@
 """The classic character-model corpora, downloaded by name and checked against published checksums.
 
 `charlm data get NAME` ends here: `get_corpus("tinyshakespeare", "data")` fetches Karpathy's
-char-rnn input.txt from its canonical address, checks it and leaves it as `data/tinyshakespeare.txt`.
-Zipped corpora (enwik8, text8) are unpacked to the same `data/<name>.txt` form. A download goes to a
-temporary file inside the data folder and is renamed into place only once verified, so a failed,
-interrupted or corrupted download never leaves a half file where a good one is expected.
+char-rnn input.txt from its canonical address, checks it and leaves it as
+`data/tinyshakespeare.txt`. Zipped corpora (enwik8, text8) are unpacked to the same
+`data/<name>.txt` form. A download goes to a temporary file inside the data folder and is renamed
+into place only once verified, so a failed, interrupted or corrupted download never leaves a half
+file where a good one is expected.
 
 Every error is a `CorpusError` (a `ValueError`) whose message is one sentence a CLI can print as is:
 `DownloadError` when the file cannot be fetched, `ChecksumError` when what arrived is not the
@@ -47,7 +48,8 @@ class ChecksumError(CorpusError):
 
 @dataclass(frozen=True)
 class Corpus:
-    """One downloadable corpus. Checksums are "algo:hex" (any hashlib name), None where unpublished."""
+    """One downloadable corpus. Checksums are "algo:hex" (any hashlib name), None where
+    unpublished."""
 
     name: str
     description: str
@@ -174,7 +176,7 @@ def _fetch(corpus: Corpus, path: Path, progress: bool) -> None:
     def fail(reason: str) -> DownloadError:
         return DownloadError(
             f"could not download {corpus.name} from {corpus.url}: {reason}; "
-            "download it by hand and pass the file to --data"
+            "download it by hand and pass the file to `data`"
         )
 
     try:
@@ -218,7 +220,7 @@ def _verify(corpus: Corpus, path: Path, size: int | None, checksum: str | None) 
     if problem is not None:
         raise ChecksumError(
             f"{corpus.name}: the file downloaded from {corpus.url} {problem}, so it was deleted; "
-            "try again, or download it by hand and pass the file to --data"
+            "try again, or download it by hand and pass the file to `data`"
         )
 
 

@@ -87,7 +87,8 @@ def resolve(spec: str, *, split: str = "train", text_column: str = "text",
         name = spec[len(HF_PREFIX):]
         parts = name.replace("\\", "/").split("/")
         if not name or name.startswith(("/", ".", "~")) or any(p in ("", ".", "..") for p in parts):
-            raise CharlmError(f"{spec!r} is not a Hugging Face dataset name (expected hf:OWNER/NAME)")
+            raise CharlmError(f"{spec!r} is not a Hugging Face dataset name "
+                              f"(expected hf:OWNER/NAME)")
         return Source(spec, "hub", options={"split": split, "text_column": text_column,
                                             "streaming": streaming})
     path = Path(spec).expanduser()
@@ -123,11 +124,11 @@ def _decode_error(path: Path, encoding: str) -> CharlmError:
                 at = offset - pending + e.start
                 return CharlmError(
                     f"{path} is not valid {encoding}: byte 0x{e.object[e.start]:02x} at offset "
-                    f"{at} does not decode; pass --encoding (for example --encoding latin-1)")
+                    f"{at} does not decode; pass `encoding` (for example `encoding` latin-1)")
             if not block:
                 break
             offset += len(block)
-    return CharlmError(f"{path} could not be decoded as {encoding}; pass --encoding")
+    return CharlmError(f"{path} could not be decoded as {encoding}; pass `encoding`")
 
 
 def _file_chunks(path: Path, encoding: str) -> Iterator[str]:
@@ -139,7 +140,7 @@ def _file_chunks(path: Path, encoding: str) -> Iterator[str]:
     except UnicodeDecodeError:
         raise _decode_error(path, encoding) from None
     except LookupError:
-        raise CharlmError(f"unknown --encoding {encoding!r}") from None
+        raise CharlmError(f"unknown `encoding` {encoding!r}") from None
 
 
 def _documents(source: Source, encoding: str) -> Iterator[Iterator[str]]:
@@ -177,7 +178,7 @@ def _rows(source: Source) -> Iterator[str]:
         column = opts["text_column"]
     names = ds.column_names
     if names is not None and column not in names:
-        raise CharlmError(f"{source.spec} has no column {column!r}; pass --text-column "
+        raise CharlmError(f"{source.spec} has no column {column!r}; pass `text_column` "
                           f"(columns: {', '.join(names)})")
     if isinstance(ds, datasets.IterableDataset):  # --streaming: one row at a time
         for row in ds:

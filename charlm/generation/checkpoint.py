@@ -107,8 +107,9 @@ def _from_export(path: Path) -> tuple[CharRNN, CharVocab, dict]:
         with contextlib.redirect_stdout(io.StringIO()):  # the mixin prints where it loads from
             exported = ExportedModel.from_pretrained(str(path))
     except Exception as e:  # a broken export can fail in json, safetensors or the constructor
-        raise CharlmError(f"{path} is not a readable charlm export: "
-                          f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+        raise CharlmError(
+            f"{path} is not a readable charlm export: "
+            f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
     info = {"path": str(path), **exported.info}
     try:
         vocab = CharVocab(exported.vocab)

@@ -1,4 +1,5 @@
-"""Scoring a trained model on its own splits or on new text (the library side of ``charlm eval``)."""
+"""Scoring a trained model on its own splits or on new text (the library side of
+``charlm eval``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def run_corpus(info: dict, vocab: CharVocab, data: list[str] | None = None,
     """``data``, or else the data the checkpoint was trained on, encoded with its vocabulary."""
     sources = data or (info.get("data") or {}).get("sources")
     if not sources:
-        raise CharlmError("this model does not record its training data; pass --data")
+        raise CharlmError("this model does not record its training data; pass `data`")
     return load_corpus(sources, vocab=vocab, **load_options)
 
 
@@ -27,7 +28,7 @@ def run_split(corpus: Corpus, info: dict, which: str) -> np.ndarray:
     run = info.get("data") or {}
     ids = corpus.split(run.get("val_fraction", 0.1), run.get("test_fraction", 0.0))[which]
     if len(ids) < 2:
-        raise CharlmError(f"the {which} split is empty for this run; use --split all or another")
+        raise CharlmError(f"the {which} split is empty for this run; use `split` all or another")
     return ids
 
 
@@ -40,7 +41,7 @@ def evaluate_checkpoint(checkpoint: str, data: list[str], which: str = "val", *,
     reported (``unknown_chars``, ``unknown``), never dropped silently.
     """
     if seq_len < 1:
-        raise CharlmError(f"--seq-len must be at least 1, not {seq_len}")
+        raise CharlmError(f"`seq_len` must be at least 1, not {seq_len}")
     model, vocab, info = load(checkpoint)
     corpus = run_corpus(info, vocab, data, encoding=encoding, text_column=text_column,
                         split=hf_split, streaming=streaming)

@@ -34,12 +34,12 @@ class SampleSettings:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise CharlmError(f"--temperature must be a finite number >= 0 (0 means greedy), "
+            raise CharlmError(f"`temperature` must be a finite number >= 0 (0 means greedy), "
                               f"not {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
-            raise CharlmError(f"--top-k must be at least 1, not {self.top_k}")
+            raise CharlmError(f"`top_k` must be at least 1, not {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise CharlmError(f"--top-p must be in (0, 1], not {self.top_p}")
+            raise CharlmError(f"`top_p` must be in (0, 1], not {self.top_p}")
 
 
 def pick(logits: Tensor, s: SampleSettings,
@@ -145,7 +145,8 @@ class Stepper:
 
 
 def stepper(model: CharRNN) -> Step:
-    """One-character steps for ``model`` on its own state layout: (ids (B,), state) → logits, state."""
+    """One-character steps for ``model`` on its own state layout: (ids (B,), state) → logits,
+    state."""
     s = Stepper(model)
 
     def step(ids: Tensor, state: State) -> tuple[Tensor, State]:
@@ -184,9 +185,9 @@ def sample_generators(seed: int | None, num_samples: int,
 def check_length(length: int, num_samples: int = 1) -> None:
     """A length and a sample count a user can ask for (one sentence otherwise)."""
     if length < 0:
-        raise CharlmError(f"--length must be at least 0, not {length}")
+        raise CharlmError(f"`length` must be at least 0, not {length}")
     if num_samples < 1:
-        raise CharlmError(f"--num-samples must be at least 1, not {num_samples}")
+        raise CharlmError(f"`num_samples` must be at least 1, not {num_samples}")
 
 
 def prime(model: CharRNN, vocab: CharVocab, ids: list[int],

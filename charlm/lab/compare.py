@@ -102,7 +102,7 @@ def _status(run_dir: Path, expected: dict) -> tuple[str, dict | None]:
     for key, value in expected.items():
         if recorded and key not in NOT_COMPARED and recorded.get(key, value) != value:
             raise CharlmError(f"{run_dir} was trained with {key}={recorded.get(key)!r}, not "
-                              f"{value!r}; use another --out to compare different settings")
+                              f"{value!r}; use another `out` to compare different settings")
     if "compare" in record:
         return "measured", record["compare"]
     if "results" in record:
@@ -151,7 +151,7 @@ def _one_run(c: CompareConfig, train: TrainConfig, run_dir: Path, overall: tqdm,
             return execute(spec, run_dir, report)
         except (KeyboardInterrupt, Interrupted):
             raise CharlmError(f"interrupted during {run_dir.name}; run the same command again to "
-                              f"skip the finished runs (with --resume to continue {run_dir.name} "
+                              f"skip the finished runs (with `resume` to continue {run_dir.name} "
                               f"from its last checkpoint)") from None
 
 
@@ -194,7 +194,7 @@ def _checkpoint_data(c: CompareConfig) -> list[str]:
         recorded.append((load(path)[2].get("data") or {}).get("sources"))
     if recorded and all(r == recorded[0] for r in recorded) and recorded[0]:
         return list(recorded[0])
-    raise CharlmError("the checkpoints do not record the same training data; pass --data")
+    raise CharlmError("the checkpoints do not record the same training data; pass `data`")
 
 
 def run_compare(c: CompareConfig) -> dict:

@@ -1,4 +1,5 @@
-"""CompareConfig: what a comparison trains (the shared settings, the cells, their size, the seeds)."""
+"""CompareConfig: what a comparison trains (the shared settings, the cells, their size, the
+seeds)."""
 
 from __future__ import annotations
 
@@ -37,25 +38,25 @@ class CompareConfig:
     def __post_init__(self) -> None:
         self.checkpoints, self.out = [str(p) for p in self.checkpoints], str(self.out)
         if self.params is not None and self.hidden_size is not None:
-            raise CharlmError("give --params or --hidden-size, not both")
+            raise CharlmError("give `params` or `hidden_size`, not both")
         if self.params is None and self.hidden_size is None:
             self.params = DEFAULT_PARAMS
         if self.params is not None and self.params < 1:
-            raise CharlmError(f"--params must be at least 1, not {self.params}")
+            raise CharlmError(f"`params` must be at least 1, not {self.params}")
         if self.seeds < 1:
-            raise CharlmError(f"--seeds must be at least 1, not {self.seeds}")
+            raise CharlmError(f"`seeds` must be at least 1, not {self.seeds}")
         unknown = [c for c in self.cells if c not in cell_names()]
         if unknown:
-            raise CharlmError(f"unknown cell {unknown[0]!r} in --cells; choose from "
+            raise CharlmError(f"unknown cell {unknown[0]!r} in `cells`; choose from "
                               f"{', '.join(cell_names())}")
         other = [c for c in self.cells if not is_recurrent(c)]
         if other:  # its gradient flow and samples are measured through a recurrent state
             raise CharlmError(f"charlm compare takes recurrent cells; {other[0]!r} is not one "
                               f"(train it with charlm train --cell {other[0]})")
         if len(set(self.cells)) != len(self.cells):
-            raise CharlmError("--cells names a cell twice")
+            raise CharlmError("`cells` names a cell twice")
         if not self.cells and not self.checkpoints:
-            raise CharlmError("nothing to compare: give --cells or checkpoints")
+            raise CharlmError("nothing to compare: give `cells` or checkpoints")
         no_budget = self.train.max_steps is None and self.train.max_time is None
         # the budget is steps or time, the same for every cell
         self.train = replace(self.train, max_epochs=None,

@@ -292,7 +292,7 @@ def _measures_note(s: dict) -> str:
 
 def _memory_note(s: dict) -> str:
     if not s["isolated"]:
-        return "Peak memory: not measured (runs shared one process, --in-process)."
+        return "Peak memory: not measured (the runs shared one process)."
     return ("Peak RSS: the largest resident memory of each run's own training process up to the "
             "end of training (VmHWM in /proc/self/status; ru_maxrss where there is no /proc). It "
             "includes the Python, torch and Lightning runtime, shown as *RSS before training* "

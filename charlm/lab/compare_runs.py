@@ -2,8 +2,8 @@
 
 Every run, trained here or elsewhere, goes through the same ``measure``: gradient flow at
 initialisation and after training, generation speed at batch 1 and a sample from the same prompt.
-A training run can execute in its own process (``python -m charlm.lab.compare_runs RUN_DIR``), so its
-peak memory is its own and a crash cannot take the comparison down; it then reports its progress
+A training run can execute in its own process (``python -m charlm.lab.compare_runs RUN_DIR``), so
+its peak memory is its own and a crash cannot take the comparison down; it then reports its progress
 to the parent as JSON lines on stdout and writes everything else to RUN_DIR/train.log.
 
     RUN_DIR/spec.json   what to do (written by the parent)
@@ -151,7 +151,8 @@ def train_and_measure(spec: dict, run_dir: Path, report: Progress | None = None)
 
 def run_isolated(spec: dict, run_dir: Path, report: Progress | None = None) -> dict:
     """``train_and_measure`` in a child process; its CharlmError comes back as one."""
-    atomic_write_bytes(run_dir / "spec.json", json.dumps({**spec, "isolated": True}, indent=2).encode())
+    atomic_write_bytes(run_dir / "spec.json",
+                       json.dumps({**spec, "isolated": True}, indent=2).encode())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run_dir / "train.log", "ab") as log:
         child = subprocess.Popen([sys.executable, "-m", "charlm.lab.compare_runs", str(run_dir)],
@@ -198,7 +199,7 @@ def _child(run_dir: Path) -> int:
     try:
         train_and_measure(spec, run_dir, report)
     except CharlmError as e:
-        print(json.dumps({"error": str(e)}), flush=True)
+        print(json.dumps({"error": e.template}), flush=True)  # the parent names the flags
         return 1
     print(json.dumps({"done": True}), flush=True)
     return 0

@@ -28,7 +28,7 @@ def window_starts(n: int, span: int, windows: int) -> np.ndarray:
     """``windows`` start positions spread evenly over ``n`` ids, each leaving ``span`` ids."""
     if n < span:
         raise CharlmError(f"the gradient-flow probe needs {span} characters per window and the "
-                          f"split has {n}; use a smaller --probe-k or more text")
+                          f"split has {n}; use a smaller `probe_k` or more text")
     return np.linspace(0, n - span, num=windows).round().astype(np.int64)
 
 

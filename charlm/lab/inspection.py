@@ -76,9 +76,9 @@ def read_text(vocab: CharVocab, *, text_file: str | None = None, data: list[str]
     where it came from, and a message naming the characters outside the model's vocabulary that
     were skipped ("" when there were none)."""
     if bool(text_file) == bool(data):
-        raise CharlmError("pass either --text FILE or --data SOURCE (exactly one)")
+        raise CharlmError("pass either `text` FILE or `data` SOURCE (exactly one)")
     if chars < 2:
-        raise CharlmError(f"--chars must be at least 2, not {chars}")
+        raise CharlmError(f"`chars` must be at least 2, not {chars}")
     if text_file:
         try:
             raw = Path(text_file).read_text(encoding=encoding)
@@ -86,7 +86,7 @@ def read_text(vocab: CharVocab, *, text_file: str | None = None, data: list[str]
             raise CharlmError(f"no such text file: {text_file}") from None
         except (UnicodeDecodeError, LookupError) as e:
             raise CharlmError(f"{text_file} cannot be read as {encoding} text ({e}); "
-                              f"pass the right --encoding") from None
+                              f"pass the right `encoding`") from None
         text, skipped = known_text(raw, vocab, chars)
         source = str(text_file)
     else:  # a corpus source skips unknown characters itself and counts them over all of it
@@ -109,7 +109,7 @@ def inspect_checkpoint(checkpoint: str, *, text_file: str | None = None,
                        **read_options) -> Inspection:
     """Trace ``checkpoint`` over the text, find interpretable units and measure its gates."""
     if top < 1:
-        raise CharlmError(f"--top must be at least 1, not {top}")
+        raise CharlmError(f"`top` must be at least 1, not {top}")
     model, vocab, _ = load(checkpoint)
     if not is_recurrent(model.config.cell):
         raise CharlmError(f"{checkpoint} is a {model.config.cell}, which has no recurrent units "
@@ -118,7 +118,7 @@ def inspect_checkpoint(checkpoint: str, *, text_file: str | None = None,
                                       **read_options)
     acts = trace_text(model, vocab, text)
     if layer is not None and layer not in acts.layers:
-        raise CharlmError(f"--layer must be one of {', '.join(map(str, acts.layers))} for this "
+        raise CharlmError(f"`layer` must be one of {', '.join(map(str, acts.layers))} for this "
                           f"model (0 is the first layer), not {layer}")
     matches, absent = find_units(acts, top, None if layer is None else [layer])
     notes = [n for n in (skipped, *acts.notes) if n]

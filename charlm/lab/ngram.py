@@ -1,4 +1,5 @@
-"""A character n-gram language model (interpolated Kneser–Ney), the baseline the recurrent cells face.
+"""A character n-gram language model (interpolated Kneser–Ney), the baseline the recurrent
+cells face.
 
 This is interpolated *modified* Kneser–Ney (Chen & Goodman 1998: three discounts per gram length,
 for grams seen once, twice and three or more times), the variant KenLM and SRILM use; passing a
@@ -43,7 +44,8 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 def _extend(prefix: np.ndarray, next_ids: np.ndarray, vocab_size: int, length: int) -> np.ndarray:
-    """Keys of the grams ``prefix + next_id`` of ``length`` chars: base-V while it fits, else a hash."""
+    """Keys of the grams ``prefix + next_id`` of ``length`` chars: base-V while it fits, else a
+    hash."""
     if vocab_size**length <= 2**64:
         return prefix * np.uint64(vocab_size) + next_ids
     x = prefix * _PHI + next_ids + np.uint64(1)
@@ -228,7 +230,8 @@ def fit_best_order(
     vocab_size: int,
     orders: Iterable[int] = range(1, 11),
 ) -> tuple[NGramModel, dict[int, float]]:
-    """Fit each order on train, keep the one with the lowest val nats; return it and {order: nats}."""
+    """Fit each order on train, keep the one with the lowest val nats; return it and
+    {order: nats}."""
     val_nats: dict[int, float] = {}
     best: NGramModel | None = None
     for order in orders:

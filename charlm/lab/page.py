@@ -7,10 +7,11 @@ next characters, computed here in Python and embedded as JSON.
 
 Safety: the page fetches nothing (inline CSS, JS and a data: image only) and shows untrusted text.
 Every piece of text in markup goes through ``html.escape`` (the text itself is one ``<span>``
-per character, which alone keeps a tag from forming across characters); the JSON sits in a non-executing
-``<script type="application/json">`` with ``<``, ``>`` and ``&`` written as \\u escapes, so no
-``</script>`` can end it early; and a Content-Security-Policy lets only the page's own script run
-(by its sha256), so even a missed escape could not execute an injected script or handler.
+per character, which alone keeps a tag from forming across characters); the JSON sits in a
+non-executing ``<script type="application/json">`` with ``<``, ``>`` and ``&`` written as \\u
+escapes, so no ``</script>`` can end it early; and a Content-Security-Policy lets only the page's
+own script run (by its sha256), so even a missed escape could not execute an injected script or
+handler.
 """
 
 from __future__ import annotations
@@ -32,17 +33,21 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 72e
 h1 { font-size: 1.3em; margin: 0 0 .2em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
 .meta { color: #555; } .note { background: #fff4d6; border-left: 4px solid #e0a800;
   padding: .4em .7em; margin: .5em 0; }
-.controls { position: sticky; top: 0; background: #fff; padding: .5em 0; border-bottom: 1px solid #ddd; }
+.controls { position: sticky; top: 0; background: #fff; padding: .5em 0; \
+border-bottom: 1px solid #ddd; }
 .legend { display: inline-block; width: 10em; height: .9em; vertical-align: middle; margin: 0 .3em;
-  background: linear-gradient(to right, rgb(235,50,40), #fff, rgb(40,110,255)); border: 1px solid #ccc; }
+  background: linear-gradient(to right, rgb(235,50,40), #fff, rgb(40,110,255)); \
+border: 1px solid #ccc; }
 #text { font: 13px/1.6 ui-monospace, Menlo, Consolas, monospace; white-space: pre-wrap;
   word-break: break-all; margin-top: 1em; }
 #text span { cursor: default; } #text span:hover { outline: 1px solid #000; }
-#tip { position: absolute; display: none; pointer-events: none; background: #fff; border: 1px solid #999;
+#tip { position: absolute; display: none; pointer-events: none; background: #fff; \
+border: 1px solid #999;
   box-shadow: 0 2px 8px rgba(0,0,0,.25); padding: .4em .6em; font: 12px/1.4 ui-monospace, monospace;
   white-space: pre; z-index: 10; }
 #tip .actual { font-weight: bold; }
-table { border-collapse: collapse; font-size: 13px; } td, th { padding: .15em .7em; text-align: right; }
+table { border-collapse: collapse; font-size: 13px; } \
+td, th { padding: .15em .7em; text-align: right; }
 th { border-bottom: 1px solid #999; } td:first-child, th:first-child { text-align: left; }
 tr[data-k] { cursor: pointer; } tr[data-k]:hover { background: #eef; }
 img { max-width: 100%; }
@@ -61,7 +66,8 @@ function colour(v) {  // -1 red, 0 white, +1 blue, as alpha over the white page
 }
 function show(k) {
   current = D.series[k];
-  for (let i = 0; i < spans.length; i++) spans[i].style.backgroundColor = colour(current.values[i] / 100);
+  for (let i = 0; i < spans.length; i++) \
+spans[i].style.backgroundColor = colour(current.values[i] / 100);
   document.getElementById("shown").textContent = current.label;
 }
 function line(text, cls) {
@@ -77,8 +83,10 @@ function explain(i) {  // what the model expects after character i
   line("next character:");
   const next = i + 1 < D.ids.length ? D.ids[i + 1] : -1;
   D.top_ids[i].forEach((id, j) => line(`  ${D.labels[id]} ${(D.top_p[i][j] / 10).toFixed(1)}%` +
-                                        (id === next ? "  \\u2190 actual" : ""), id === next ? "actual" : ""));
-  if (next >= 0 && !D.top_ids[i].includes(next)) line(`  actual: ${D.labels[next]} (not in the top ${D.top_ids[i].length})`);
+                                        (id === next ? "  \\u2190 actual" : ""), \
+id === next ? "actual" : ""));
+  if (next >= 0 && !D.top_ids[i].includes(next)) \
+line(`  actual: ${D.labels[next]} (not in the top ${D.top_ids[i].length})`);
 }
 const text = document.getElementById("text");
 text.addEventListener("mouseover", (e) => {
@@ -88,7 +96,8 @@ text.addEventListener("mouseover", (e) => {
   tip.style.display = "block";
 });
 text.addEventListener("mousemove", (e) => {
-  tip.style.left = Math.min(e.pageX + 14, window.scrollX + window.innerWidth - tip.offsetWidth - 8) + "px";
+  tip.style.left = Math.min(e.pageX + 14, \
+window.scrollX + window.innerWidth - tip.offsetWidth - 8) + "px";
   tip.style.top = (e.pageY + 18) + "px";
 });
 text.addEventListener("mouseleave", () => { tip.style.display = "none"; });

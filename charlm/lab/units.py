@@ -178,7 +178,8 @@ class UnitMatch:
 
 def find_units(acts: Activations, top: int = 3,
                layers: list[int] | None = None) -> tuple[list[UnitMatch], list[str]]:
-    """The ``top`` units per feature by |r|, and the features absent from (constant over) the text."""
+    """The ``top`` units per feature by |r|, and the features absent from (constant over) the
+    text."""
     features = text_features(acts.text)
     names = list(features)
     feats = np.stack([features[n] for n in names], 1)                 # (T, F)

@@ -53,13 +53,13 @@ def visualize(checkpoint: str, out: str | Path, *, units: list[int] | None = Non
     """Write the self-contained page (and the gate plot next to it); return what was found."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
-        raise CharlmError(f"--out must name an .html file, not {out}")
+        raise CharlmError(f"`out` must name an .html file, not {out}")
     if not out.parent.is_dir():
-        raise CharlmError(f"--out: the folder {out.parent} does not exist")
+        raise CharlmError(f"`out`: the folder {out.parent} does not exist")
     insp = inspect_checkpoint(checkpoint, layer=layer, **inspect_options)
     bad = [u for u in units or () if not 0 <= u < insp.acts.hidden_size]
     if bad:
-        raise CharlmError(f"--units: the model has units 0..{insp.acts.hidden_size - 1} per layer, "
+        raise CharlmError(f"`units`: the model has units 0..{insp.acts.hidden_size - 1} per layer, "
                           f"so {', '.join(map(str, bad))} do not exist")
     png_path = gates_png_path(out) if insp.stats else None
     png = plot_gates(insp.stats, png_path) if png_path else None

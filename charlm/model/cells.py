@@ -14,7 +14,8 @@ For layer k, torch stacks the note's per-gate matrices row-wise, G blocks of H r
     LSTM  G=4   [W_i; W_f; W_C; W_o]      torch's order i, f, g, o (the note lists i, f, o, g)
     GRU   G=3   [W_r; W_z; W_n]
 
-e.g. the note's W_f·[h_{t-1}, x_t] + b_f = weight_hh[H:2H] h + weight_ih[H:2H] x + (bias_ih + bias_hh)[H:2H].
+e.g. the note's W_f·[h_{t-1}, x_t] + b_f = weight_hh[H:2H] h + weight_ih[H:2H] x +
+(bias_ih + bias_hh)[H:2H].
 
 Speed: each layer projects its whole input sequence with one matmul, (B, T, G·H), then loops over
 time with one ``h @ W_hh.T`` per step. ``step`` runs one time step (two addmm per layer) for fast
@@ -128,7 +129,8 @@ class ExplicitCell(nn.Module):
         self.input_size, self.hidden_size = input_size, hidden_size
         self.num_layers, self.dropout, self.batch_first = num_layers, float(dropout), True
         rows = self.gate_blocks * hidden_size
-        self._names = []  # per layer (weight_ih, weight_hh, bias_ih, bias_hh): saves f-strings per step
+        # per layer (weight_ih, weight_hh, bias_ih, bias_hh): saves f-strings per step
+        self._names = []
         for k in range(num_layers):
             cols = input_size if k == 0 else hidden_size
             names = tuple(f"{w}_l{k}" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
@@ -152,10 +154,12 @@ class ExplicitCell(nn.Module):
         return tuple(self._parameters[n] for n in self._names[k])  # type: ignore[return-value]
 
     def project(self, x: Tensor, w_ih: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
-        """The input's share of every gate's pre-activation, x W_ih^T + b_ih, for all steps at once."""
+        """The input's share of every gate's pre-activation, x W_ih^T + b_ih, for all steps at
+        once."""
         return F.linear(x, w_ih, b_ih)
 
-    def step_gates(self, gx: Tensor, s: LayerState, w_hh: Tensor, b_hh: Tensor) -> dict[str, Tensor]:
+    def step_gates(self, gx: Tensor, s: LayerState, w_hh: Tensor,
+                   b_hh: Tensor) -> dict[str, Tensor]:
         """One layer, one step: gx (B, G·H) and the layer's state → its gates and new state."""
         raise NotImplementedError
 
@@ -242,7 +246,8 @@ class _SummedBias(ExplicitCell):
 class ExplicitRNN(_SummedBias):
     """The note's Elman RNN, h_t = tanh(W_hh h_{t-1} + W_xh x_t + b); drop-in for ``nn.RNN``."""
 
-    def step_gates(self, gx: Tensor, s: LayerState, w_hh: Tensor, b_hh: Tensor) -> dict[str, Tensor]:
+    def step_gates(self, gx: Tensor, s: LayerState, w_hh: Tensor,
+                   b_hh: Tensor) -> dict[str, Tensor]:
         (h,) = s
         return {"h": rnn_hidden(torch.addmm(gx, h, w_hh.t()))}  # (B, H)
 
@@ -255,7 +260,8 @@ class ExplicitLSTM(_SummedBias):
 
     gate_blocks, state_keys = 4, ("h", "c")
 
-    def step_gates(self, gx: Tensor, s: LayerState, w_hh: Tensor, b_hh: Tensor) -> dict[str, Tensor]:
+    def step_gates(self, gx: Tensor, s: LayerState, w_hh: Tensor,
+                   b_hh: Tensor) -> dict[str, Tensor]:
         h, c = s
         a_i, a_f, a_g, a_o = torch.addmm(gx, h, w_hh.t()).chunk(4, 1)  # each (B, H)
         i, f, g, o = input_gate(a_i), forget_gate(a_f), gate_gate(a_g), output_gate(a_o)
@@ -272,7 +278,8 @@ class ExplicitGRU(ExplicitCell):
 
     gate_blocks = 3
 
-    def step_gates(self, gx: Tensor, s: LayerState, w_hh: Tensor, b_hh: Tensor) -> dict[str, Tensor]:
+    def step_gates(self, gx: Tensor, s: LayerState, w_hh: Tensor,
+                   b_hh: Tensor) -> dict[str, Tensor]:
         (h,) = s
         gh = torch.addmm(b_hh, h, w_hh.t())  # (B, 3H): r gates after W_hn, so one matmul serves all
         x_r, x_z, x_n = gx.chunk(3, 1)
@@ -303,7 +310,8 @@ class NoteGRU(ExplicitCell):
 
     gate_blocks = 3
 
-    def step_gates(self, gx: Tensor, s: LayerState, w_hh: Tensor, b_hh: Tensor) -> dict[str, Tensor]:
+    def step_gates(self, gx: Tensor, s: LayerState, w_hh: Tensor,
+                   b_hh: Tensor) -> dict[str, Tensor]:
         (h,) = s
         hs = self.hidden_size
         x_r, x_z, x_n = gx.chunk(3, 1)
@@ -365,7 +373,8 @@ _FUSED = {explicit: fused for fused, explicit in _EXPLICIT.items()}
 
 def _copy_into(src: nn.Module, dst: nn.Module) -> nn.Module:
     p = next(src.parameters())
-    dst.to(device=p.device, dtype=p.dtype).load_state_dict(src.state_dict())  # same names: no mapping
+    # same names: no mapping
+    dst.to(device=p.device, dtype=p.dtype).load_state_dict(src.state_dict())
     return dst.train(src.training)
 
 
@@ -424,4 +433,5 @@ for _name, _kind in (("rnn", ExplicitRNN), ("lstm", ExplicitLSTM), ("gru", Expli
 register_cell("gru-note", None, explicit=NoteGRU)  # explicit only
 register_cell("lstm-ln", None, explicit=LayerNormLSTM, lstm_gates=True)
 
-__all__ = ["ExplicitCell", "explicit_twin", "ExplicitGRU", "ExplicitLSTM", "ExplicitRNN", "LayerNormLSTM", "NoteGRU", "to_explicit", "to_fused"]
+__all__ = ["ExplicitCell", "explicit_twin", "ExplicitGRU", "ExplicitLSTM", "ExplicitRNN",
+           "LayerNormLSTM", "NoteGRU", "to_explicit", "to_fused"]

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from charlm.errors import SettingError
 from charlm.model.registry import cell
 
 State = Tensor | tuple[Tensor, ...]
@@ -58,22 +59,25 @@ class ModelConfig:
     def __post_init__(self) -> None:
         entry = cell(self.cell)  # raises with the list of valid names
         if self.impl not in IMPLS:
-            raise ValueError(f"--impl must be one of {', '.join(IMPLS)}, not {self.impl!r}")
+            raise SettingError(f"`impl` must be one of {', '.join(IMPLS)}, not {self.impl!r}")
         if self.impl == "auto":
             self.impl = "fused" if entry.fused is not None else "explicit"
         if self.impl == "fused" and entry.fused is None:
-            raise ValueError(f"cell {self.cell!r} has no fused implementation; use --impl explicit")
+            raise SettingError(f"cell {self.cell!r} has no fused implementation; "
+                               f"use `impl` explicit")
         if self.impl == "explicit" and entry.explicit is None:
-            raise ValueError(f"cell {self.cell!r} has no explicit implementation; use --impl fused")
-        for flag, value in (("--hidden-size", self.hidden_size), ("--num-layers", self.num_layers),
-                            ("--embedding-dim", self.embedding_dim), ("vocab size", self.vocab_size)):
+            raise SettingError(f"cell {self.cell!r} has no explicit implementation; "
+                               f"use `impl` fused")
+        for flag, value in (("`hidden_size`", self.hidden_size), ("`num_layers`", self.num_layers),
+                            ("`embedding_dim`", self.embedding_dim),
+                            ("`vocab_size`", self.vocab_size)):
             if value < 1:
-                raise ValueError(f"{flag} must be at least 1, not {value}")
-        for flag, value in (("--dropout", self.dropout), ("--weight-drop", self.weight_drop)):
+                raise SettingError(f"{flag} must be at least 1, not {value}")
+        for flag, value in (("`dropout`", self.dropout), ("`weight_drop`", self.weight_drop)):
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"{flag} must be in [0, 1), not {value}")
+                raise SettingError(f"{flag} must be in [0, 1), not {value}")
         if self.init not in INITS:
-            raise ValueError(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
+            raise SettingError(f"`init` must be one of {', '.join(INITS)}, not {self.init!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,12 +88,12 @@ def build_cell(config: ModelConfig, impl: str | None = None) -> nn.Module:
     entry = cell(config.cell)
     factory = entry.explicit if (impl or config.impl) == "explicit" else entry.fused
     if factory is None:
-        raise ValueError(f"cell {config.cell!r} has no {impl or config.impl} implementation")
+        raise SettingError(f"cell {config.cell!r} has no {impl or config.impl} implementation")
     try:  # a cell's own settings (the transformer's heads and context) come from ``extra``
         return factory(config.embedding_dim, config.hidden_size, config.num_layers,
                        config.dropout, **config.extra)
     except TypeError as e:
-        raise ValueError(f"cell {config.cell!r} does not take the settings "
+        raise SettingError(f"cell {config.cell!r} does not take the settings "
                          f"{', '.join(config.extra)}: {e}") from None
 
 

@@ -34,7 +34,8 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         why = ("is already in use" if e.errno == errno.EADDRINUSE else
-               "needs more privileges" if e.errno == errno.EACCES else f"cannot be used ({e.strerror})")
+               "needs more privileges" if e.errno == errno.EACCES else
+               f"cannot be used ({e.strerror})")
         raise CharlmError(f"port {port} on {host} {why}") from None
     return sock
 

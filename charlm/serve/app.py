@@ -42,12 +42,14 @@ async def _read_json(request: Request):
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY:
-            raise ApiError(413, f"the request body is over {MAX_BODY} bytes", None, "body_too_large")
+            raise ApiError(413, f"the request body is over {MAX_BODY} bytes", None,
+                           "body_too_large")
         chunks.append(chunk)
     try:
         return json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON: {e}", None, "invalid_json") from None
+        raise ApiError(400, f"the request body is not valid JSON: {e}", None,
+                       "invalid_json") from None
 
 
 class Server:
@@ -176,7 +178,8 @@ class Server:
                         yield _sse({"error": {"message": text, "type": "server_error",
                                               "param": None, "code": "internal_error"}})
                         return
-                    lp = api.logprobs_block(entries, sent[index]) if c.logprobs is not None else None
+                    lp = (api.logprobs_block(entries, sent[index]) if c.logprobs is not None
+                          else None)
                     sent[index] += len(text)
                     left -= finish is not None
                     yield _sse(api.envelope(cid, self.name, [api.choice(index, text, lp, finish)]))

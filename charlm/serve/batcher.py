@@ -2,9 +2,9 @@
 
 A worker thread owns the model, so generation never blocks the event loop. Each turn it
 (1) admits waiting requests while rows are free, priming each with one forward of its prompt
-(``sampling.prime``, as ``charlm sample`` does), (2) picks every row's next character with that row's
-own settings and generator (``sampling.pick``, grouped by settings), (3) hands the characters to
-the requests' streams, and (4) drops finished or abandoned rows and steps the rest as one batch.
+(``sampling.prime``, as ``charlm sample`` does), (2) picks every row's next character with that
+row's own settings and generator (``sampling.pick``, grouped by settings), (3) hands the characters
+to the requests' streams, and (4) drops finished or abandoned rows and steps the rest as one batch.
 
     rows:  [ A/0 | A/1 | A/2 | B/0 | C/0 ]   one request's n choices are n rows
     turn:  admit → pick (per settings group) → deliver → drop done rows → Stepper.step (B,) → (B, V)
@@ -124,7 +124,8 @@ class Batcher:
             self._cond.notify()
 
     def cancel(self, job: Job) -> None:
-        """Abandon ``job``: a waiting one leaves the line now, an active one's rows at the next turn."""
+        """Abandon ``job``: a waiting one leaves the line now, an active one's rows at the next
+        turn."""
         job.cancelled = True
         with self._cond:
             if job in self._waiting:

@@ -50,7 +50,8 @@ class TrainConfig:
     devices: str = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: str = "auto"  # bf16-mixed where this machine computes it faster (charlm.training.precision)
+    # bf16-mixed where this machine computes it faster (charlm.training.precision)
+    precision: str = "auto"
     encoding: str = "utf-8"
     text_column: str = "text"
     split: str = "train"
@@ -58,32 +59,34 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for flag, value in (("--lr", self.lr), ("--weight-decay", self.weight_decay),
-                            ("--grad-clip", self.grad_clip), ("--max-time", self.max_time),
-                            ("--val-fraction", self.val_fraction),
-                            ("--test-fraction", self.test_fraction),
-                            ("--dropout", self.dropout), ("--weight-drop", self.weight_drop)):
+        for flag, value in (("`lr`", self.lr), ("`weight_decay`", self.weight_decay),
+                            ("`grad_clip`", self.grad_clip), ("`max_time`", self.max_time),
+                            ("`val_fraction`", self.val_fraction),
+                            ("`test_fraction`", self.test_fraction),
+                            ("`dropout`", self.dropout), ("`weight_drop`", self.weight_drop)):
             if value is not None and not math.isfinite(value):
                 raise CharlmError(f"{flag} must be a finite number, not {value}")
         if self.lr <= 0:
-            raise CharlmError(f"--lr must be positive, not {self.lr}")
-        for flag, value in (("--weight-decay", self.weight_decay), ("--grad-clip", self.grad_clip),
-                            ("--warmup-steps", self.warmup_steps)):
+            raise CharlmError(f"`lr` must be positive, not {self.lr}")
+        for flag, value in (("`weight_decay`", self.weight_decay), ("`grad_clip`", self.grad_clip),
+                            ("`warmup_steps`", self.warmup_steps)):
             if value < 0:
                 raise CharlmError(f"{flag} must be >= 0, not {value}")
-        for flag, value in (("--seq-len", self.seq_len), ("--batch-size", self.batch_size),
-                            ("--num-nodes", self.num_nodes)):
+        for flag, value in (("`seq_len`", self.seq_len), ("`batch_size`", self.batch_size),
+                            ("`num_nodes`", self.num_nodes)):
             if value is not None and value < 1:
                 raise CharlmError(f"{flag} must be at least 1, not {value}")
-        for flag, value in (("--max-steps", self.max_steps), ("--max-epochs", self.max_epochs)):
+        for flag, value in (("`max_steps`", self.max_steps), ("`max_epochs`", self.max_epochs)):
             if value is not None and value < 1:
                 raise CharlmError(f"{flag} must be at least 1, not {value}")
         if self.max_time is not None and self.max_time <= 0:
-            raise CharlmError(f"--max-time must be a positive number of minutes, not {self.max_time}")
+            raise CharlmError(f"`max_time` must be a positive number of minutes, "
+                              f"not {self.max_time}")
         if self.eval_every < 0 or self.sample_every < 0:
-            raise CharlmError("--eval-every and --sample-every must be >= 0 (0 means only at the end)")
+            raise CharlmError("`eval_every` and `sample_every` must be >= 0 "
+                              "(0 means only at the end)")
         if self.val_fraction <= 0:  # else the val loss would read 0 and best.ckpt be arbitrary
-            raise CharlmError(f"--val-fraction must be above 0, not {self.val_fraction}: training "
+            raise CharlmError(f"`val_fraction` must be above 0, not {self.val_fraction}: training "
                               f"picks best.ckpt by the validation loss")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -98,9 +101,11 @@ class TrainConfig:
             with torch.device("meta"):
                 build_cell(config)
             return config
-        except ValueError as e:
+        except CharlmError:
+            raise
+        except ValueError as e:  # a plug-in cell's own check
             raise CharlmError(str(e)) from None
         except RuntimeError as e:  # sizes torch cannot even count (meta tensors hold no memory)
-            raise CharlmError(f"a model of --hidden-size {self.hidden_size} and --num-layers "
+            raise CharlmError(f"a model of `hidden_size` {self.hidden_size} and `num_layers` "
                               f"{self.num_layers} is too large to build: "
                               f"{str(e).splitlines()[0][:120]}") from None

@@ -43,8 +43,8 @@ from charlm.training.runlock import RunLock, is_rank_zero
 
 def decide_precision(config: TrainConfig, model_config: ModelConfig,
                      resumed_batch: int | None = None) -> Decision:
-    """The run's precision and batch size (``charlm.training.precision``): ``auto`` and an unset batch
-    are decided from what this machine reports, and measured once (cached) where that cannot
+    """The run's precision and batch size (``charlm.training.precision``): ``auto`` and an unset
+    batch are decided from what this machine reports, and measured once (cached) where that cannot
     tell or where the batch is open. Distributed and GPU runs take the report alone, so every
     rank decides the same."""
     single = (config.num_nodes == 1 and str(config.devices) in ("auto", "1")
@@ -61,7 +61,7 @@ def decide_precision(config: TrainConfig, model_config: ModelConfig,
         failure = bf16_failure(CharRNN(model_config), model_config.vocab_size)
         if failure and config.precision != "auto":
             raise CharlmError(f"this CPU cannot train the {model_config.cell} cell in bf16 "
-                              f"({failure}); use --precision 32-true")
+                              f"({failure}); use `precision` 32-true")
         if failure:
             fallback = decide("32-true", config.batch_size or resumed_batch, config.accelerator,
                               measure=measure)
@@ -101,14 +101,14 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     out = Path(config.out)
     last = out / "last.ckpt"
     if config.resume and not last.exists():
-        raise CharlmError(f"--resume: there is no {last} to resume from")
+        raise CharlmError(f"`resume`: there is no {last} to resume from")
     resumed = _resume_info(last) if config.resume else None
     if not config.resume and last.exists():
-        raise CharlmError(f"{out} already holds a run; pass --resume to continue it, "
-                          f"or choose another --out")
+        raise CharlmError(f"{out} already holds a run; pass `resume` to continue it, "
+                          f"or choose another `out`")
     resumed_batch = (resumed or {}).get("batch_size")
     if resumed_batch is not None and config.batch_size not in (None, resumed_batch):
-        raise CharlmError(f"--resume: {last} was trained with --batch-size "
+        raise CharlmError(f"`resume`: {last} was trained with `batch_size` "
                           f"{resumed_batch}; resume it with that batch size")
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -126,9 +126,9 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
         differ = {k: v for k, v in resumed["model"].items()
                   if k != "impl" and model_config.to_dict().get(k) != v}
         if differ:
-            raise CharlmError(f"--resume: {last} was trained with "
+            raise CharlmError(f"`resume`: {last} was trained with "
                               f"{', '.join(f'{k}={v!r}' for k, v in differ.items())}; pass the "
-                              f"options and --data it was trained with")
+                              f"options and `data` it was trained with")
     load, t_decide = os.getloadavg()[0], time.perf_counter()
     decision = decide_precision(config, model_config, resumed_batch)
     t_decide = time.perf_counter() - t_decide
@@ -176,7 +176,7 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if config.resume else None,
                     weights_only=True)
     except SystemExit:  # Lightning's ending for a Ctrl-C that GracefulStop did not get to handle
-        saved = f"{last} holds the last saved step; resume with --resume" if last.exists() \
+        saved = f"{last} holds the last saved step; resume with `resume`" if last.exists() \
             else "no checkpoint was saved yet"
         raise CharlmError(f"interrupted at step {trainer.global_step} before it was saved; "
                           f"{saved}") from None
@@ -185,7 +185,8 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
             merge_metrics(out / "metrics.csv", previous, resumed_at)
     results = {
         "checkpoint": str(last), "best_checkpoint": str(out / "best.ckpt"),
-        "val_loss": run_folder.best_val_loss, "val_bpc": run_folder.best_val_loss / 0.6931471805599453,
+        "val_loss": run_folder.best_val_loss,
+        "val_bpc": run_folder.best_val_loss / 0.6931471805599453,
         "best_step": run_folder.best_step, "steps": trainer.global_step,
         "params": module.model.num_params(), "precision": precision, "batch_size": batch_size,
         "auto": decision.to_dict(), "machine": cpu_kind(),

@@ -33,7 +33,7 @@ class Interrupted(CharlmError):
     """Training stopped on a signal after saving a checkpoint it resumes from exactly."""
 
     def __init__(self, step: int):
-        super().__init__(f"interrupted at step {step}; resume with --resume")
+        super().__init__(f"interrupted at step {step}; resume with `resume`")
         self.step = step
 
 

@@ -40,9 +40,9 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
-            raise CharlmError(f"--lr must be positive, not {self.lr}")
+            raise CharlmError(f"`lr` must be positive, not {self.lr}")
         if self.schedule not in ("cosine", "constant"):
-            raise CharlmError(f"--schedule must be cosine or constant, not {self.schedule!r}")
+            raise CharlmError(f"`schedule` must be cosine or constant, not {self.schedule!r}")
 
     def lr_at(self, step: int, elapsed_s: float) -> float:
         """Linear warm-up, then cosine decay to min_lr_ratio × lr over the budget."""
@@ -117,7 +117,8 @@ class CharLM(L.LightningModule):
     # -- optimiser, schedule, clocks -----------------------------------------------------------
     def configure_optimizers(self):
         decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and "embedding" not in n]
-        rest = [p for n, p in self.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+        rest = [p for n, p in self.named_parameters()
+                if not (p.dim() >= 2 and "embedding" not in n)]
         return torch.optim.AdamW([{"params": decay, "weight_decay": self.optim.weight_decay},
                                   {"params": rest, "weight_decay": 0.0}],
                                  lr=self.optim.lr, betas=(0.9, 0.999))

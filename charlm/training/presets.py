@@ -4,8 +4,8 @@ A preset fills in the flags a user did not give; a flag on the command line alwa
 ``--preset shakespeare --max-time 10`` is the same recipe on a shorter budget. Each preset's
 values and the runs that chose them are in docs/results.md.
 
-``precision: auto`` and ``batch_size: None`` are decided by ``charlm.training.precision``: bf16-mixed where
-this machine computes bf16 natively, else 32-true; the batch that is fast here.
+``precision: auto`` and ``batch_size: None`` are decided by ``charlm.training.precision``:
+bf16-mixed where this machine computes bf16 natively, else 32-true; the batch that is fast here.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from charlm.training.saving import atomic_copy, atomic_save
 def _refuse_non_finite(loss: float, step: int) -> None:
     if not math.isfinite(loss):
         raise CharlmError(f"the training loss became {loss} at step {step}; best.ckpt is "
-                          f"untouched (try a lower --lr or --grad-clip)")
+                          f"untouched (try a lower `lr` or `grad_clip`)")
 
 
 class RunFolder(Callback):
@@ -69,7 +69,8 @@ class RunFolder(Callback):
         if out_of_time:
             trainer.should_stop = True
         sample_now = bool(self.config.sample_every) and step % self.config.sample_every == 0
-        validate_now = final or (bool(self.config.eval_every) and step % self.config.eval_every == 0)
+        validate_now = final or (bool(self.config.eval_every)
+                                 and step % self.config.eval_every == 0)
         if sample_now or validate_now:
             self.check_loss()  # before anything is written from these weights
         if sample_now:
@@ -145,7 +146,8 @@ class RunFolder(Callback):
         model = pl_module.model
         lines = [f"=== step {step} ==="]
         for temperature in (0.5, 0.8, 1.0):
-            text = generate(model, pl_module.vocab, "", 200, SampleSettings(temperature), seed=step)[0]
+            text = generate(model, pl_module.vocab, "", 200, SampleSettings(temperature),
+                            seed=step)[0]
             lines.append(f"--- temperature {temperature} ---\n{text}")
         model.train()
         block = "\n".join(lines) + "\n"

@@ -69,7 +69,7 @@ class RunLock:
                 if held is False or (held is None and holder and _alive(holder)):
                     raise CharlmError(f"another charlm run ({_describe(holder)}) is training in "
                                       f"{self.folder}; wait for it to finish, or choose another "
-                                      f"--out")
+                                      f"`out`")
                 if _same_file(fd, self.path):  # not unlinked by its last holder meanwhile
                     break
             except BaseException:

@@ -25,7 +25,8 @@ def last_json(result) -> dict:
 @pytest.fixture
 def trained(text_file, tmp_path):
     out = tmp_path / "run"
-    result = run("train", "--data", text_file, "--out", out, "--json", "--sample-every", "10", *TINY)
+    result = run("train", "--data", text_file, "--out", out, "--json", "--sample-every", "10",
+                 *TINY)
     return out, last_json(result)
 
 
@@ -38,7 +39,8 @@ def test_train_sample_eval_export(trained, tmp_path):
 
     a = last_json(run("sample", out / "best.ckpt", "--seed", 3, "--length", 40,
                       "--num-samples", 2, "--prompt", "the", "--json"))
-    assert len(a["samples"]) == 2 and all(s.startswith("the") and len(s) == 43 for s in a["samples"])
+    assert len(a["samples"]) == 2 and all(s.startswith("the") and len(s) == 43
+                                          for s in a["samples"])
     assert a["chars_per_s"] > 0
 
     ev = last_json(run("eval", out / "best.ckpt", "--json"))
@@ -46,7 +48,8 @@ def test_train_sample_eval_export(trained, tmp_path):
     assert ev["bpc"] == pytest.approx(ev["loss"] / 0.6931471805599453)
 
     run("export", out / "best.ckpt", tmp_path / "exported")
-    assert {p.name for p in (tmp_path / "exported").iterdir()} >= {"model.safetensors", "config.json"}
+    assert {p.name for p in (tmp_path / "exported").iterdir()} >= \
+        {"model.safetensors", "config.json"}
     b = last_json(run("sample", tmp_path / "exported", "--seed", 3, "--length", 40,
                       "--num-samples", 2, "--prompt", "the", "--json"))
     assert b["samples"] == a["samples"]  # same seed, same text, from checkpoint or export

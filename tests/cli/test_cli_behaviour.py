@@ -189,7 +189,8 @@ def test_train_on_a_directory_and_on_a_glob(tmp_path):
     (folder / "a.txt").write_text(markov_text(3000, seed=1) + "\n")
     (folder / "b.txt").write_text(markov_text(3000, seed=2).upper() + "\n")  # letters only b has
     (folder / "c.md").write_text("zzz\n")
-    for spec, files in ((folder, ["a.txt", "b.txt", "c.md"]), (folder / "*.txt", ["a.txt", "b.txt"])):
+    for spec, files in ((folder, ["a.txt", "b.txt", "c.md"]),
+                        (folder / "*.txt", ["a.txt", "b.txt"])):
         out = tmp_path / f"run{len(files)}"
         run("train", "--data", spec, "--out", out, "--max-steps", 2, *ARGS)
         model, vocab, info = load(out / "best.ckpt")
@@ -270,7 +271,7 @@ def test_a_hostile_checkpoint_is_refused_by_visualize_inspect_and_compare(checkp
     assert not marker.exists() and not (tmp_path / "page.html").exists()
 
 
-# --- eval, computed without charlm.generation.metrics --------------------------------------------------------
+# --- eval, computed without charlm.generation.metrics ---------------------------------------------
 
 def test_eval_loss_equals_cross_entropy_computed_in_one_pass(checkpoint):
     model, vocab, info = load(checkpoint)

@@ -1,4 +1,5 @@
-"""charlm.data.downloads: offline tests against a local HTTP server on 127.0.0.1 and file:// URLs."""
+"""charlm.data.downloads: offline tests against a local HTTP server on 127.0.0.1 and file://
+URLs."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(autouse=True)
 def no_proxy(monkeypatch):
-    """urllib sends even 127.0.0.1 through an http_proxy from the environment; these tests are local."""
+    """urllib sends even 127.0.0.1 through an http_proxy from the environment; these tests are
+    local."""
     for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
 

@@ -81,10 +81,10 @@ def test_split_sizes_match_nanogpt():
     assert b["train"] == (0, int(n * 0.9)) and b["val"] == (int(n * 0.9), n)
     b = split_bounds(1000, 0.1, 0.05)
     assert b == {"train": (0, 850), "val": (850, 950), "test": (950, 1000)}
-    with pytest.raises(CharlmError, match="--val-fraction"):
+    with pytest.raises(CharlmError, match="val_fraction"):
         split_bounds(10, 0.01, 0.0)  # leaves val with 0 characters
     assert split_bounds(100, 0.02, 0.0)["val"] == (98, 100)  # 2 characters are enough
-    with pytest.raises(CharlmError, match="--test-fraction 0.01 leaves the test split with 1"):
+    with pytest.raises(CharlmError, match="test_fraction 0.01 leaves the test split with 1"):
         split_bounds(100, 0.1, 0.01)
     with pytest.raises(CharlmError, match="leave some text"):
         split_bounds(10, 0.5, 0.5)

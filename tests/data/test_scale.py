@@ -55,7 +55,7 @@ def test_a_cached_corpus_opens_none_of_its_files(tmp_path, monkeypatch):
     assert np.array_equal(first.ids, again.ids)
 
 
-# --- streaming datasets ------------------------------------------------------------------------------
+# --- streaming datasets ---------------------------------------------------------------------------
 
 def test_streaming_rows_are_read_lazily(monkeypatch):
     import datasets
@@ -99,7 +99,7 @@ def test_streaming_dataset_end_to_end(local_hub):
         load_corpus(["hf:someone/rows"], streaming=True)
 
 
-# --- vocabularies beyond one byte --------------------------------------------------------------------
+# --- vocabularies beyond one byte -----------------------------------------------------------------
 
 def cjk_text(symbols: int = 3200, n: int = 40_000, seed: int = 0) -> str:
     """Lines of CJK ideographs with some structure: each symbol is often followed by the next."""

@@ -1,5 +1,5 @@
-"""A run folder written by charlm 0.1.0 (tests/generation/fixtures/run-0.1.0) keeps working: load, sample,
-eval, export and resume it. Checkpoints users already have must outlive any refactoring."""
+"""A run folder written by charlm 0.1.0 (tests/generation/fixtures/run-0.1.0) keeps working: load,
+sample, eval, export and resume it. Checkpoints users already have must outlive any refactoring."""
 
 import json
 import shutil

@@ -46,7 +46,8 @@ def test_greedy_and_temperature_zero_are_argmax():
     logits = torch.tensor([[0.1, 3.0, 0.2], [2.0, 0.0, 1.0]])
     assert pick(logits, SampleSettings(greedy=True), None).tolist() == [1, 0]
     assert pick(logits, SampleSettings(temperature=0), None).tolist() == [1, 0]
-    assert pick(logits, SampleSettings(top_k=1), torch.Generator().manual_seed(0)).tolist() == [1, 0]
+    assert pick(logits, SampleSettings(top_k=1),
+                torch.Generator().manual_seed(0)).tolist() == [1, 0]
 
 
 def test_top_p_keeps_only_the_nucleus():
@@ -70,6 +71,6 @@ def test_prompt_outside_vocab_and_bad_length():
     model = model_for("lstm")
     with pytest.raises(CharlmError, match="'z'"):
         generate(model, VOCAB, "az", 5)
-    with pytest.raises(CharlmError, match="--length"):
+    with pytest.raises(CharlmError, match="^length must be at least 0"):
         generate(model, VOCAB, "a", -1)
     assert generate(model, VOCAB, "ab", 0) == ["ab"]

@@ -21,7 +21,8 @@ def draws(logits, settings, seed=0, n=N):
 
 
 def chi_square(picks, probs):
-    """Pearson's statistic over the characters of non-zero probability, and its degrees of freedom."""
+    """Pearson's statistic over the characters of non-zero probability, and its degrees of
+    freedom."""
     counts = torch.bincount(picks, minlength=probs.numel()).double()
     keep = probs > 0
     assert counts[~keep].sum() == 0, "drew a character of probability zero"
@@ -44,7 +45,8 @@ def expected_probs(logits, temperature=1.0, top_k=None, top_p=None):
                 if mass >= top_p:
                     break
         keep = nucleus
-    q = torch.tensor([float(p[i]) if i in keep else 0.0 for i in range(len(p))], dtype=torch.float64)
+    q = torch.tensor([float(p[i]) if i in keep else 0.0 for i in range(len(p))],
+                     dtype=torch.float64)
     return q / q.sum()
 
 

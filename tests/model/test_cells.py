@@ -1,4 +1,5 @@
-"""The explicit cells compute exactly what torch's fused modules compute, and the note's GRU doesn't."""
+"""The explicit cells compute exactly what torch's fused modules compute, and the note's GRU
+doesn't."""
 
 import pytest
 import torch

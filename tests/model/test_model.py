@@ -65,7 +65,7 @@ def test_params_solver_is_close(cell):
 
 
 def test_bad_config_names_the_flag():
-    with pytest.raises(ValueError, match="--hidden-size"):
+    with pytest.raises(ValueError, match="^hidden_size must be at least 1"):
         ModelConfig(V, "lstm", 0)
-    with pytest.raises(ValueError, match="--dropout"):
+    with pytest.raises(ValueError, match="^dropout must be in"):
         ModelConfig(V, "lstm", 4, dropout=1.5)

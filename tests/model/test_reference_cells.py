@@ -32,8 +32,9 @@ def blocks(v, n):
 
 
 def note_gru_reference(net, x, h0, reset_before_matmul=True):
-    """z = σ(W_z·[h, x] + b_z), r = σ(W_r·[h, x] + b_r), h̃ = tanh(W_in x + b_in + W_hn (r * h) + b_hn),
-    h' = (1 − z) h + z h̃. With reset_before_matmul=False, torch's r * (W_hn h + b_hn) instead."""
+    """z = σ(W_z·[h, x] + b_z), r = σ(W_r·[h, x] + b_r),
+    h̃ = tanh(W_in x + b_in + W_hn (r * h) + b_hn), h' = (1 − z) h + z h̃.
+    With reset_before_matmul=False, torch's r * (W_hn h + b_hn) instead."""
     hs, inp = [h0[k] for k in range(L)], x
     for k in range(L):
         w_ih, w_hh, b_ih, b_hh = weights(net, k)

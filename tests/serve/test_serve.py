@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-pytest.importorskip("starlette", reason="charlm serve needs the serve extra (pip install -e '.[serve]')")
+pytest.importorskip("starlette",
+                    reason="charlm serve needs the serve extra (pip install -e '.[serve]')")
 uvicorn = pytest.importorskip("uvicorn", reason="charlm serve needs the serve extra")
 
 from browser import no_alert  # noqa: E402
@@ -120,8 +121,10 @@ def test_rows_sharing_steps_do_not_change_each_other(tiny):
     """Requests with different settings join one batch at different steps; each gets exactly
     the text it gets alone, and the batch took fewer steps than the requests one after another."""
     model, vocab = tiny
-    asks = [("the ", SampleSettings(1.0), 300, 1, 1), ("a dog", SampleSettings(0.7, top_k=4), 120, 2, 2),
-            ("", SampleSettings(1.2, top_p=0.85), 200, 3, 3), ("cat", SampleSettings(greedy=True), 80, 1, 4)]
+    asks = [("the ", SampleSettings(1.0), 300, 1, 1),
+            ("a dog", SampleSettings(0.7, top_k=4), 120, 2, 2),
+            ("", SampleSettings(1.2, top_p=0.85), 200, 3, 3),
+            ("cat", SampleSettings(greedy=True), 80, 1, 4)]
     batcher, done, texts = Batcher(model, vocab, max_batch=16), threading.Semaphore(0), {}
 
     def sink_for(key, n):
@@ -186,7 +189,8 @@ BAD = [({"model": "gpt-4"}, 404, "model"), ({"model": None}, 400, "model"),
        ({"best_of": 2}, 400, "best_of"), ({"echo": True}, 400, "echo"),
        ({"logit_bias": {"1": 5}}, 400, "logit_bias"), ({"suffix": "x"}, 400, "suffix"),
        ({"prompt": "the \u00e9\u4e16"}, 400, "prompt"), ({"max_tokens": 101}, 400, "max_tokens"),
-       ({"n": 5}, 400, "n"), ({"prompt": "a" * 41}, 400, "prompt"), ({"max_tokens": -1}, 400, "max_tokens"),
+       ({"n": 5}, 400, "n"), ({"prompt": "a" * 41}, 400, "prompt"),
+       ({"max_tokens": -1}, 400, "max_tokens"),
        ({"temperature": "hot"}, 400, "temperature"), ({"top_p": 0}, 400, "top_p"),
        ({"top_k": 0}, 400, "top_k"), ({"seed": 1.5}, 400, "seed"), ({"stop": [1]}, 400, "stop"),
        ({"logprobs": 9}, 400, "logprobs"), ({"frobnicate": 1}, 400, "frobnicate"),
@@ -207,7 +211,8 @@ def test_bad_requests_get_an_error_naming_the_field(tiny):
             r = c.post("/v1/completions", content=raw)
             assert 400 <= r.status_code < 500 and "error" in r.json(), raw
         assert c.post("/v1/completions", content=b" " * (2 << 20)).status_code == 413
-        assert c.get("/v1/nothing").status_code == 404 and c.get("/v1/completions").status_code == 405
+        assert c.get("/v1/nothing").status_code == 404 and \
+            c.get("/v1/completions").status_code == 405
         assert post(c, prompt="the", max_tokens=5).status_code == 200  # and it goes on serving
 
 
@@ -329,7 +334,8 @@ def test_page_streams_shades_and_stops(keyed, browser):
     ActionChains(browser).move_to_element(first).perform()
     tip = browser.execute_script("return document.getElementById('tip').innerText")
     assert tip.startswith("#0 ") and tip.count("%") == 6  # the character and 5 alternatives
-    assert browser.execute_script("return document.querySelector('#out .prompt').textContent") == "the cat"
+    assert browser.execute_script("return document.querySelector('#out .prompt').textContent") \
+        == "the cat"
     deadline = time.monotonic() + 5
     while health(keyed)["active_rows"]:  # Stop closed the stream: the row is free
         assert time.monotonic() < deadline

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("starlette", reason="charlm serve needs the serve extra (pip install -e '.[serve]')")
+pytest.importorskip("starlette",
+                    reason="charlm serve needs the serve extra (pip install -e '.[serve]')")
 
 from test_serve import KEY, checkpoint, health, tiny  # noqa: E402,F401  (shared fixtures)
 
@@ -45,8 +46,8 @@ def test_serve_command_port_in_use_and_missing_extra(checkpoint, monkeypatch):
 
 def start_server(checkpoint, *args, env=None) -> tuple[subprocess.Popen, str]:
     """``charlm serve`` in its own process on a free port → (process, address)."""
-    proc = subprocess.Popen([sys.executable, "-m", "charlm", "serve", str(checkpoint), "--port", "0",
-                             *args], stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "charlm", "serve", str(checkpoint), "--port",
+                             "0", *args], stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     line = proc.stderr.readline()
     found = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
@@ -73,7 +74,8 @@ async def _client(session, url: str, kind: str, i: int) -> tuple[str, object]:
             return kind, (r.status, await r.json())
     async with session.post(url, json=body, headers=headers) as r:
         if kind == "plain":
-            return kind, (r.status, [len(c["text"]) for c in (await r.json())["choices"]], length, n)
+            return kind, (r.status, [len(c["text"]) for c in (await r.json())["choices"]],
+                          length, n)
         got = [0] * n
         async for line in r.content:
             if line.startswith(b"data: {"):

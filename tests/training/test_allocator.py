@@ -1,5 +1,5 @@
-"""charlm.training.allocator: a training process keeps the memory a step frees, so the next step does not
-page-fault it back in. Measured in child processes, since the setting is process-wide."""
+"""charlm.training.allocator: a training process keeps the memory a step frees, so the next step
+does not page-fault it back in. Measured in child processes, since the setting is process-wide."""
 
 import os
 import subprocess

@@ -151,7 +151,8 @@ def test_bf16_on_a_cpu_without_the_kernel(text_file, tmp_path, monkeypatch, aske
     and says why."""
     monkeypatch.setattr(precision, "_capabilities", lambda: CPUS["amx"][0])
     import charlm.training.fit
-    monkeypatch.setattr(charlm.training.fit, "bf16_failure", lambda model, vocab: "no bf16 LSTM kernel")
+    monkeypatch.setattr(charlm.training.fit, "bf16_failure",
+                        lambda model, vocab: "no bf16 LSTM kernel")
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, [
         "train", "--data", str(text_file), "--hidden-size", "16", "--seq-len", "16",

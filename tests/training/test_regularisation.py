@@ -174,5 +174,5 @@ def test_resume_keeps_the_batch_the_run_started_with(text_file, tmp_path):
     # the default batch would be 8 in float32: an auto batch takes the checkpoint's instead
     resumed = fit(TrainConfig(max_steps=4, resume=True, **settings))
     assert resumed["batch_size"] == 4 and resumed["steps"] == 4
-    with pytest.raises(presets.CharlmError, match="was trained with --batch-size 4; resume it"):
+    with pytest.raises(presets.CharlmError, match="was trained with batch_size 4; resume it"):
         fit(TrainConfig(max_steps=6, resume=True, batch_size=8, **settings))

@@ -572,7 +572,8 @@ def test_sampling_flags(checkpoint):
     greedy = [run("sample", checkpoint, "--prompt", "the", "--length", 20, "--temperature", 0)
               .stdout for _ in range(2)]
     assert greedy[0] == greedy[1] and len(greedy[0]) == 24  # no seed, yet the same: argmax
-    for flags, fragment in [(["--temperature", "-0.5"], "--temperature must be a finite number >= 0"),
+    for flags, fragment in [(["--temperature", "-0.5"],
+                             "--temperature must be a finite number >= 0"),
                             (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
                             (["--top-p", "-0.1"], "--top-p must be in (0, 1]"),
                             (["--top-k", "0"], "--top-k must be at least 1"),
