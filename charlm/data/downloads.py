@@ -47,7 +47,7 @@ class ChecksumError(CorpusError):
 
 
 @dataclass(frozen=True)
-class Corpus:
+class CorpusDownload:
     """One downloadable corpus. Checksums are "algo:hex" (any hashlib name), None where
     unpublished."""
 
@@ -76,24 +76,24 @@ class Corpus:
 _KARPATHY = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 )
-CORPORA: dict[str, Corpus] = {
+CORPORA: dict[str, CorpusDownload] = {
     c.name: c
     for c in [
-        Corpus(
+        CorpusDownload(
             "tinyshakespeare",
             "Tiny Shakespeare, Karpathy's char-rnn input.txt",
             _KARPATHY,
             size=1_115_394,
             checksum="sha256:86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
         ),
-        Corpus(
+        CorpusDownload(
             "warpeace",
             "War and Peace (Tolstoy), from Karpathy's char-rnn page",
             "https://cs.stanford.edu/people/karpathy/char-rnn/warpeace_input.txt",
             size=None,
             checksum=None,
         ),
-        Corpus(
+        CorpusDownload(
             "enwik8",
             "enwik8, the first 10^8 bytes of an English Wikipedia XML dump",
             "https://mattmahoney.net/dc/enwik8.zip",
@@ -103,7 +103,7 @@ CORPORA: dict[str, Corpus] = {
             archive_size=36_445_475,
             archive_checksum="sha256:547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc",
         ),
-        Corpus(
+        CorpusDownload(
             "text8",
             "text8, 10^8 characters of Wikipedia as lowercase a-z and spaces",
             "https://mattmahoney.net/dc/text8.zip",
@@ -122,7 +122,7 @@ def list_corpora() -> list[tuple[str, str, int | None]]:
     return [(c.name, c.description, c.size) for c in CORPORA.values()]
 
 
-def lookup(name: str) -> Corpus:
+def lookup(name: str) -> CorpusDownload:
     """The registry entry for `name`; anything else (paths, "..", "") raises CorpusError."""
     if name not in CORPORA:
         raise CorpusError(f"unknown corpus {name!r}: choose one of {', '.join(CORPORA)}")
@@ -172,7 +172,7 @@ def _temp(data_dir: Path, name: str, temps: list[Path]) -> Path:
     return Path(path)
 
 
-def _fetch(corpus: Corpus, path: Path, progress: bool) -> None:
+def _fetch(corpus: CorpusDownload, path: Path, progress: bool) -> None:
     def fail(reason: str) -> DownloadError:
         return DownloadError(
             f"could not download {corpus.name} from {corpus.url}: {reason}; "
@@ -194,7 +194,7 @@ def _fetch(corpus: Corpus, path: Path, progress: bool) -> None:
         raise fail(f"the connection broke ({e or type(e).__name__})") from e
 
 
-def _extract(corpus: Corpus, archive: Path, path: Path) -> None:
+def _extract(corpus: CorpusDownload, archive: Path, path: Path) -> None:
     try:
         with zipfile.ZipFile(archive) as zf, zf.open(corpus.member) as member:
             _copy(member, path, corpus.size, f"{corpus.name} (unzip)", progress=False)
@@ -215,7 +215,7 @@ def _copy(src, path: Path, total: int | None, desc: str, progress: bool) -> None
         os.fsync(out.fileno())  # the bytes are on disk before the rename makes them visible
 
 
-def _verify(corpus: Corpus, path: Path, size: int | None, checksum: str | None) -> None:
+def _verify(corpus: CorpusDownload, path: Path, size: int | None, checksum: str | None) -> None:
     problem = _mismatch(path, size, checksum)
     if problem is not None:
         raise ChecksumError(

@@ -143,17 +143,10 @@ class Stepper:
             h = gates["h"]
         return model.head(h), layers  # (B, V)
 
-
-def stepper(model: CharRNN) -> Step:
-    """One-character steps for ``model`` on its own state layout: (ids (B,), state) → logits,
-    state."""
-    s = Stepper(model)
-
-    def step(ids: Tensor, state: State) -> tuple[Tensor, State]:
-        logits, layers = s.step(ids, s.unpack(state))
-        return logits, s.pack(layers)
-
-    return step
+    def __call__(self, ids: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """One step on the model's own state layout: ids (B,), state → logits (B, V), state."""
+        logits, layers = self.step(ids, self.unpack(state))
+        return logits, self.pack(layers)
 
 
 def prompt_ids(vocab: CharVocab, prompt: str) -> list[int]:

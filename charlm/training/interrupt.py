@@ -10,7 +10,7 @@ checkpoint (trainer/call.py, connectors/signal_connector.py, loops/training_epoc
 At the end of the step, where weights, optimiser, carried hidden state, RNG and data position
 all belong to the same step, last.ckpt is saved atomically (unless validation just saved it) and
 the run stops with ``Interrupted``: "interrupted at step N; resume with --resume". Under DDP rank
-0's flag is broadcast (``RankZeroSays``), so every rank stops at the same step. A second Ctrl-C
+0's flag is broadcast (``RankZeroDecides``), so every rank stops at the same step. A second Ctrl-C
 stops at once, without saving; last.ckpt is then the previous one, whole.
 """
 
@@ -37,7 +37,7 @@ class Interrupted(CharlmError):
         self.step = step
 
 
-class RankZeroSays:
+class RankZeroDecides:
     """Rank 0's answer to a yes/no question (stop now?), the same on every rank, asked at the end
     of a step.
 
@@ -80,7 +80,7 @@ class GracefulStop(Callback):
         self.run_folder = run_folder
         self.requested: str | None = None  # the name of the signal received, if any
         self._previous: dict[int, object] = {}
-        self._stop_now = RankZeroSays()
+        self._stop_now = RankZeroDecides()
 
     # -- handlers, installed only while the training loop runs ------------------------------------
     def _handle(self, signum: int, frame) -> None:

@@ -26,7 +26,7 @@ from charlm.atomic import commit_file, temporary_for
 from charlm.errors import CharlmError
 from charlm.generation.sampling import SampleSettings, generate
 from charlm.training.config import TrainConfig
-from charlm.training.interrupt import RankZeroSays
+from charlm.training.interrupt import RankZeroDecides
 from charlm.training.lightning_module import CharDataModule, CharLM
 from charlm.training.saving import atomic_copy, atomic_save
 
@@ -47,7 +47,7 @@ class RunFolder(Callback):
         self.last_eval_step = -1
         self.history: list[dict] = []
         self._bad: tuple | None = None  # (first non-finite step or -1, its loss): see watch_loss
-        self._out_of_time = RankZeroSays()
+        self._out_of_time = RankZeroDecides()
 
     def state_dict(self) -> dict:
         return {"best_val_loss": self.best_val_loss, "best_step": self.best_step,

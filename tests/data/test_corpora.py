@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from charlm.data import downloads as corpora
-from charlm.data.downloads import ChecksumError, Corpus, CorpusError, DownloadError, get_corpus
+from charlm.data.downloads import (
+    ChecksumError,
+    CorpusDownload,
+    CorpusError,
+    DownloadError,
+    get_corpus,
+)
 
 TEXT = b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 50
 
@@ -61,8 +67,8 @@ def data_dir(tmp_path) -> Path:
 def register(monkeypatch):
     """Add a test corpus to the registry for this test only."""
 
-    def add(**fields) -> Corpus:
-        corpus = Corpus(**{"name": "tiny", "description": "test corpus", **fields})
+    def add(**fields) -> CorpusDownload:
+        corpus = CorpusDownload(**{"name": "tiny", "description": "test corpus", **fields})
         monkeypatch.setitem(corpora.CORPORA, corpus.name, corpus)
         return corpus
 

@@ -3,7 +3,7 @@ import torch
 
 from charlm.data.vocab import CharVocab
 from charlm.errors import CharlmError
-from charlm.generation.sampling import SampleSettings, generate, pick, stepper
+from charlm.generation.sampling import SampleSettings, Stepper, generate, pick
 from charlm.model import CharRNN, ModelConfig
 
 VOCAB = CharVocab("abcdef\n ")
@@ -33,7 +33,7 @@ def test_same_seed_same_text(cell):
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_carried_steps_equal_full_recomputation(cell):
     model = model_for(cell)
-    step = stepper(model)
+    step = Stepper(model)
     ids = torch.tensor([[1, 4, 2, 0, 3]])
     full, _ = model(ids)
     logits, state = model(ids[:, :1])

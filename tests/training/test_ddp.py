@@ -85,7 +85,7 @@ def test_charlm_train_ddp_two_cpu_processes(tmp_path):
 
 def test_ctrl_c_under_ddp_stops_every_rank_at_one_saved_step_that_resumes(tmp_path):
     """A Ctrl-C reaches every process of the group; rank 0's decides, at a step all ranks share
-    (charlm.training.interrupt.RankZeroSays), the step is saved, and --resume goes on from it."""
+    (charlm.training.interrupt.RankZeroDecides), the step is saved, and --resume goes on from it."""
     import signal
     import time
     text = tmp_path / "text.txt"

@@ -349,7 +349,7 @@ def test_under_ddp_rank_zero_is_asked_about_twice_a_second_at_the_same_steps(mon
         asked.append(step)
         return flag["stop"]
 
-    ddp, says = FakeDDP(2), interrupt.RankZeroSays(period_s=0.5, max_gap=100)
+    ddp, says = FakeDDP(2), interrupt.RankZeroDecides(period_s=0.5, max_gap=100)
     for step in range(400):
         clock["now"] = step * step_s
         flag["stop"] = step >= 260  # Ctrl-C during step 260
@@ -360,7 +360,7 @@ def test_under_ddp_rank_zero_is_asked_about_twice_a_second_at_the_same_steps(mon
     assert step == asked[-1] and 260 <= step < 260 + gap  # seen at the first question after it
 
     one, asked, flag["stop"] = FakeDDP(1), [], False
-    says = interrupt.RankZeroSays()
+    says = interrupt.RankZeroDecides()
     for step in range(5):
         assert not says(one, step, answer)
     assert asked == [0, 1, 2, 3, 4] and one.broadcasts == []
