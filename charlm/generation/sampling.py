@@ -20,8 +20,6 @@ from charlm.errors import CharlmError
 from charlm.model import CharRNN, State
 from charlm.model.cells import ExplicitCell, explicit_twin
 
-Step = Callable[[Tensor, State], tuple[Tensor, State]]  # ids (B,) → logits (B, V), state
-
 
 @dataclass
 class SampleSettings:
