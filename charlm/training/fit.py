@@ -22,7 +22,7 @@ from charlm.data.sources import absolute_spec
 from charlm.data.vocab import printable
 from charlm.errors import CharlmError
 from charlm.generation.checkpoint import load, read_checkpoint
-from charlm.generation.metrics import evaluate
+from charlm.generation.metrics import LN2, evaluate
 from charlm.model import CharRNN, ModelConfig
 from charlm.training.config import DEFAULT_EPOCHS, TrainConfig
 from charlm.training.interrupt import GracefulStop
@@ -99,97 +99,36 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
 
 def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     out = Path(config.out)
-    last = out / "last.ckpt"
-    if config.resume and not last.exists():
-        raise CharlmError(f"`resume`: there is no {last} to resume from")
-    resumed = _resume_info(last) if config.resume else None
-    if not config.resume and last.exists():
-        raise CharlmError(f"{out} already holds a run; pass `resume` to continue it, "
-                          f"or choose another `out`")
-    resumed_batch = (resumed or {}).get("batch_size")
-    if resumed_batch is not None and config.batch_size not in (None, resumed_batch):
-        raise CharlmError(f"`resume`: {last} was trained with `batch_size` "
-                          f"{resumed_batch}; resume it with that batch size")
+    resumed = _resume_info(config, out / "last.ckpt")
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    dm = CharDataModule(config.data or None, batch_size=config.batch_size or 1,
-                        seq_len=config.seq_len,
-                        val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                        window=config.window, seed=config.seed,
-                        corpus_options={"encoding": config.encoding, "split": config.split,
-                                        "text_column": config.text_column,
-                                        "streaming": config.streaming})
-    dm.load()
-    corpus = dm.corpus
-    model_config = config.model_config(len(corpus.vocab))
-    if resumed is not None:
-        differ = {k: v for k, v in resumed["model"].items()
-                  if k != "impl" and model_config.to_dict().get(k) != v}
-        if differ:
-            raise CharlmError(f"`resume`: {last} was trained with "
-                              f"{', '.join(f'{k}={v!r}' for k, v in differ.items())}; pass the "
-                              f"options and `data` it was trained with")
-    load, t_decide = os.getloadavg()[0], time.perf_counter()
-    decision = decide_precision(config, model_config, resumed_batch)
-    t_decide = time.perf_counter() - t_decide
-    precision, batch_size = decision.precision, decision.batch_size
-    dm.batch_size = batch_size
+    dm = _data_module(config)
+    model_config = config.model_config(len(dm.corpus.vocab))
+    _check_same_model(resumed, model_config, out / "last.ckpt")
+    decision, said = _decide(config, model_config, resumed)
+    dm.batch_size = decision.batch_size
     trainer_kwargs = dict(accelerator=config.accelerator, devices=config.devices,
                           strategy=config.strategy, num_nodes=config.num_nodes,
-                          precision=precision)
-    probe = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      **trainer_kwargs)
-    world = probe.world_size
+                          precision=decision.precision)
+    world = _world_size(trainer_kwargs)
     streams = dm.make_streams(0, world)
-    total = _total_steps(config, streams.windows_per_epoch)
-    dm.max_steps = total
+    dm.max_steps = total = _total_steps(config, streams.windows_per_epoch)
     if config.progress and is_rank_zero():
-        _report_data(corpus, dm, streams, world)
-        if config.precision == "auto" or config.batch_size is None:
-            print(decision.line() + _measured(t_decide, load), flush=True)
-    optim = OptimConfig(lr=config.lr, weight_decay=config.weight_decay,
-                        warmup_steps=config.warmup_steps, schedule=config.schedule,
-                        total_steps=total,
-                        max_time_s=config.max_time * 60 if config.max_time else None)
-    module = CharLM(model_config.to_dict(), asdict(optim), corpus.vocab.chars,
-                    data={"sources": [absolute_spec(d) for d in config.data or ["stdlib"]],
-                          "fingerprint": corpus.meta.get("fingerprint"),
-                          "val_fraction": config.val_fraction,
-                          "test_fraction": config.test_fraction, "seq_len": config.seq_len,
-                          "batch_size": batch_size})
+        _report_data(dm.corpus, dm, streams, world)
+        if said:
+            print(said, flush=True)
+    module = _lightning_module(config, model_config, dm, total)
     run_folder = RunFolder(out, dm, config, total)
-    callbacks = [run_folder, GracefulStop(run_folder), *(callbacks or [])]
-    if config.progress:
-        callbacks.append(ProgressBar(refresh_rate=10))
-    trainer = L.Trainer(
-        max_steps=total if total is not None else -1,
-        max_epochs=-1 if total is None else None,
-        limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=config.grad_clip or None,
-        logger=loggers(out), callbacks=callbacks,
-        enable_checkpointing=False, enable_progress_bar=config.progress,
-        enable_model_summary=False, log_every_n_steps=10, use_distributed_sampler=False,
-        deterministic=False, **trainer_kwargs)
-    previous = set_aside_metrics(out) if config.resume else None
-    resumed_at = resumed["global_step"] if resumed is not None else 0
+    trainer = _trainer(config, total, [run_folder, GracefulStop(run_folder), *(callbacks or [])],
+                       trainer_kwargs)
     t0 = time.time()
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if config.resume else None,
-                    weights_only=True)
-    except SystemExit:  # Lightning's ending for a Ctrl-C that GracefulStop did not get to handle
-        saved = f"{last} holds the last saved step; resume with `resume`" if last.exists() \
-            else "no checkpoint was saved yet"
-        raise CharlmError(f"interrupted at step {trainer.global_step} before it was saved; "
-                          f"{saved}") from None
-    finally:
-        if previous is not None and trainer.is_global_zero:
-            merge_metrics(out / "metrics.csv", previous, resumed_at)
+    _train(trainer, module, dm, config, resumed)
     results = {
-        "checkpoint": str(last), "best_checkpoint": str(out / "best.ckpt"),
-        "val_loss": run_folder.best_val_loss,
-        "val_bpc": run_folder.best_val_loss / 0.6931471805599453,
+        "checkpoint": str(out / "last.ckpt"), "best_checkpoint": str(out / "best.ckpt"),
+        "val_loss": run_folder.best_val_loss, "val_bpc": run_folder.best_val_loss / LN2,
         "best_step": run_folder.best_step, "steps": trainer.global_step,
-        "params": module.model.num_params(), "precision": precision, "batch_size": batch_size,
-        "auto": decision.to_dict(), "machine": cpu_kind(),
+        "params": module.model.num_params(), "precision": decision.precision,
+        "batch_size": decision.batch_size, "auto": decision.to_dict(), "machine": cpu_kind(),
         "train_chars_per_s": module.train_chars / module.train_s if module.train_s else 0.0,
         "elapsed_s": module.elapsed_s, "wall_s_this_session": time.time() - t0,
         "history": run_folder.history,
@@ -203,6 +142,117 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     return results
 
 
+def _resume_info(config: TrainConfig, last: Path) -> dict | None:
+    """The model, step and batch of the run to resume (None: a new run), opened as plain data
+    before Lightning opens it, so a crafted or broken file is one clear refusal."""
+    if not config.resume:
+        if last.exists():
+            raise CharlmError(f"{last.parent} already holds a run; pass `resume` to continue it, "
+                              f"or choose another `out`")
+        return None
+    if not last.exists():
+        raise CharlmError(f"`resume`: there is no {last} to resume from")
+    ckpt = read_checkpoint(last)
+    hparams = ckpt["hyper_parameters"]
+    resumed = {"model": hparams.get("model") or {}, "global_step": ckpt.get("global_step", 0),
+               "batch_size": (hparams.get("data") or {}).get("batch_size")}
+    if resumed["batch_size"] is not None and config.batch_size not in (None,
+                                                                      resumed["batch_size"]):
+        raise CharlmError(f"`resume`: {last} was trained with `batch_size` "
+                          f"{resumed['batch_size']}; resume it with that batch size")
+    return resumed
+
+
+def _check_same_model(resumed: dict | None, model_config: ModelConfig, last: Path) -> None:
+    if resumed is None:
+        return
+    differ = {k: v for k, v in resumed["model"].items()
+              if k != "impl" and model_config.to_dict().get(k) != v}
+    if differ:
+        raise CharlmError(f"`resume`: {last} was trained with "
+                          f"{', '.join(f'{k}={v!r}' for k, v in differ.items())}; pass the "
+                          f"options and `data` it was trained with")
+
+
+def _data_module(config: TrainConfig) -> CharDataModule:
+    """The corpus read (and cached), split and ready to cut into streams."""
+    dm = CharDataModule(config.data or None, batch_size=config.batch_size or 1,
+                        seq_len=config.seq_len,
+                        val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                        window=config.window, seed=config.seed,
+                        corpus_options={"encoding": config.encoding, "split": config.split,
+                                        "text_column": config.text_column,
+                                        "streaming": config.streaming})
+    dm.load()
+    return dm
+
+
+def _decide(config: TrainConfig, model_config: ModelConfig,
+            resumed: dict | None) -> tuple[Decision, str]:
+    """The precision and batch, and the line a run prints about them ("" when both were given)."""
+    load, t0 = os.getloadavg()[0], time.perf_counter()
+    decision = decide_precision(config, model_config, (resumed or {}).get("batch_size"))
+    if config.precision != "auto" and config.batch_size is not None:
+        return decision, ""
+    return decision, decision.line() + _measured(time.perf_counter() - t0, load)
+
+
+def _world_size(trainer_kwargs: dict) -> int:
+    """How many processes will train: Lightning resolves devices, strategy and nodes when it
+    builds a Trainer, and the streams must be cut for that many before the real one exists."""
+    probe = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      **trainer_kwargs)
+    return probe.world_size
+
+
+def _lightning_module(config: TrainConfig, model_config: ModelConfig, dm: CharDataModule,
+                      total: int | None) -> CharLM:
+    optim = OptimConfig(lr=config.lr, weight_decay=config.weight_decay,
+                        warmup_steps=config.warmup_steps, schedule=config.schedule,
+                        total_steps=total,
+                        max_time_s=config.max_time * 60 if config.max_time else None)
+    corpus = dm.corpus
+    return CharLM(model_config.to_dict(), asdict(optim), corpus.vocab.chars,
+                  data={"sources": [absolute_spec(d) for d in config.data or ["stdlib"]],
+                        "fingerprint": corpus.meta.get("fingerprint"),
+                        "val_fraction": config.val_fraction,
+                        "test_fraction": config.test_fraction, "seq_len": config.seq_len,
+                        "batch_size": dm.batch_size})
+
+
+def _trainer(config: TrainConfig, total: int | None, callbacks: list[Callback],
+             trainer_kwargs: dict) -> L.Trainer:
+    if config.progress:
+        callbacks.append(ProgressBar(refresh_rate=10))
+    return L.Trainer(
+        max_steps=total if total is not None else -1,
+        max_epochs=-1 if total is None else None,
+        limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=config.grad_clip or None,
+        logger=loggers(Path(config.out)), callbacks=callbacks,
+        enable_checkpointing=False, enable_progress_bar=config.progress,
+        enable_model_summary=False, log_every_n_steps=10, use_distributed_sampler=False,
+        deterministic=False, **trainer_kwargs)
+
+
+def _train(trainer: L.Trainer, module: CharLM, dm: CharDataModule, config: TrainConfig,
+           resumed: dict | None) -> None:
+    """trainer.fit, from last.ckpt when resuming; metrics.csv keeps the earlier session's rows."""
+    out = Path(config.out)
+    last = out / "last.ckpt"
+    previous = set_aside_metrics(out) if config.resume else None
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if config.resume else None,
+                    weights_only=True)
+    except SystemExit:  # Lightning's ending for a Ctrl-C that GracefulStop did not get to handle
+        saved = f"{last} holds the last saved step; resume with `resume`" if last.exists() \
+            else "no checkpoint was saved yet"
+        raise CharlmError(f"interrupted at step {trainer.global_step} before it was saved; "
+                          f"{saved}") from None
+    finally:
+        if previous is not None and trainer.is_global_zero:
+            merge_metrics(out / "metrics.csv", previous, (resumed or {}).get("global_step", 0))
+
+
 def _measured(seconds: float, load: float) -> str:
     """What the run says of a fresh measurement: where it is kept, and if it ran on a busy
     machine (other work slows the settings unevenly), how to take it again."""
@@ -214,15 +264,6 @@ def _measured(seconds: float, load: float) -> str:
         return (f" [measured in {seconds:.1f} s while the machine was busy (load {load:.1f} on "
                 f"{cores} cores): delete {where} to measure again when it is quiet]")
     return f" [measured in {seconds:.1f} s, cached in {where}]"
-
-
-def _resume_info(last: Path) -> dict:
-    """The model and step of ``last``, opened as plain data before Lightning opens it, so a
-    crafted or broken file is one clear refusal rather than a traceback."""
-    ckpt = read_checkpoint(last)
-    hparams = ckpt["hyper_parameters"]
-    return {"model": hparams.get("model") or {}, "global_step": ckpt.get("global_step", 0),
-            "batch_size": (hparams.get("data") or {}).get("batch_size")}
 
 
 def _test_metrics(best: Path, dm: CharDataModule) -> dict:
