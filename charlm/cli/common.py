@@ -138,5 +138,11 @@ optim_options = options(  # train and compare: the same batches, optimiser and b
 UNSET_IS_DEFAULT = ("lr", "weight_decay")  # left out when not given: TrainConfig's default
 
 
+def given_here(name: str) -> bool:
+    """Whether the option ``name`` of the running command was given (not left at its default)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
 def emit_json(obj: dict) -> None:
     click.echo(json.dumps(obj))

@@ -11,6 +11,7 @@ import numpy as np
 from charlm.cli.common import (
     data_options,
     emit_json,
+    given_here,
     user_errors,
 )
 from charlm.errors import CharlmError
@@ -149,8 +150,11 @@ def eval_(checkpoint, data, hf_split, which, seq_len, as_json, encoding, text_co
     """Full-pass loss (nats/char), bpc and perplexity of a checkpoint on a split or new text."""
     from charlm.generation.evaluation import evaluate_checkpoint
     which = which or ("all" if data else "val")
-    result = evaluate_checkpoint(checkpoint, list(data), which, seq_len=seq_len, encoding=encoding,
-                                 text_column=text_column, hf_split=hf_split, streaming=streaming)
+    # what was not given on the command line is read as the run read its data (evaluation)
+    given = {name: value if given_here(name) else None for name, value in
+             (("encoding", encoding), ("text_column", text_column), ("hf_split", hf_split),
+              ("streaming", streaming))}
+    result = evaluate_checkpoint(checkpoint, list(data), which, seq_len=seq_len, **given)
     if as_json:
         emit_json(result)
         return

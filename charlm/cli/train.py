@@ -8,6 +8,7 @@ from charlm.cli.common import (
     UNSET_IS_DEFAULT,
     data_options,
     emit_json,
+    given_here,
     model_options,
     optim_options,
     user_errors,
@@ -55,9 +56,7 @@ def train(data, hf_split, as_json, preset, **options):
     from charlm.training.fit import TrainConfig, fit
     from charlm.training.interrupt import Interrupted
     from charlm.training.runlock import is_rank_zero
-    ctx = click.get_current_context()
-    given = {k for k in options
-             if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    given = {k for k in options if given_here(k)}
     options = apply_preset(options, preset, given)
     options = {k: v for k, v in options.items() if v is not None or k not in UNSET_IS_DEFAULT}
     if options["devices"].isdigit():

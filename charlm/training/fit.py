@@ -22,6 +22,7 @@ from charlm.data.sources import absolute_spec
 from charlm.data.vocab import printable
 from charlm.errors import CharlmError
 from charlm.generation.checkpoint import load, read_checkpoint
+from charlm.generation.evaluation import READ_OPTIONS
 from charlm.generation.metrics import LN2, evaluate
 from charlm.model import CharRNN, ModelConfig
 from charlm.training.config import DEFAULT_EPOCHS, TrainConfig
@@ -214,6 +215,7 @@ def _lightning_module(config: TrainConfig, model_config: ModelConfig, dm: CharDa
     corpus = dm.corpus
     return CharLM(model_config.to_dict(), asdict(optim), corpus.vocab.chars,
                   data={"sources": [absolute_spec(d) for d in config.data or ["stdlib"]],
+                        **{k: getattr(config, k) for k in READ_OPTIONS},
                         "fingerprint": corpus.meta.get("fingerprint"),
                         "val_fraction": config.val_fraction,
                         "test_fraction": config.test_fraction, "seq_len": config.seq_len,

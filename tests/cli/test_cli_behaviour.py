@@ -226,10 +226,9 @@ def test_a_local_hf_dataset_end_to_end_without_streaming(tmp_path, monkeypatch):
     assert ev["chars"] == info["splits"]["val"] - 1
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a checkpoint records its --data sources but not "
-                   "--text-column / --encoding / --split, so `charlm eval CKPT` re-reads the "
-                   "training data with the defaults and fails (or reads other text)")
 def test_eval_rereads_the_training_data_the_way_training_read_it(tmp_path, monkeypatch):
+    """The checkpoint records how its sources were read (column, encoding, split), so eval of
+    the run's own data reads them the same way; what is given on the command line wins."""
     import datasets
     monkeypatch.chdir(tmp_path)
     rows = [markov_text(400, seed=s) for s in range(12)]
@@ -237,7 +236,14 @@ def test_eval_rereads_the_training_data_the_way_training_read_it(tmp_path, monke
     run("train", "--data", tmp_path / "saved", "--text-column", "body", "--out", tmp_path / "r",
         "--max-steps", 2, *ARGS)
     ev = last_json(run("eval", tmp_path / "r" / "best.ckpt", "--json"))
-    assert ev["split"] == "val"
+    assert ev["split"] == "val" and ev["chars"] > 0
+    assert last_json(run("eval", tmp_path / "r" / "best.ckpt", "--json", "--text-column",
+                         "body"))["loss"] == ev["loss"]
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("café olé ".encode("latin-1") * 300)
+    run("train", "--data", latin, "--encoding", "latin-1", "--out", tmp_path / "l",
+        "--max-steps", 2, *ARGS)
+    assert last_json(run("eval", tmp_path / "l" / "best.ckpt", "--json"))["chars"] > 0
 
 
 # --- hostile checkpoints in the lab commands ------------------------------------------------------
