@@ -63,7 +63,7 @@ class CorpusDownload:
 
 # Where each checksum was published (repo: path); none was invented.
 # tinyshakespeare: huggingface/datasets: datasets/tiny_shakespeare/urls_checksums/checksums.txt
-#   (also its dataset_infos.json); equal to the copy in /work/shared/data/tinyshakespeare.txt.
+#   (also its dataset_infos.json); the benchmark copy of the corpus has the same checksum.
 # warpeace: unknown; no checksum or byte size was found in public code (~3.2 MB). get_corpus prints
 #   the sha256 it computed so a user can compare it with a trusted copy.
 # enwik8: md5 is Matt Mahoney's published value, quoted in dmlc/gluon-nlp:

@@ -96,12 +96,12 @@ class CharLM(L.LightningModule):
 
     def _logs_this_step(self) -> bool:
         """Whether the loggers write this step (Lightning's rule: every log_every_n_steps-th
-        step). Only then is self.log worth its cost, about 0.5 ms a call, which is several per
-        cent of a small model's step.
+        step). Only then is self.log worth its cost, which is a noticeable share of a small
+        model's step.
 
         Nothing is logged with ``prog_bar=True``: Lightning reads every progress-bar metric back
         to the host after every step, and on a GPU each read makes the host wait for the device
-        (3.0 waits a step on an H200 before, 0.19 after: benchmarks/gpu.py --only syncs)."""
+        (``benchmarks/gpu.py --only syncs`` counts the waits; docs/results.md has the figures)."""
         every = self.trainer.log_every_n_steps if self._trainer else 1
         return every > 0 and (self.global_step + 1) % every == 0
 
