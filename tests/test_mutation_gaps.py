@@ -157,7 +157,7 @@ def test_run_split_cuts_with_the_runs_own_fractions():
     for unrecorded in ({}, {"data": None}):  # the defaults: --val-fraction 0.1, no test split
         assert run_split(corpus, unrecorded, "val").tolist() == list(range(90, 100))
         with pytest.raises(CharlmError, match="^the test split is empty for this run; use "
-                                              "--split all or another$"):
+                                              "split all or another$"):
             run_split(corpus, unrecorded, "test")
     short = Corpus(np.arange(20), CharVocab("a"))
     assert len(run_split(short, {}, "val")) == 2  # two characters are enough to score one
@@ -167,7 +167,7 @@ def test_run_corpus_needs_recorded_or_given_data():
     from charlm.errors import CharlmError
     from charlm.generation.evaluation import run_corpus
     with pytest.raises(CharlmError, match="^this model does not record its training data; "
-                                          "pass --data$"):
+                                          "pass data$"):
         run_corpus({"data": {}}, CharVocab("a"))
 
 

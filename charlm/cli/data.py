@@ -10,7 +10,6 @@ from charlm.cli.common import (
     emit_json,
     user_errors,
 )
-from charlm.errors import CharlmError
 
 
 @click.group()
@@ -71,8 +70,5 @@ def data_prepare(source, encoding, text_column, hf_split):
 def data_get(name, data_dir):
     """Download a classic corpus (tinyshakespeare, warpeace, enwik8, text8), checksum-verified."""
     from charlm.data import downloads as corpora
-    try:
-        path = corpora.get_corpus(name, data_dir)
-    except (ValueError, corpora.DownloadError) as e:
-        raise CharlmError(str(e)) from None
+    path = corpora.get_corpus(name, data_dir)  # its CorpusError is a CharlmError
     click.echo(f"{name}: {path}")

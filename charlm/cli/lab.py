@@ -57,7 +57,8 @@ def compare(checkpoints, data, hf_split, cells, params, hidden_size, seeds, out,
     Writes OUT/report.md, results.json, learning_curves.png, gradient_flow.png and one folder per
     run under OUT/runs; a rerun with the same --out reuses the finished runs.
     """
-    from charlm.lab.compare import DEFAULT_STEPS, CompareConfig, default_eval_every, run_compare
+    from charlm.lab.compare import run_compare
+    from charlm.lab.compare_config import DEFAULT_STEPS, CompareConfig, default_eval_every
     from charlm.lab.compare_report import json_line, summary_table
     from charlm.lab.compare_runs import MeasureSettings
     from charlm.training.environment import prepare_process

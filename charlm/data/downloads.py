@@ -28,13 +28,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from charlm.atomic import fsync_dir
+from charlm.errors import CharlmError
 
 TIMEOUT_S = 30.0  # per socket operation, not for the whole download
 _CHUNK = 1 << 20
 _BYTES = {"unit": "B", "unit_scale": True, "unit_divisor": 1024}  # tqdm shows MB/s
 
 
-class CorpusError(ValueError):
+class CorpusError(CharlmError, ValueError):
     """A corpus cannot be provided; the message is one sentence meant for the user."""
 
 

@@ -65,9 +65,10 @@ def pick(logits: Tensor, s: SampleSettings,
         drop[:, 0] = False  # even where top_p rounds to 0 in float32
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
     # Draw by inverse CDF: one uniform number per row, where torch.multinomial draws one per
-    # character of the vocabulary, which dominates a small model's step. The first character whose cumulative probability
-    # exceeds u * total never has probability zero. u <= 1 - 2^-23 keeps u * total below total
-    # (1 up to rounding) whatever the rounding, so the draw never runs past the last character.
+    # character of the vocabulary, which dominates a small model's step. The first character
+    # whose cumulative probability exceeds u * total never has probability zero. u <= 1 - 2^-23
+    # keeps u * total below total (1 up to rounding) whatever the rounding, so the draw never runs
+    # past the last character.
     cdf = probs.cumsum(dim=-1)  # (B, V)
     u = _uniform(cdf.shape[0], generators, cdf)  # (B, 1)
     u = u.mul_(1 - 2 ** -24).mul_(cdf[:, -1:])  # (B, 1)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from charlm.cli.common import flag
 from charlm.data import downloads as corpora
 from charlm.data.downloads import (
     ChecksumError,
@@ -243,7 +244,8 @@ def test_unreachable_url_raises_download_error(data_dir, register):
         get_corpus("tiny", data_dir, progress=False)
     message = str(err.value)
     assert message.startswith(f"could not download tiny from {url}: no network (")
-    assert message.endswith("download it by hand and pass the file to --data")
+    assert message.endswith("download it by hand and pass the file to data")
+    assert err.value.render(flag).endswith("pass the file to --data")  # as the CLI says it
     assert files_in(data_dir) == []
 
 

@@ -66,9 +66,9 @@ def test_splits_cover_the_corpus_once_in_order_or_say_why_not(n, val, test):
         if val + test >= 1:
             assert "leave some text to train on" in message
         else:  # refused only where a split asked for could fall below 2 characters
-            flag = "--val-fraction" if message.startswith("--val") else "--test-fraction"
-            assert message.startswith(flag) and "fraction" in message
-            assert (val if flag == "--val-fraction" else test) * n < 3
+            setting = "val_fraction" if message.startswith("val") else "test_fraction"
+            assert message.startswith(setting)
+            assert (val if setting == "val_fraction" else test) * n < 3
         return
     assert val + test < 1
     assert list(bounds) == ["train", "val", "test"]

@@ -60,8 +60,8 @@ def test_top_p_keeps_only_the_nucleus():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"temperature": -1}, "--temperature"), ({"top_p": 0.0}, "--top-p"),
-    ({"top_p": 1.5}, "--top-p"), ({"top_k": 0}, "--top-k")])
+    ({"temperature": -1}, "^temperature"), ({"top_p": 0.0}, "^top_p"),
+    ({"top_p": 1.5}, "^top_p"), ({"top_k": 0}, "^top_k")])
 def test_bad_settings(kwargs, message):
     with pytest.raises(CharlmError, match=message):
         SampleSettings(**kwargs)

@@ -13,7 +13,8 @@ from charlm.data.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.lab import compare as compare_module
 from charlm.lab import compare_report
-from charlm.lab.compare import CompareConfig, hidden_sizes, ngram_baseline, run_compare
+from charlm.lab.compare import hidden_sizes, ngram_baseline, run_compare
+from charlm.lab.compare_config import CompareConfig
 from charlm.lab.compare_runs import MeasureSettings, _proc_status_mb
 from charlm.lab.gradient_flow import decay_k, gradient_flow, steps_per_decade
 from charlm.model import CharRNN, ModelConfig

@@ -1,6 +1,6 @@
 """What compare shows a reader: seeds counted in words, time budgets in whole seconds."""
 
-from charlm.lab.compare import CompareConfig
+from charlm.lab.compare_config import CompareConfig
 from charlm.lab.compare_plots import seeds
 from charlm.training.fit import TrainConfig
 

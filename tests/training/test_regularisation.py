@@ -65,9 +65,9 @@ def test_orthogonal_init_makes_each_gate_block_orthogonal(cell, blocks):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"weight_drop": 1.0}, "--weight-drop must be in"),
-    ({"weight_drop": -0.1}, "--weight-drop must be in"),
-    ({"init": "xavier"}, "--init must be one of"),
+    ({"weight_drop": 1.0}, "^weight_drop must be in"),
+    ({"weight_drop": -0.1}, "^weight_drop must be in"),
+    ({"init": "xavier"}, "^init must be one of"),
 ])
 def test_bad_regulariser_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
