@@ -4,6 +4,7 @@ loop of train_throughput.py with glibc's malloc as it comes and with charlm's se
 a fresh process (the settings last for the life of a process), interleaved.
 
     .venv/bin/python benchmarks/allocator.py [--repeats 3] [--steps 20] [--configs lstm:128:2:64]
+    .venv/bin/python benchmarks/allocator.py --smoke     # a tiny model, a few steps: checks it
 
 Prints one JSON line per config and a table: training chars/s, minor page faults per step (a
 fault is the kernel handing the process a fresh 4 KiB page) and the process's peak resident
@@ -22,6 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SHAKESPEARE = HERE.parents[1] / "shared" / "data" / "tinyshakespeare.txt"
+README = HERE.parent / "README.md"  # --smoke's corpus: small, and always there
 # the four configs at batch 64, and the default `charlm train` (1x384, batch 16, bf16)
 CONFIGS = "lstm:128:2:64,lstm:512:2:64,gru:256:2:64,rnn:256:2:64,lstm:384:1:16:bf16"
 SETTINGS = {"glibc default": {"CHARLM_MALLOC": "system"}, "charlm (kept)": {}}
@@ -65,7 +67,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--configs", default=CONFIGS)
+    parser.add_argument("--smoke", action="store_true", help="a tiny model, a few steps, once")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.repeats, args.configs = 3, 1, "lstm:16:1:4"
+        if args.data == parser.get_default("data"):
+            args.data = str(README)
     rows = []
     for spec in args.configs.split(","):
         config = parse(spec, args.steps)

@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/compile.py [--steps 15] [--repeats 2] [--configs ...]
     .venv/bin/python benchmarks/compile.py --smoke      # tiny sizes: checks the script
 
+``--backend`` is torch.compile's (inductor, its default); the smoke uses aot_eager, which traces
+as inductor does but generates no C++ (a cold inductor compile alone takes half a minute).
+
 The plain loop of train_throughput.py (batch 64 x 128, float32), eager against compiled,
 interleaved pairs. Two ways to compile:
 
@@ -19,6 +22,7 @@ pair's compile is a cold one, as a user's first run would be; later pairs hit th
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -35,20 +39,20 @@ from charlm.model.cells import ExplicitCell
 from charlm.training.allocator import keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import SHAKESPEARE, plain_loop
+from train_throughput import README, SHAKESPEARE, plain_loop
 
 CONFIGS = ("lstm:128:2:fused:model,rnn:256:2:fused:model,gru:256:2:explicit:cell,"
            "gru:256:2:explicit:model")
 
 
-def compile_model(model):
-    return torch.compile(model)
+def compile_model(model, backend: str = "inductor"):
+    return torch.compile(model, backend=backend)
 
 
-def compile_cells(model):
+def compile_cells(model, backend: str = "inductor"):
     for m in model.modules():
-        if isinstance(m, ExplicitCell):
-            m._cell = torch.compile(m._cell)
+        if isinstance(m, ExplicitCell):  # one layer's step, as the cell calls it
+            m.step_gates = torch.compile(m.step_gates, backend=backend)
     return model
 
 
@@ -72,6 +76,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--configs", default=CONFIGS,
                         help="cell:hidden:layers:impl:how, how being model or cell")
+    parser.add_argument("--backend", default="inductor", help="torch.compile's backend")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="charlm-inductor-")
@@ -79,11 +84,17 @@ def main() -> None:
     batch, seq, steps, configs = 64, 128, args.steps, args.configs
     if args.smoke:
         batch, seq, steps, configs = 4, 8, 6, "lstm:16:1:fused:model,gru:16:1:explicit:cell"
+        args.repeats = 1
+        if args.data == parser.get_default("data"):
+            args.data = str(README)
+        if args.backend == parser.get_default("backend"):
+            args.backend = "aot_eager"
     ids = load_corpus([args.data]).split(0.1, 0.0)["train"]
     rows = []
     for spec in configs.split(","):
         cell, hidden, layers, impl, how = spec.split(":")
-        prepare = {"model": compile_model, "cell": compile_cells}[how]
+        prepare = functools.partial({"model": compile_model, "cell": compile_cells}[how],
+                                    backend=args.backend)
         eager, compiled, compile_s = [], [], []
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         for _ in range(args.repeats):
@@ -104,6 +115,8 @@ def main() -> None:
                "pair_ratios": [round(c / e, 3) for c, e in zip(compiled, eager)],
                "compile_s": [round(s, 1) for s in compile_s],
                "graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs}
+        if args.backend != "inductor":
+            row["backend"] = args.backend
         print(json.dumps(row), flush=True)
         rows.append(row)
     print(f"\n{'config':<28}{'eager':>9}{'compiled':>10}{'ratio':>8}{'graphs':>8}"

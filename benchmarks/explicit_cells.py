@@ -2,6 +2,7 @@
 than the fused torch kernels, through charlm's real training path, interleaved in one process.
 
     .venv/bin/python benchmarks/explicit_cells.py [--steps 40] [--repeats 2]
+    .venv/bin/python benchmarks/explicit_cells.py --smoke    # a tiny model, a few steps: checks it
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ from charlm.training.environment import prepare_process
 from charlm.training.fit import TrainConfig, fit
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+README = Path(__file__).resolve().parents[1] / "README.md"  # --smoke's corpus
+MODEL = "1x256, batch 16 x 128"
+SMOKE = {"hidden_size": 16, "embedding_dim": 8, "seq_len": 16, "batch_size": 4}  # --smoke's model
 
 
-def chars_per_s(data: str, cell: str, impl: str, steps: int) -> float:
+def chars_per_s(data: str, cell: str, impl: str, steps: int, sizes: dict | None = None) -> float:
+    """Training chars/s through fit; ``sizes`` overrides the model's and the batch's sizes."""
+    sizes = {"batch_size": 16, **(sizes or {})}
     with tempfile.TemporaryDirectory() as out:
         return fit(TrainConfig(data=[data], cell=cell, impl=impl, max_steps=steps, eval_every=0,
-                               batch_size=16, precision="32-true", out=out + "/run",
-                               progress=False))["train_chars_per_s"]
+                               precision="32-true", out=out + "/run", progress=False,
+                               **sizes))["train_chars_per_s"]
 
 
 def main() -> None:
@@ -31,7 +37,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cells", default="rnn,lstm,gru,gru-note,lstm-ln")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny model, a few steps, one fused and one explicit-only cell")
     args = parser.parse_args()
+    sizes, model = None, MODEL
+    if args.smoke:
+        args.steps, args.repeats, args.cells, sizes = 2, 1, "lstm,lstm-ln", SMOKE
+        model = "1x{hidden_size}, batch {batch_size} x {seq_len}".format(**SMOKE)
+        if args.data == parser.get_default("data"):
+            args.data = str(README)
     prepare_process()  # as charlm train does before it trains
     rows = []
     for cell in args.cells.split(","):
@@ -40,8 +54,8 @@ def main() -> None:
             for impl in runs:
                 if cell in ("gru-note", "lstm-ln") and impl == "fused":
                     continue  # explicit only: the note's GRU, the layer-normalised LSTM
-                runs[impl].append(chars_per_s(args.data, cell, impl, args.steps))
-        row = {"figure": "explicit_vs_fused", "cell": cell, "model": "1x256, batch 16 x 128",
+                runs[impl].append(chars_per_s(args.data, cell, impl, args.steps, sizes))
+        row = {"figure": "explicit_vs_fused", "cell": cell, "model": model,
                "fused": round(statistics.median(runs["fused"])) if runs["fused"] else None,
                "explicit": round(statistics.median(runs["explicit"]))}
         if row["fused"]:

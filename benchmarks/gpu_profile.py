@@ -27,7 +27,7 @@ from charlm.data.corpus import load_corpus
 from charlm.training.allocator import keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import SHAKESPEARE, StepHook, charlm_run, plain_loop
+from train_throughput import README, SHAKESPEARE, StepHook, charlm_run, plain_loop
 
 
 class Clock:
@@ -122,7 +122,10 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()
     if args.smoke:
-        device, accelerator, steps, configs = "cpu", "cpu", 14, [("lstm", 32, 2)]
+        device, accelerator, steps, configs = "cpu", "cpu", 8, [("lstm", 32, 2)]
+        args.repeats = 1
+        if args.data == parser.get_default("data"):
+            args.data = str(README)  # a small corpus: the smoke checks the code, not the speed
     else:
         device, accelerator, steps = ("cpu", "cpu", args.steps) if args.cpu else \
             ("cuda", "gpu", args.steps)

@@ -56,8 +56,10 @@ def main() -> None:
     args = parser.parse_args()
     prepare_process()  # as charlm train does before it trains
     hidden, steps = (32, 5) if args.smoke else (384, args.steps)
-    if args.smoke and not Path(args.data).exists():
-        args.data = str(ROOT / "README.md")
+    if args.smoke:
+        args.repeats = 1
+        if args.data == parser.get_default("data") or not Path(args.data).exists():
+            args.data = str(ROOT / "README.md")  # a small corpus: checks the code, not the speed
     kind = cpu_kind()
     vocab = len(load_corpus([args.data]).vocab)
     config = TrainConfig(data=[args.data], cell=args.cell, hidden_size=hidden, accelerator="cpu")

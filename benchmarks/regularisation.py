@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/regularisation.py --plan long  [--accelerator gpu] [--parallel 6]
     .venv/bin/python benchmarks/regularisation.py --plan quick [--only base,ortho]
-    .venv/bin/python benchmarks/regularisation.py --plan long --smoke          # checks the script
+    .venv/bin/python benchmarks/regularisation.py --plan long --smoke   # 1 tiny variant: checks it
 
 A budget is what this project's 2-core CPU machine trains in a given wall time, in steps:
 measured CPU chars/s of each architecture (the RATES table, with the command that measured it)
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+README = Path(__file__).resolve().parents[1] / "README.md"  # --smoke's corpus
 
 # CPU training chars/s (float32) on this project's 2-core machine, validation excluded, measured
 # one at a time on a quiet machine (load < 1): `charlm train --data tinyshakespeare.txt
@@ -129,6 +130,11 @@ def main() -> None:
         print(json.dumps(run_one(json.loads(args.one), args.data, args.accelerator)), flush=True)
         return
     names = args.only.split(",") if args.only else list(VARIANTS[args.plan])
+    if args.smoke:
+        if not args.only:
+            names = names[:1]  # one variant in its own process: checks the script, not the plan
+        if args.data == parser.get_default("data"):
+            args.data = str(README)  # a small corpus: checks the code, not the recipe
     jobs = []
     for name in names:
         cfg = {**BASE[args.plan], **VARIANTS[args.plan][name], "name": name}

@@ -68,11 +68,12 @@ def main() -> None:
     parser.add_argument("--baseline-tree", type=Path, default=None)
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--smoke", action="store_true", help="tiny lengths: check it runs")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny lengths (and a tiny model without --checkpoint): check it runs")
     args = parser.parse_args()
     lengths = [1000, 5000] if args.smoke else [int(n) for n in args.lengths.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = args.checkpoint or make_checkpoint(Path(tmp))
+        checkpoint = args.checkpoint or make_checkpoint(Path(tmp), hidden=32 if args.smoke else 384)
         rows = [run(ROOT, checkpoint, n) for n in lengths]
         for row in rows:
             print(json.dumps({"figure": "memory", **row}), flush=True)

@@ -3,6 +3,7 @@ instead.
 
     .venv/bin/python benchmarks/sample_speed.py [--repeats 3] [--threads 1]
         [--only length,context,plain]
+    .venv/bin/python benchmarks/sample_speed.py --smoke   # tiny models, short texts: checks it
 
 Three figures, each on randomly initialised models (speed does not depend on training):
 
@@ -149,11 +150,13 @@ class TinyGPT(nn.Module):
         return self.head(self.ln(self.blocks(x)))  # (B, T, V)
 
 
-def gpt_like(params: int, layers: int = 4, heads: int = 4, block: int = 256) -> TinyGPT:
-    """The TinyGPT whose parameter count is closest to ``params`` (width a multiple of heads)."""
+def gpt_like(params: int, layers: int = 4, heads: int = 4, block: int = 256,
+             max_width: int = 1024) -> TinyGPT:
+    """The TinyGPT whose parameter count is closest to ``params`` (width a multiple of heads, at
+    most ``max_width``)."""
     def count(d: int) -> int:
         return sum(p.numel() for p in TinyGPT(len(VOCAB), d, layers, heads, block).parameters())
-    d = min(range(heads, 1025, heads), key=lambda d: abs(count(d) - params))
+    d = min(range(heads, max_width + 1, heads), key=lambda d: abs(count(d) - params))
     torch.manual_seed(0)
     return TinyGPT(len(VOCAB), d, layers, heads, block).eval()
 
@@ -177,18 +180,19 @@ def rates(prefix: str, clock: Clock) -> dict:
             f"{prefix}cpu_chars_per_s": round(clock.cpu_rate, 1)}
 
 
-def length_figures(repeats: int, hidden: int) -> list[dict]:
+def length_figures(repeats: int, hidden: int, short_len: int = 100,
+                   long_len: int = 10_000) -> list[dict]:
     rows = []
     for cell in CELLS:
         model = make_rnn(cell, hidden)
         for batch in (1, 64):
-            short, long = Clock(charlm_fn(model, 100, batch), 100 * batch), \
-                Clock(charlm_fn(model, 10_000, batch), 10_000 * batch)
+            short, long = Clock(charlm_fn(model, short_len, batch), short_len * batch), \
+                Clock(charlm_fn(model, long_len, batch), long_len * batch)
             generate(model, VOCAB, "", 20, num_samples=batch, seed=0)  # warm-up
             # the 100-char run is repeated so both sides time about as many characters
             interleaved({"short": short, "long": long}, repeats, {"short": 20})
             rows.append({"figure": "sample_length", "cell": cell, "layers": 2, "hidden": hidden,
-                         "num_samples": batch, "short_len": 100, "long_len": 10_000,
+                         "num_samples": batch, "short_len": short_len, "long_len": long_len,
                          **rates("short_", short), **rates("long_", long),
                          "long_over_short": round(long.cpu_rate / short.cpu_rate, 3),
                          "long_over_short_wall": round(long.wall_rate / short.wall_rate, 3),
@@ -197,11 +201,12 @@ def length_figures(repeats: int, hidden: int) -> list[dict]:
     return rows
 
 
-def context_figures(repeats: int, hidden: int) -> list[dict]:
+def context_figures(repeats: int, hidden: int, lengths: tuple[int, ...] = (100, 1000),
+                    max_width: int = 1024) -> list[dict]:
     rnn = make_rnn("lstm", hidden)
-    gpt = gpt_like(n_params(rnn))
+    gpt = gpt_like(n_params(rnn), max_width=max_width)
     rows = []
-    for length in (100, 1000):
+    for length in lengths:
         clocks = {"charlm": Clock(charlm_fn(rnn, length), length),
                   "rnn_refeed": Clock(lambda n=length: refeed_loop(rnn, n), length),
                   "gpt_full_context": Clock(lambda n=length: refeed_loop(gpt, n, gpt.block),
@@ -221,9 +226,10 @@ def context_figures(repeats: int, hidden: int) -> list[dict]:
     return rows
 
 
-def plain_figures(repeats: int, length: int, kept: bool) -> list[dict]:
+def plain_figures(repeats: int, length: int, kept: bool,
+                  hiddens: tuple[int, ...] = (128, 512)) -> list[dict]:
     rows = []
-    for hidden in (128, 512):
+    for hidden in hiddens:
         for cell in CELLS:
             model = make_rnn(cell, hidden)
             n = length if hidden <= 128 else length // 2
@@ -247,7 +253,9 @@ def table(rows: list[dict]) -> None:
     for r in rows:
         by.setdefault(r["figure"], []).append(r)
     if "sample_length" in by:
-        print(f"\n{'cell':<6}{'B':>4}{'100 chars':>12}{'10,000 chars':>14}{'ratio':>8}{'load':>7}"
+        first = by["sample_length"][0]
+        short, long = f"{first['short_len']:,} chars", f"{first['long_len']:,} chars"
+        print(f"\n{'cell':<6}{'B':>4}{short:>12}{long:>14}{'ratio':>8}{'load':>7}"
               "   (chars/s by CPU time)")
         for r in by["sample_length"]:
             print(f"{r['cell']:<6}{r['num_samples']:>4}{r['short_cpu_chars_per_s']:>12,.0f}"
@@ -282,17 +290,24 @@ def main() -> None:
     parser.add_argument("--only", default="length,context,plain")
     parser.add_argument("--malloc", default="system", choices=("system", "kept"),
                         help="glibc malloc as it comes, or keeping freed memory")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny models, short texts, once: checks the script")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     kept = args.malloc == "kept" and keep_freed_memory()
     only = set(args.only.split(","))
+    # the sizes: (short, long), the context lengths, the GPT's widest, the plain loop's models
+    lengths, context, max_width, hiddens = (100, 10_000), (100, 1000), 1024, (128, 512)
+    if args.smoke:
+        args.repeats, args.hidden, args.plain_length = 1, 16, 40
+        lengths, context, max_width, hiddens = (10, 100), (10, 30), 64, (16,)
     rows = []
     if "length" in only:
-        rows += length_figures(args.repeats, args.hidden)
+        rows += length_figures(args.repeats, args.hidden, *lengths)
     if "context" in only:
-        rows += context_figures(args.repeats, args.hidden)
+        rows += context_figures(args.repeats, args.hidden, context, max_width)
     if "plain" in only:
-        rows += plain_figures(args.repeats, args.plain_length, kept)
+        rows += plain_figures(args.repeats, args.plain_length, kept, hiddens)
     table(rows)
 
 

@@ -136,7 +136,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     if args.smoke:
         args.checkpoint = smoke_checkpoint(Path(tmp.name) / "smoke")
-        args.length, args.clients, args.ttfc_repeats = 50, "1,4", 3
+        args.length, args.clients, args.ttfc_repeats = 50, "1", 3  # 1: the ttfc path too
     if not args.checkpoint:
         p.error("give a CHECKPOINT (or --smoke)")
     counts = [int(c) for c in args.clients.split(",")]

@@ -146,14 +146,16 @@ def load_corpus(specs: list[str] | None = None, *, vocab: CharVocab | None = Non
 
     With ``vocab`` (a checkpoint's), characters outside it are skipped and counted in
     ``meta["unknown"]``; without, the vocabulary is every character of the text.
+    ``meta["from_cache"]`` says whether the ids were read from the cache rather than encoded.
     """
     sources = [src.resolve(s, split=split, text_column=text_column, streaming=streaming)
                for s in (specs or [src.STDLIB])]
     entry = cache_root() / _fingerprint(sources, encoding, vocab)
     corpus = _load_cached(entry)
+    from_cache = corpus is not None
     if corpus is None:
         corpus = _encode(sources, vocab, encoding, entry)
-    corpus.meta["cache"] = str(entry / "ids.npy")
+    corpus.meta["cache"], corpus.meta["from_cache"] = str(entry / "ids.npy"), from_cache
     return corpus
 
 

@@ -50,6 +50,7 @@ def test_second_load_comes_from_the_cache(text_file, monkeypatch):
     assert isinstance(second.ids, np.memmap) and second.ids.mode == "r"  # mapped, not read
     assert Path(second.ids.filename) == Path(second.meta["cache"])
     assert np.array_equal(first.ids, second.ids)
+    assert (first.meta["from_cache"], second.meta["from_cache"]) == (False, True)
 
 
 def test_corrupt_cache_is_detected_and_rebuilt(text_file):
