@@ -39,15 +39,15 @@ def main() -> None:
     table = counts()
     if not table:
         sys.exit("no mutmut results under mutants/: run `make mutate` first")
-    print(f"{'module':<12}" + "".join(f"{c:>12}" for c in COLUMNS) + f"{'killed %':>10}")
+    print(f"{'module':<24}" + "".join(f"{c:>12}" for c in COLUMNS) + f"{'killed %':>10}")
     total = Counter()
     for module, (c, _) in table.items():
         total.update(c)
         checked = c["killed"] + c["survived"] + c["timeout"]
         score = f"{100 * (c['killed'] + c['timeout']) / checked:.1f}" if checked else "-"
-        print(f"{module:<12}" + "".join(f"{c[k]:>12}" for k in COLUMNS) + f"{score:>10}")
+        print(f"{module:<24}" + "".join(f"{c[k]:>12}" for k in COLUMNS) + f"{score:>10}")
     checked = total["killed"] + total["survived"] + total["timeout"]
-    print(f"{'total':<12}" + "".join(f"{total[k]:>12}" for k in COLUMNS)
+    print(f"{'total':<24}" + "".join(f"{total[k]:>12}" for k in COLUMNS)
           + f"{100 * (total['killed'] + total['timeout']) / max(checked, 1):>10.1f}")
     if "--survivors" in sys.argv:
         for _, survivors in table.values():
