@@ -18,7 +18,7 @@ from charlm.training.fit import TrainConfig, fit
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 README = Path(__file__).resolve().parents[1] / "README.md"  # --smoke's corpus
-MODEL = "1x256, batch 16 x 128"
+MODEL = f"1x{TrainConfig.hidden_size}, batch 16 x {TrainConfig.seq_len}"  # TrainConfig's model
 SMOKE = {"hidden_size": 16, "embedding_dim": 8, "seq_len": 16, "batch_size": 4}  # --smoke's model
 
 
