@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -56,19 +56,9 @@ def decide_precision(config: TrainConfig, model_config: ModelConfig,
         key.pop("impl", None)
         measure = step_timer(lambda: CharRNN(model_config), model_config.vocab_size,
                              config.seq_len, cache_root() / "machine.json", key)
-    decision = decide(config.precision, config.batch_size or resumed_batch, config.accelerator,
-                      measure=measure)
-    if decision.precision.startswith("bf16") and not on_cuda(config.accelerator):
-        failure = bf16_failure(CharRNN(model_config), model_config.vocab_size)
-        if failure and config.precision != "auto":
-            raise CharlmError(f"this CPU cannot train the {model_config.cell} cell in bf16 "
-                              f"({failure}); use `precision` 32-true")
-        if failure:
-            fallback = decide("32-true", config.batch_size or resumed_batch, config.accelerator,
-                              measure=measure)
-            return replace(fallback, precision_reason=f"{decision.precision_reason}, but oneDNN "
-                           f"has no bf16 kernel for the {model_config.cell} on this CPU")
-    return decision
+    return decide(config.precision, config.batch_size or resumed_batch, config.accelerator,
+                  measure=measure, cell=model_config.cell,
+                  no_bf16=lambda: bf16_failure(CharRNN(model_config), model_config.vocab_size))
 
 
 def _total_steps(config: TrainConfig, windows_per_epoch: int) -> int | None:

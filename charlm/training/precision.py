@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from charlm.atomic import atomic_write_bytes
+from charlm.errors import CharlmError
 from charlm.generation.metrics import sequence_loss
 
 SMALL_BATCH, LARGE_BATCH = 8, 16
@@ -98,13 +99,26 @@ Measure = Callable[[list[tuple[str, int]]], list[float]]
 
 def decide(precision: str, batch_size: int | None, accelerator: str, *,
            measure: Measure | None = None, capabilities: dict | None = None,
-           cuda_capability: tuple[int, int] | None = None) -> Decision:
+           cuda_capability: tuple[int, int] | None = None,
+           no_bf16: Callable[[], str | None] | None = None, cell: str = "model") -> Decision:
     """The run's precision and batch: given values pass through; ``auto`` and a missing batch
     are decided from the hardware's report, and from ``measure`` where the report cannot tell
-    (``measure`` None: no measurement, the safe float32 and batch 8)."""
+    (``measure`` None: no measurement, the safe float32 and batch 8).
+
+    ``no_bf16()`` says why the ``cell`` cannot train in bf16 on this CPU (None: it can; see
+    ``bf16_failure``): bf16 asked for is then refused, and ``auto`` takes float32 instead.
+    """
     reason = "given"
     if precision == "auto":
         precision, reason = _auto_precision(accelerator, measure, capabilities, cuda_capability)
+    if precision.startswith("bf16") and not on_cuda(accelerator) and no_bf16 is not None:
+        failure = no_bf16()
+        if failure and reason == "given":
+            raise CharlmError(f"this CPU cannot train the {cell} cell in bf16 ({failure}); use "
+                              f"`precision` 32-true")
+        if failure:
+            precision = "32-true"
+            reason = f"{reason}, but oneDNN has no bf16 kernel for the {cell} on this CPU"
     if batch_size is not None:
         return Decision(precision, batch_size, reason, "batch given")
     if measure is None or on_cuda(accelerator):
