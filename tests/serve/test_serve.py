@@ -332,7 +332,10 @@ def test_page_streams_shades_and_stops(keyed, browser):
         "return [...document.querySelectorAll('#out span.c')].map(s => s.style.background)")
     assert all(shades) and len(set(shades)) > 3  # each shaded by the probability it had
     ActionChains(browser).move_to_element(first).perform()
-    tip = browser.execute_script("return document.getElementById('tip').innerText")
+    tip_text = "return document.getElementById('tip').innerText"
+    # the page fills the tip in its mouseover handler, which a loaded machine may run late
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script(tip_text))
+    tip = browser.execute_script(tip_text)
     assert tip.startswith("#0 ") and tip.count("%") == 6  # the character and 5 alternatives
     assert browser.execute_script("return document.querySelector('#out .prompt').textContent") \
         == "the cat"
