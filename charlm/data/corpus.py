@@ -217,7 +217,13 @@ class TrainStreams:
 
 
 class StepBatches(torch.utils.data.IterableDataset):
-    """Batches for steps [start, stop) of a TrainStreams, as a DataLoader wants them."""
+    """Batches for steps [start, stop) of a TrainStreams, as a DataLoader wants them.
+
+    Its length is ``stop``: one pass is the whole run, of which a resumed run has done ``start``
+    steps already. A trainer that resumes mid-pass counts those as done and ends the pass after
+    the ``stop - start`` batches that remain; a length of ``stop - start`` would make it end the
+    pass early and start it again from ``start``, repeating batches.
+    """
 
     def __init__(self, streams: TrainStreams, start: int, stop: int | None):
         self.streams, self.start, self.stop = streams, start, stop
@@ -231,7 +237,7 @@ class StepBatches(torch.utils.data.IterableDataset):
     def __len__(self) -> int:
         if self.stop is None:
             raise TypeError("an open-ended run has no length")
-        return max(0, self.stop - self.start)
+        return self.stop
 
 
 def eval_batches(ids: np.ndarray, seq_len: int, max_streams: int = 16, rank: int = 0,

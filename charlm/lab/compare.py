@@ -159,7 +159,7 @@ def _checkpoint_run(path: str, c: CompareConfig, data: list[str]) -> dict:
     """Evaluate a checkpoint trained elsewhere on the comparison's split, and measure it."""
     model, vocab, info = load(path)
     if not is_recurrent(model.config.cell):
-        raise CharlmError(f"charlm compare takes recurrent models; {path} is a "
+        raise CharlmError(f"the comparison takes recurrent models; {path} is a "
                           f"{model.config.cell}")
     t = c.train
     corpus = load_corpus(data, vocab=vocab, encoding=t.encoding, split=t.split,

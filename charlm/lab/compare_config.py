@@ -51,8 +51,8 @@ class CompareConfig:
                               f"{', '.join(cell_names())}")
         other = [c for c in self.cells if not is_recurrent(c)]
         if other:  # its gradient flow and samples are measured through a recurrent state
-            raise CharlmError(f"charlm compare takes recurrent cells; {other[0]!r} is not one "
-                              f"(train it with charlm train --cell {other[0]})")
+            raise CharlmError(f"`cells` takes recurrent cells only; {other[0]!r} is not one "
+                              f"(train it on its own, with `cell` {other[0]})")
         if len(set(self.cells)) != len(self.cells):
             raise CharlmError("`cells` names a cell twice")
         if not self.cells and not self.checkpoints:

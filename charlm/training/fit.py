@@ -26,7 +26,7 @@ from charlm.generation.evaluation import READ_OPTIONS
 from charlm.generation.metrics import LN2, evaluate
 from charlm.model import CharRNN, ModelConfig
 from charlm.training.config import DEFAULT_EPOCHS, TrainConfig
-from charlm.training.interrupt import GracefulStop
+from charlm.training.interrupt import GracefulStop, Interrupted
 from charlm.training.lightning_module import CharDataModule, CharLM, OptimConfig
 from charlm.training.precision import (
     Decision,
@@ -38,7 +38,15 @@ from charlm.training.precision import (
     on_cuda,
     step_timer,
 )
-from charlm.training.run_folder import RunFolder, loggers, merge_metrics, set_aside_metrics
+from charlm.training.run_folder import (
+    Checkpoints,
+    RunEnd,
+    Samples,
+    Validation,
+    loggers,
+    merge_metrics,
+    set_aside_metrics,
+)
 from charlm.training.runlock import RunLock, is_rank_zero
 
 
@@ -98,39 +106,58 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     _check_same_model(resumed, model_config, out / "last.ckpt")
     decision, said = _decide(config, model_config, resumed)
     dm.batch_size = decision.batch_size
-    trainer_kwargs = dict(accelerator=config.accelerator, devices=config.devices,
-                          strategy=config.strategy, num_nodes=config.num_nodes,
-                          precision=decision.precision)
-    world = _world_size(trainer_kwargs)
-    streams = dm.make_streams(0, world)
-    dm.max_steps = total = _total_steps(config, streams.windows_per_epoch)
+    run = RunCallbacks(config, dm)
+    trainer = _trainer(config, decision, [*run.callbacks, *(callbacks or [])])
+    # Lightning knows how many processes train once the Trainer exists; the streams are cut for
+    # that many, and the run's length in steps follows from them.
+    streams = dm.make_streams(0, trainer.world_size)
+    dm.max_steps = run.end.total_steps = total = _total_steps(config, streams.windows_per_epoch)
     if config.progress and is_rank_zero():
-        _report_data(dm.corpus, dm, streams, world)
+        _report_data(dm.corpus, dm, streams, trainer.world_size)
         if said:
             print(said, flush=True)
     module = _lightning_module(config, model_config, dm, total)
-    run_folder = RunFolder(out, dm, config, total)
-    trainer = _trainer(config, total, [run_folder, GracefulStop(run_folder), *(callbacks or [])],
-                       trainer_kwargs)
     t0 = time.time()
     _train(trainer, module, dm, config, resumed)
-    results = {
-        "checkpoint": str(out / "last.ckpt"), "best_checkpoint": str(out / "best.ckpt"),
-        "val_loss": run_folder.best_val_loss, "val_bpc": run_folder.best_val_loss / LN2,
-        "best_step": run_folder.best_step, "steps": trainer.global_step,
-        "params": module.model.num_params(), "precision": decision.precision,
-        "batch_size": decision.batch_size, "auto": decision.to_dict(), "machine": cpu_kind(),
-        "train_chars_per_s": module.train_chars / module.train_s if module.train_s else 0.0,
-        "elapsed_s": module.elapsed_s, "wall_s_this_session": time.time() - t0,
-        "history": run_folder.history,
-    }
+    if run.stop.stopped_at is not None:
+        raise Interrupted(run.stop.stopped_at)
+    results = _results(run.validation, trainer, module, decision, out, time.time() - t0)
     if config.test_fraction and trainer.is_global_zero:
         results.update(_test_metrics(out / "best.ckpt", dm))
     if trainer.is_global_zero:
-        run = {"config": asdict(config), "model": model_config.to_dict(),
-               "data": module.hparams["data"], "results": results}
-        atomic_write_bytes(out / "run.json", json.dumps(run, indent=2).encode())
+        record = {"config": asdict(config), "model": model_config.to_dict(),
+                  "data": module.hparams["data"], "results": results}
+        atomic_write_bytes(out / "run.json", json.dumps(record, indent=2).encode())
     return results
+
+
+class RunCallbacks:
+    """The run folder's callbacks, one per job (``charlm.training.run_folder``), and the
+    Ctrl-C handling; they share the run's end and its checkpoints, so their order is free."""
+
+    def __init__(self, config: TrainConfig, dm: CharDataModule):
+        out = Path(config.out)
+        checkpoints = Checkpoints(out)
+        self.end = RunEnd(None, config.max_time * 60 if config.max_time is not None else None)
+        self.validation = Validation(dm, config.eval_every, checkpoints, self.end,
+                                     config.progress)
+        self.stop = GracefulStop(checkpoints, self.end)
+        self.callbacks = [self.end, self.validation,
+                          Samples(out, config.sample_every, config.progress), self.stop]
+
+
+def _results(validation: Validation, trainer: L.Trainer, module: CharLM, decision: Decision,
+             out: Path, wall_s: float) -> dict:
+    return {
+        "checkpoint": str(out / "last.ckpt"), "best_checkpoint": str(out / "best.ckpt"),
+        "val_loss": validation.best_val_loss, "val_bpc": validation.best_val_loss / LN2,
+        "best_step": validation.best_step, "steps": trainer.global_step,
+        "params": module.model.num_params(), "precision": decision.precision,
+        "batch_size": decision.batch_size, "auto": decision.to_dict(), "machine": cpu_kind(),
+        "train_chars_per_s": module.train_chars / module.train_s if module.train_s else 0.0,
+        "elapsed_s": module.elapsed_s, "wall_s_this_session": wall_s,
+        "history": validation.history,
+    }
 
 
 def _resume_info(config: TrainConfig, last: Path) -> dict | None:
@@ -188,14 +215,6 @@ def _decide(config: TrainConfig, model_config: ModelConfig,
     return decision, decision.line() + _measured(time.perf_counter() - t0, load)
 
 
-def _world_size(trainer_kwargs: dict) -> int:
-    """How many processes will train: Lightning resolves devices, strategy and nodes when it
-    builds a Trainer, and the streams must be cut for that many before the real one exists."""
-    probe = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      **trainer_kwargs)
-    return probe.world_size
-
-
 def _lightning_module(config: TrainConfig, model_config: ModelConfig, dm: CharDataModule,
                       total: int | None) -> CharLM:
     optim = OptimConfig(lr=config.lr, weight_decay=config.weight_decay,
@@ -212,18 +231,19 @@ def _lightning_module(config: TrainConfig, model_config: ModelConfig, dm: CharDa
                         "batch_size": dm.batch_size})
 
 
-def _trainer(config: TrainConfig, total: int | None, callbacks: list[Callback],
-             trainer_kwargs: dict) -> L.Trainer:
+def _trainer(config: TrainConfig, decision: Decision, callbacks: list[Callback]) -> L.Trainer:
+    """The run ends when ``RunEnd`` says (its step count or time budget), not by Lightning's
+    max_steps: the step count depends on the number of processes, which the Trainer decides."""
     if config.progress:
         callbacks.append(ProgressBar(refresh_rate=10))
     return L.Trainer(
-        max_steps=total if total is not None else -1,
-        max_epochs=-1 if total is None else None,
+        max_steps=-1, max_epochs=-1,
         limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=config.grad_clip or None,
         logger=loggers(Path(config.out)), callbacks=callbacks,
         enable_checkpointing=False, enable_progress_bar=config.progress,
         enable_model_summary=False, log_every_n_steps=10, use_distributed_sampler=False,
-        deterministic=False, **trainer_kwargs)
+        deterministic=False, accelerator=config.accelerator, devices=config.devices,
+        strategy=config.strategy, num_nodes=config.num_nodes, precision=decision.precision)
 
 
 def _train(trainer: L.Trainer, module: CharLM, dm: CharDataModule, config: TrainConfig,

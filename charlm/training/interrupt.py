@@ -8,8 +8,9 @@ checkpoint (trainer/call.py, connectors/signal_connector.py, loops/training_epoc
 
 ``GracefulStop`` replaces both handlers while the training loop runs: a signal only sets a flag.
 At the end of the step, where weights, optimiser, carried hidden state, RNG and data position
-all belong to the same step, last.ckpt is saved atomically (unless validation just saved it) and
-the run stops with ``Interrupted``: "interrupted at step N; resume with --resume". Under DDP rank
+all belong to the same step, last.ckpt is saved atomically (unless validation just saved it), the
+trainer stops, and ``fit`` raises ``Interrupted``: "interrupted at step N; resume with --resume".
+Under DDP rank
 0's flag is broadcast (``RankZeroDecides``), so every rank stops at the same step. A second Ctrl-C
 stops at once, without saving; last.ckpt is then the previous one, whole.
 """
@@ -24,7 +25,6 @@ from collections.abc import Callable
 from lightning.pytorch.callbacks import Callback
 
 from charlm.errors import CharlmError
-from charlm.training.saving import atomic_save
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -73,12 +73,17 @@ class RankZeroDecides:
 class GracefulStop(Callback):
     """Turns SIGINT/SIGTERM into a checkpoint at the end of the current step, then a clean stop.
 
-    Place it after ``RunFolder`` in the callbacks, so an evaluation step has saved already.
+    At the end of the step where the signal is seen, last.ckpt is saved (unless an evaluation at
+    that step saved it: ``Checkpoints`` keeps one save per step whichever callback runs first)
+    and the trainer is told to stop; ``stopped_at`` is that step, and the caller raises
+    ``Interrupted`` once ``trainer.fit`` has returned. A signal at the run's last step changes
+    nothing: the run ends normally, results and all.
     """
 
-    def __init__(self, run_folder):
-        self.run_folder = run_folder
+    def __init__(self, checkpoints, run_end):
+        self.checkpoints, self.run_end = checkpoints, run_end
         self.requested: str | None = None  # the name of the signal received, if any
+        self.stopped_at: int | None = None
         self._previous: dict[int, object] = {}
         self._stop_now = RankZeroDecides()
 
@@ -105,7 +110,7 @@ class GracefulStop(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         # After Lightning registered its own SIGTERM handler (Trainer._run), which this replaces;
         # Lightning puts the handlers from before fit() back in its teardown.
-        self.requested = None
+        self.requested, self.stopped_at = None, None
         self._install()
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -120,12 +125,11 @@ class GracefulStop(Callback):
     # -- the stop, at a step boundary ------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
+        if self.stopped_at is not None or self.run_end.is_last(trainer, pl_module, step):
+            return
         if not self._stop_now(trainer, step, lambda: self.requested is not None):
             return
-        folder = self.run_folder
-        if trainer.should_stop or (folder.total_steps is not None and step >= folder.total_steps):
-            return  # this was the last step anyway: the run ends normally, results and all
-        if folder.last_eval_step != step:
-            folder.check_loss()  # a run whose loss went NaN is never saved
-            atomic_save(trainer, folder.out / "last.ckpt")
-        raise Interrupted(step)
+        if self.checkpoints.saved_step != step:
+            self.checkpoints.save_last(trainer, pl_module)
+        self.stopped_at = step
+        trainer.should_stop = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lightning as L
@@ -24,6 +25,42 @@ from charlm.generation import metrics
 from charlm.generation.checkpoint import CHECKPOINT_FORMAT
 from charlm.model import CharRNN, ModelConfig, State, detach_state, map_state
 from charlm.version import __version__
+
+
+def _refuse_non_finite(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise CharlmError(f"the training loss became {loss} at step {step}; best.ckpt is "
+                          f"untouched (try a lower `lr` or `grad_clip`)")
+
+
+class LossWatch:
+    """Refuses a non-finite training loss before anything is saved from it.
+
+    On the CPU the check is immediate. On a GPU, reading the loss every step would make the
+    host wait for the device, so the first bad step is kept on the device and read by ``check``,
+    which whatever writes a file from the weights calls first.
+    """
+
+    def __init__(self) -> None:
+        self._bad: tuple[Tensor, Tensor] | None = None  # (first non-finite step or -1, its loss)
+
+    def __call__(self, loss: Tensor, step: int, lazy: bool | None = None) -> None:
+        loss = loss.detach()
+        if lazy is None:
+            lazy = loss.device.type != "cpu"
+        if not lazy:
+            _refuse_non_finite(float(loss), step)
+            return
+        if self._bad is None:
+            self._bad = (torch.full((), -1, device=loss.device), torch.zeros_like(loss))
+        first, value = self._bad
+        bad = ~torch.isfinite(loss) & (first < 0)
+        self._bad = (torch.where(bad, step, first), torch.where(bad, loss, value))
+
+    def check(self) -> None:
+        """Raise if a loss kept on the device was not finite."""
+        if self._bad is not None and int(self._bad[0]) >= 0:
+            _refuse_non_finite(float(self._bad[1]), int(self._bad[0]))
 
 
 @dataclass
@@ -76,6 +113,7 @@ class CharLM(L.LightningModule):
         # What the progress bar shows, kept as they are (a loss stays on the device) and read
         # only when the bar redraws: see progress_metrics.
         self.shown: dict[str, Tensor | float] = {}
+        self.watch_loss = LossWatch()
 
     # -- the one step ---------------------------------------------------------------------
     def _shared_step(self, x: Tensor, y: Tensor, state: State | None):
@@ -93,6 +131,9 @@ class CharLM(L.LightningModule):
             self.log("bpc", loss / metrics.LN2)
             self.shown["train_loss"] = loss.detach()
         return loss
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        self.watch_loss(loss, self.global_step + 1)  # the step this one becomes
 
     def _logs_this_step(self) -> bool:
         """Whether the loggers write this step (Lightning's rule: every log_every_n_steps-th
@@ -138,6 +179,23 @@ class CharLM(L.LightningModule):
         if self._clock is not None:
             self.elapsed_s = time.monotonic() - self._clock
         return self.elapsed_s
+
+    @contextmanager
+    def set_aside(self):
+        """Time spent inside is not training time (validation, samples, checkpoints)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.aside_s += time.perf_counter() - t0
+
+    def check_loss(self) -> None:
+        """Raise before anything is written from weights a non-finite loss produced."""
+        self.watch_loss.check()
+
+    def show(self, name: str, value: Tensor | float) -> None:
+        """A figure for the progress bar, read only when it redraws."""
+        self.shown[name] = value
 
     @property
     def train_s(self) -> float:

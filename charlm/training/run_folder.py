@@ -1,4 +1,5 @@
-"""The run folder: validation, checkpoints, samples and logs of one training run.
+"""The run folder's callbacks, one per job: the end of the run, validation and checkpoints,
+samples; and its logs.
 
     OUT/best.ckpt     the weights with the lowest validation loss
     OUT/last.ckpt     exact resume (weights, optimiser, step, carried state, RNG, clock)
@@ -13,41 +14,87 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import math
 import os
-import time
 from pathlib import Path
 
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from charlm.atomic import commit_file, temporary_for
-from charlm.errors import CharlmError
 from charlm.generation.sampling import SampleSettings, generate
-from charlm.training.config import TrainConfig
 from charlm.training.interrupt import RankZeroDecides
 from charlm.training.lightning_module import CharDataModule, CharLM
 from charlm.training.saving import atomic_copy, atomic_save
 
 
-def _refuse_non_finite(loss: float, step: int) -> None:
-    if not math.isfinite(loss):
-        raise CharlmError(f"the training loss became {loss} at step {step}; best.ckpt is "
-                          f"untouched (try a lower `lr` or `grad_clip`)")
+class Checkpoints:
+    """last.ckpt and best.ckpt. Not a callback: the callbacks that save (validation, a graceful
+    stop) share one, so a step is saved once however they are ordered."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.saved_step = -1  # the step last.ckpt was last saved at in this session
+
+    def save_last(self, trainer, pl_module: CharLM) -> None:
+        pl_module.check_loss()  # a run whose loss went non-finite is never saved
+        with pl_module.set_aside():
+            atomic_save(trainer, self.out / "last.ckpt")
+        self.saved_step = trainer.global_step
+
+    def keep_as_best(self, trainer) -> None:
+        """best.ckpt = last.ckpt, just saved."""
+        if trainer.is_global_zero:
+            atomic_copy(self.out / "last.ckpt", self.out / "best.ckpt")
 
 
-class RunFolder(Callback):
-    """Validation, checkpoints, samples and the time budget, every so many steps and at the end."""
+class RunEnd(Callback):
+    """Ends the run at its step count (``total_steps``, None for none) or when rank 0's clock
+    passes the time budget.
 
-    def __init__(self, out: Path, dm: CharDataModule, config: TrainConfig, total_steps: int | None):
-        self.out, self.dm, self.config, self.total_steps = out, dm, config, total_steps
+    Other callbacks ask ``is_last(step)`` to do their end-of-run work at the last step; the
+    answer is decided once per step (one collective under DDP), so it is the same whoever asks
+    first, and whatever the order of the callbacks.
+    """
+
+    def __init__(self, total_steps: int | None, max_time_s: float | None):
+        self.total_steps, self.max_time_s = total_steps, max_time_s
+        self._out_of_time = RankZeroDecides()
+        self._decided: tuple[int, bool] = (-1, False)  # (step, is it the last)
+
+    def is_last(self, trainer, pl_module: CharLM, step: int) -> bool:
+        if self._decided[0] != step:
+            last = self.total_steps is not None and step >= self.total_steps
+            if self.max_time_s is not None:  # every rank asks, so all ranks stop together
+                last = self._out_of_time(
+                    trainer, step, lambda: pl_module.tick() >= self.max_time_s) or last
+            self._decided = (step, last)
+        return self._decided[1]
+
+    def on_train_epoch_end(self, trainer, pl_module: CharLM) -> None:
+        # The loader's one pass ends at the last step, so a pass that ends ends the run (a
+        # finished run resumed with the same step count has no step left to take).
+        trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer, pl_module: CharLM, outputs, batch, batch_idx) -> None:
+        if self.is_last(trainer, pl_module, trainer.global_step):
+            trainer.should_stop = True
+
+
+class Validation(Callback):
+    """A full pass over the val split every ``eval_every`` steps and at the last step; after
+    each, last.ckpt, and best.ckpt when the loss is the lowest so far."""
+
+    def __init__(self, dm: CharDataModule, eval_every: int, checkpoints: Checkpoints,
+                 run_end: RunEnd, progress: bool = False):
+        self.dm, self.eval_every, self.progress = dm, eval_every, progress
+        self.checkpoints, self.run_end = checkpoints, run_end
         self.best_val_loss = float("inf")
         self.best_step = -1
-        self.last_eval_step = -1
         self.history: list[dict] = []
-        self._bad: tuple | None = None  # (first non-finite step or -1, its loss): see watch_loss
-        self._out_of_time = RankZeroDecides()
+
+    @property
+    def state_key(self) -> str:
+        return "RunFolder"  # the key checkpoints have kept this state under from the start
 
     def state_dict(self) -> dict:
         return {"best_val_loss": self.best_val_loss, "best_step": self.best_step,
@@ -60,61 +107,14 @@ class RunFolder(Callback):
 
     def on_train_batch_end(self, trainer, pl_module: CharLM, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        self.watch_loss(outputs["loss"] if isinstance(outputs, dict) else outputs, step)
-        out_of_time = False
-        if self.config.max_time is not None:  # rank 0's clock decides, so all ranks stop together
-            out_of_time = self._out_of_time(
-                trainer, step, lambda: pl_module.tick() >= self.config.max_time * 60)
-        final = out_of_time or (self.total_steps is not None and step >= self.total_steps)
-        if out_of_time:
-            trainer.should_stop = True
-        sample_now = bool(self.config.sample_every) and step % self.config.sample_every == 0
-        validate_now = final or (bool(self.config.eval_every)
-                                 and step % self.config.eval_every == 0)
-        if sample_now or validate_now:
-            self.check_loss()  # before anything is written from these weights
-        if sample_now:
-            self.write_samples(trainer, pl_module, step)
-        if validate_now:
+        if (self.run_end.is_last(trainer, pl_module, step)
+                or (self.eval_every and step % self.eval_every == 0)):
             self.validate(trainer, pl_module, step)
 
-    def watch_loss(self, loss: torch.Tensor, step: int, lazy: bool | None = None) -> None:
-        """Stop on a non-finite training loss before anything is saved from it. On the CPU the
-        check is immediate; on a GPU, reading the loss every step would make the host wait for
-        the device, so the first bad step is kept on the device and read by ``check_loss``."""
-        loss = loss.detach()
-        if lazy is None:
-            lazy = loss.device.type != "cpu"
-        if not lazy:
-            _refuse_non_finite(float(loss), step)
-            return
-        if self._bad is None:
-            self._bad = (torch.full((), -1, device=loss.device), torch.zeros_like(loss))
-        first, value = self._bad
-        bad = ~torch.isfinite(loss) & (first < 0)
-        self._bad = (torch.where(bad, step, first), torch.where(bad, loss, value))
-
-    def check_loss(self) -> None:
-        """Raise if a training loss kept on the device (see ``watch_loss``) was not finite."""
-        if self._bad is not None and int(self._bad[0]) >= 0:
-            _refuse_non_finite(float(self._bad[1]), int(self._bad[0]))
-
-    def on_train_end(self, trainer, pl_module: CharLM) -> None:
-        # A run that stopped for another reason (end of epochs) still validates and saves.
-        if self.last_eval_step != trainer.global_step:
-            self.check_loss()
-            self.validate(trainer, pl_module, trainer.global_step)
-
     def validate(self, trainer, pl_module: CharLM, step: int) -> None:
-        t0 = time.perf_counter()
-        try:
-            self._validate(trainer, pl_module, step)
-        finally:
-            pl_module.aside_s += time.perf_counter() - t0
-
-    def _validate(self, trainer, pl_module: CharLM, step: int) -> None:
-        val = pl_module.evaluate_split(self.dm.splits["val"], self.dm.eval_seq_len)
-        self.last_eval_step = step
+        pl_module.check_loss()  # before anything is written from these weights
+        with pl_module.set_aside():
+            val = pl_module.evaluate_split(self.dm.splits["val"], self.dm.eval_seq_len)
         record = {"step": step, "elapsed_s": round(pl_module.tick(), 2),
                   "val_loss": val["loss"], "val_bpc": val["bpc"]}
         self.history.append(record)
@@ -122,27 +122,36 @@ class RunFolder(Callback):
             logger.log_metrics({"val_loss": val["loss"], "val_bpc": val["bpc"],
                                 "elapsed_s": record["elapsed_s"]}, step=step)
         pl_module.log("val_bpc", val["bpc"], logger=False, rank_zero_only=True)
-        pl_module.shown["val_bpc"] = val["bpc"]
+        pl_module.show("val_bpc", val["bpc"])
         improved = val["loss"] < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_step = val["loss"], step
-        atomic_save(trainer, self.out / "last.ckpt")
-        if improved and trainer.is_global_zero:
-            atomic_copy(self.out / "last.ckpt", self.out / "best.ckpt")
-        if trainer.is_global_zero and self.config.progress:
-            _say(trainer, f"step {step}: val loss {val['loss']:.4f} nats, {val['bpc']:.4f} bpc"
-                          f"{' (best)' if improved else ''}")
+        self.checkpoints.save_last(trainer, pl_module)  # holds this evaluation in its history
+        if improved:
+            with pl_module.set_aside():
+                self.checkpoints.keep_as_best(trainer)
+        if trainer.is_global_zero and self.progress:
+            _say(f"step {step}: val loss {val['loss']:.4f} nats, {val['bpc']:.4f} bpc"
+                 f"{' (best)' if improved else ''}")
 
-    def write_samples(self, trainer, pl_module: CharLM, step: int) -> None:
-        if not trainer.is_global_zero:
+
+class Samples(Callback):
+    """Samples at temperatures 0.5, 0.8 and 1.0 appended to samples.txt every ``every`` steps."""
+
+    def __init__(self, out: Path, every: int, progress: bool = False):
+        self.out, self.every, self.progress = out, every, progress
+
+    def on_train_batch_end(self, trainer, pl_module: CharLM, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not (self.every and step % self.every == 0 and trainer.is_global_zero):
             return
-        t0 = time.perf_counter()
-        try:
-            self._write_samples(trainer, pl_module, step)
-        finally:
-            pl_module.aside_s += time.perf_counter() - t0
+        pl_module.check_loss()
+        with pl_module.set_aside():
+            block = self.write(pl_module, step)
+        if self.progress:
+            _say(block)
 
-    def _write_samples(self, trainer, pl_module: CharLM, step: int) -> None:
+    def write(self, pl_module: CharLM, step: int) -> str:
         model = pl_module.model
         lines = [f"=== step {step} ==="]
         for temperature in (0.5, 0.8, 1.0):
@@ -153,11 +162,10 @@ class RunFolder(Callback):
         block = "\n".join(lines) + "\n"
         with open(self.out / "samples.txt", "a", encoding="utf-8") as f:
             f.write(block)
-        if self.config.progress:
-            _say(trainer, block)
+        return block
 
 
-def _say(trainer, text: str) -> None:
+def _say(text: str) -> None:
     from tqdm.auto import tqdm
     tqdm.write(text)
 

@@ -24,8 +24,7 @@ from charlm.cli import cli
 from charlm.data.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.training.fit import TrainConfig, fit
-from charlm.training.lightning_module import CharLM
-from charlm.training.run_folder import RunFolder
+from charlm.training.lightning_module import CharLM, LossWatch
 from charlm.training.runlock import LOCK_NAME, RunLock, is_rank_zero
 
 SIZES = {"hidden_size": 16, "embedding_dim": 8, "batch_size": 4, "seq_len": 16}
@@ -687,16 +686,16 @@ def test_cache_ids_are_never_trusted_when_their_checksum_fails(text_file):
     assert again.vocab.decode(again.ids) == text_file.read_text()
 
 
-def test_on_a_gpu_the_nan_check_waits_for_the_next_save_and_names_the_first_bad_step(tmp_path):
+def test_on_a_gpu_the_nan_check_waits_for_the_next_save_and_names_the_first_bad_step():
     # The device path (no host sync per step), exercised with CPU tensors: nothing is raised
     # while steps go by, and the check before a save names the first non-finite step and loss.
-    folder = RunFolder(tmp_path, None, None, None)
-    folder.check_loss()  # nothing watched yet
+    watch = LossWatch()
+    watch.check()  # nothing watched yet
     for step, loss in enumerate([2.0, 1.5, float("inf"), float("nan"), 1.0], start=1):
-        folder.watch_loss(torch.tensor(loss), step, lazy=True)
+        watch(torch.tensor(loss), step, lazy=True)
     with pytest.raises(CharlmError, match="the training loss became inf at step 3; best.ckpt"):
-        folder.check_loss()
-    fine = RunFolder(tmp_path, None, None, None)
+        watch.check()
+    fine = LossWatch()
     for step in range(1, 4):
-        fine.watch_loss(torch.tensor(1.0), step, lazy=True)
-    fine.check_loss()
+        fine(torch.tensor(1.0), step, lazy=True)
+    fine.check()

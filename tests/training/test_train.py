@@ -10,7 +10,8 @@ from lightning.pytorch.callbacks import Callback
 
 from charlm import load
 from charlm.errors import CharlmError
-from charlm.training.fit import ProgressBar, RunFolder, TrainConfig, fit
+from charlm.training.fit import ProgressBar, TrainConfig, fit
+from charlm.training.run_folder import Validation
 
 TINY = dict(hidden_size=32, embedding_dim=16, batch_size=8, seq_len=32, lr=1e-2, warmup_steps=5,
             progress=False)
@@ -52,16 +53,18 @@ def test_resume_equals_an_uninterrupted_run(text_file, tmp_path, monkeypatch, wi
                     window=window, **TINY)
     whole = fit(TrainConfig(out=str(tmp_path / "whole"), **settings))
 
-    original = RunFolder.validate
+    original = Validation.validate
+    dying = True
 
     def validate_then_die(self, trainer, module, step):
         original(self, trainer, module, step)
-        if step == 16 and not self.config.resume:
+        if step == 16 and dying:
             raise Interrupted
 
-    monkeypatch.setattr(RunFolder, "validate", validate_then_die)
+    monkeypatch.setattr(Validation, "validate", validate_then_die)
     with pytest.raises(Interrupted):
         fit(TrainConfig(out=str(tmp_path / "split"), **settings))
+    dying = False
     resumed = fit(TrainConfig(out=str(tmp_path / "split"), resume=True, **settings))
 
     a = torch.load(tmp_path / "whole" / "last.ckpt", weights_only=True)["state_dict"]
@@ -191,3 +194,63 @@ def test_the_run_clock_stops_before_lightning_tears_down(text_file, tmp_path, mo
     monkeypatch.setattr(SingleDeviceStrategy, "teardown", slow_teardown)
     results = fit(TrainConfig(data=[str(text_file)], max_steps=5, out=str(tmp_path / "r"), **TINY))
     assert seen["after"] == seen["before"] == results["elapsed_s"]
+
+
+@pytest.mark.parametrize("order", ["as built", "reversed"])
+def test_the_callbacks_do_the_same_in_any_order(text_file, tmp_path, monkeypatch, order):
+    # A signal during step 8, where an evaluation is due: in either order the evaluation at 8 is
+    # done and held by last.ckpt, the run stops there, and the resumed run ends as one that was
+    # never stopped (final evaluation at the last step, same weights).
+    import os
+    import signal
+
+    import charlm.training.fit as fit_module
+    from charlm.training.interrupt import Interrupted
+    from charlm.training.lightning_module import CharLM
+
+    settings = dict(data=[str(text_file)], max_steps=20, eval_every=8, **TINY)
+    whole = fit(TrainConfig(out=str(tmp_path / "whole"), **settings))
+
+    build = fit_module._trainer
+
+    def reordered(config, decision, callbacks):
+        return build(config, decision, callbacks[::-1] if order == "reversed" else callbacks)
+
+    monkeypatch.setattr(fit_module, "_trainer", reordered)
+    step = CharLM.training_step
+
+    signal_in = {8}
+
+    def signal_in_step(self, batch, batch_idx):
+        if self.global_step + 1 in signal_in and not self.trainer.ckpt_path:
+            os.kill(os.getpid(), signal.SIGINT)  # handled by GracefulStop: it only sets a flag
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(CharLM, "training_step", signal_in_step)
+    out = tmp_path / "split"
+    with pytest.raises(Interrupted, match="interrupted at step 8"):
+        fit(TrainConfig(out=str(out), **settings))
+    saved = torch.load(out / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 8
+    assert [r["step"] for r in saved["callbacks"]["RunFolder"]["history"]] == [8]
+    resumed = fit(TrainConfig(out=str(out), resume=True, **settings))
+    assert [r["step"] for r in resumed["history"]] == [8, 16, 20] == \
+        [r["step"] for r in whole["history"]]
+    assert resumed["val_loss"] == whole["val_loss"]
+    a = torch.load(tmp_path / "whole" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(out / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    signal_in = {20}  # at the last step the run ends as it would have, results and all
+    ended = fit(TrainConfig(out=str(tmp_path / "ended"), **settings))
+    assert ended["val_loss"] == whole["val_loss"] and ended["steps"] == 20
+
+
+def test_resuming_a_finished_run_with_the_same_step_count_changes_nothing(text_file, tmp_path):
+    settings = dict(data=[str(text_file)], max_steps=6, eval_every=3, out=str(tmp_path / "r"),
+                    **TINY)
+    first = fit(TrainConfig(**settings))
+    before = (tmp_path / "r" / "best.ckpt").read_bytes()
+    again = fit(TrainConfig(resume=True, **settings))
+    assert again["steps"] == 6 and again["history"] == first["history"]
+    assert again["val_loss"] == first["val_loss"]
+    assert (tmp_path / "r" / "best.ckpt").read_bytes() == before
