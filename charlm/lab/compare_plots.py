@@ -1,4 +1,4 @@
-"""The two plots of ``charlm compare``: learning curves and gradient flow, one colour per cell."""
+"""The plots of ``charlm compare``: learning curves, gradient flow, gate saturation."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 
 from charlm.atomic import atomic_write_bytes
 from charlm.lab.figures import png_bytes
+from charlm.lab.units import SIGMOID_GATES
 
 
 def seeds(n: int) -> str:
@@ -22,18 +23,19 @@ def _pyplot():
     return plt
 
 
-def _groups(results: dict) -> dict[str, list[dict]]:
-    groups: dict[str, list[dict]] = {}
-    for r in results["runs"]:
-        groups.setdefault(r["cell"] if r.get("seed") is not None else r["label"], []).append(r)
-    return groups
+def groups(runs: list[dict]) -> dict[str, list[dict]]:
+    """Runs by cell (the seeds of one cell together); a checkpoint trained elsewhere alone."""
+    out: dict[str, list[dict]] = {}
+    for r in runs:
+        out.setdefault(r["cell"] if r.get("seed") is not None else r["label"], []).append(r)
+    return out
 
 
 def learning_curves(results: dict, path: Path) -> None:
     """Val bpc against steps and against seconds; a line per cell (mean), a band over seeds."""
     plt = _pyplot()
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for i, (name, runs) in enumerate(_groups(results).items()):
+    for i, (name, runs) in enumerate(groups(results["runs"]).items()):
         histories = [r["history"] for r in runs if r.get("history")]
         if not histories:
             continue  # a checkpoint trained elsewhere has no curve here
@@ -73,7 +75,7 @@ def gradient_flow_plot(results: dict, path: Path) -> None:
     """‖∂L_t/∂h_{t−k}‖ / ‖∂L_t/∂h_t‖ against k on a log axis: dashed at init, solid trained."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, (name, runs) in enumerate(_groups(results).items()):
+    for i, (name, runs) in enumerate(groups(results["runs"]).items()):
         for key, style, when in (("grad_norms_init", "--", "init"), ("grad_norms", "-", "trained")):
             norms = _geometric_mean([r[key] for r in runs])
             ax.semilogy(np.arange(len(norms)), norms / norms[0], linestyle=style, color=f"C{i}",
@@ -89,4 +91,33 @@ def gradient_flow_plot(results: dict, path: Path) -> None:
     atomic_write_bytes(path, png_bytes(fig))
 
 
-__all__ = ["gradient_flow_plot", "learning_curves"]
+def gate_saturation_plot(results: dict, path: Path) -> bool:
+    """The 2015 paper's scatter, per gated cell and layer (the first run of each cell): each unit
+    of each gate at (fraction of steps left-saturated, fraction right-saturated). False, and no
+    file, when no run has gates."""
+    panels = [(name, layer, [g for g in runs[0]["gates"] if g["layer"] == layer])
+              for name, runs in groups(results["runs"]).items() if runs[0].get("gates")
+              for layer in sorted({g["layer"] for g in runs[0]["gates"]})]
+    if not panels:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, (name, layer, gates) in zip(axes[0], panels, strict=True):
+        for g in gates:
+            name_of = f"{g['gate']} ({SIGMOID_GATES[g['gate']]})"
+            ax.scatter(g["left"], g["right"], s=9, alpha=0.6, label=name_of,
+                       color=GATE_COLOURS.get(g["gate"]))
+        ax.plot([0, 1], [1, 0], color="grey", linewidth=0.6, linestyle=":")
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{name}, layer {layer}",
+               xlabel="fraction left-saturated (< 0.1)")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[0][0].set_ylabel("fraction right-saturated (> 0.9)")
+    fig.tight_layout()
+    atomic_write_bytes(path, png_bytes(fig))
+    return True
+
+
+GATE_COLOURS = {"i": "C0", "f": "C1", "o": "C2", "r": "C3", "z": "C4"}
+
+__all__ = ["gate_saturation_plot", "gradient_flow_plot", "groups", "learning_curves"]

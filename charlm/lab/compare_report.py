@@ -23,11 +23,12 @@ from charlm.lab.compare_config import CompareConfig
 from charlm.lab.compare_plots import seeds
 from charlm.lab.compare_runs import SAMPLE_REPEATS
 from charlm.lab.gradient_flow import format_decay
+from charlm.lab.units import SIGMOID_GATES
 
 NOISE_RULE = ("Δ is within seed noise when |Δ| < 2·sqrt(sd_a²/n_a + sd_b²/n_b) (two standard "
               "errors of the difference of means; with 2 seeds the sd is itself rough, so this "
               "is a screen, not a test; with 1 seed nothing is claimed)")
-_LEAN = ("history", "grad_norms", "grad_norms_init", "sample")  # kept out of the JSON line
+_LEAN = ("history", "grad_norms", "grad_norms_init", "sample", "gates")  # kept out of the JSON line
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -43,11 +44,8 @@ def _mean(runs: list[dict], key: str) -> float | None:
 
 def summarise(runs: list[dict], ngram: dict, config: CompareConfig) -> dict:
     """Per-cell means ± sd over seeds, pairwise noise verdicts, the baseline verdicts and notes."""
-    groups: dict[str, list[dict]] = {}
-    for r in runs:
-        groups.setdefault(r["cell"] if r.get("seed") is not None else r["label"], []).append(r)
     summary = []
-    for name, rs in groups.items():
+    for name, rs in compare_plots.groups(runs).items():
         bpc_mean, bpc_sd = _stats([r["val_bpc"] for r in rs])
         row = {"cell": rs[0]["cell"], "group": name, "runs": len(rs), "params": rs[0]["params"],
                "hidden_size": rs[0]["hidden_size"], "impl": rs[0].get("impl"),
@@ -193,10 +191,59 @@ def runs_table(results: dict) -> str:
     return "\n".join(_table(columns, results["runs"]))
 
 
+def gate_rows(results: dict) -> list[dict]:
+    """Per gated cell, layer and gate: the mean over units (and seeds) of the fraction of steps
+    left- and right-saturated, and how many units are saturated that way most of the time."""
+    rows = []
+    for name, runs in compare_plots.groups(results["runs"]).items():
+        measured = [r["gates"] for r in runs if r.get("gates")]
+        for i, g in enumerate(measured[0] if measured else []):
+            per_run = [m[i] for m in measured]
+            rows.append({"group": name, "layer": g["layer"], "gate": g["gate"],
+                         "left": float(np.mean([np.mean(x["left"]) for x in per_run])),
+                         "right": float(np.mean([np.mean(x["right"]) for x in per_run])),
+                         "mostly_left": float(np.mean([np.sum(np.asarray(x["left"]) > 0.5)
+                                                       for x in per_run])),
+                         "mostly_right": float(np.mean([np.sum(np.asarray(x["right"]) > 0.5)
+                                                        for x in per_run])),
+                         "units": len(g["left"]), "runs": len(per_run)})
+    return rows
+
+
+def gates_table(results: dict) -> str:
+    columns = [("cell", lambda r: md(r["group"])), ("layer", lambda r: str(r["layer"])),
+               ("gate", lambda r: f"{r['gate']} ({SIGMOID_GATES[r['gate']]})"),
+               ("left-saturated", lambda r: f"{r['left']:.3f}"),
+               ("right-saturated", lambda r: f"{r['right']:.3f}"),
+               ("units mostly left", lambda r: f"{r['mostly_left']:g} of {r['units']}"),
+               ("units mostly right", lambda r: f"{r['mostly_right']:g} of {r['units']}")]
+    return "\n".join(_table(columns, gate_rows(results)))
+
+
+def _gates_section(results: dict, plotted: bool) -> list[str]:
+    rows = gate_rows(results)
+    if not rows:
+        return []
+    chars = next(r.get("gate_chars") for r in results["runs"] if r.get("gates"))
+    runs = {r["group"]: r["runs"] for r in rows}
+    averaged = ("mean over units and the " + seeds(max(runs.values())) + " of each cell"
+                if max(runs.values()) > 1 else "mean over units")
+    return ["## Gate saturation", "",
+            *(["![gate saturation](gate_saturation.png)", ""] if plotted else []),
+            (f"How each sigmoid gate is used, read on the first {chars:,} val characters: the "
+             f"fraction of steps at which it is left-saturated (< 0.1, nearly shut) or "
+             f"right-saturated (> 0.9, nearly open), {averaged}; a unit is *mostly* left or "
+             f"right when it is saturated that way more than half the time. The figure puts "
+             f"every unit of the first run of each cell at (left, right), as Karpathy, Johnson & "
+             f"Fei-Fei (2015) do; units near neither axis use the gate's middle range. A cell "
+             f"without gates (the plain RNN) has no row."), "", gates_table(results), ""]
+
+
 def json_line(results: dict) -> dict:
     """The object ``--json`` prints: runs without their long arrays, the summary, the baseline."""
     return {"runs": [{k: v for k, v in r.items() if k not in _LEAN} for r in results["runs"]],
             "summary": results["summary"], "comparisons": results["comparisons"],
+            "gates": gate_rows(results),
             "ngram": {k: v for k, v in results["ngram"].items() if k != "val_bpc_by_order"},
             "out": results["settings"]["out"]}
 
@@ -208,10 +255,11 @@ def write_outputs(results: dict, out: Path) -> None:
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
     compare_plots.learning_curves(results, out / "learning_curves.png")
     compare_plots.gradient_flow_plot(results, out / "gradient_flow.png")
-    atomic_write_bytes(out / "report.md", report(results).encode())
+    plotted = compare_plots.gate_saturation_plot(results, out / "gate_saturation.png")
+    atomic_write_bytes(out / "report.md", report(results, plotted).encode())
 
 
-def report(results: dict) -> str:
+def report(results: dict, gates_plotted: bool = False) -> str:
     """The whole report as markdown."""
     s, ngram, m = results["settings"], results["ngram"], results["settings"]["measure"]
     t, k = s["train"], m["probe_k"]
@@ -260,6 +308,7 @@ def report(results: dict) -> str:
         ("Val bpc of a full pass over the val split, against steps and against seconds of the "
          "run's clock (validation included); bands span the seeds."), "",
         "## Gradient flow", "", "![gradient flow](gradient_flow.png)", "", flow, "",
+        *_gates_section(results, gates_plotted),
         "## Runs", "", runs_table(results), "", _measures_note(s), "",
         "## Samples", "",
         f"Temperature {m['temperature']}, prompt {md(repr(m['prompt']))}, the first run of each "

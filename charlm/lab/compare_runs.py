@@ -33,6 +33,7 @@ from charlm.errors import CharlmError
 from charlm.generation.checkpoint import load
 from charlm.generation.sampling import SampleSettings, generate
 from charlm.lab.gradient_flow import decay_k, gradient_flow, steps_per_decade
+from charlm.lab.units import gate_saturation, trace_text
 from charlm.model import CharRNN, ModelConfig
 from charlm.training.environment import prepare_process
 from charlm.training.fit import TrainConfig, fit
@@ -52,6 +53,7 @@ class MeasureSettings:
     sample_length: int = 500
     temperature: float = 0.8
     seed: int = 0
+    gate_chars: int = 2000  # val characters read to measure how the gates saturate
 
 
 def measure(model: CharRNN, vocab: CharVocab, val_ids: np.ndarray, settings: MeasureSettings,
@@ -74,7 +76,23 @@ def measure(model: CharRNN, vocab: CharVocab, val_ids: np.ndarray, settings: Mea
             "grad_ratio_K": float(norms[-1] / norms[0]) if norms[0] > 0 else 0.0,
             "grad_steps_per_decade": steps_per_decade(norms),
             "grad_steps_per_decade_init": steps_per_decade(norms_init),
-            "sample_chars_per_s": s.sample_length / max(sample_s, 1e-9), "sample": text}
+            "sample_chars_per_s": s.sample_length / max(sample_s, 1e-9), "sample": text,
+            **gate_use(model, vocab, val_ids, s.gate_chars)}
+
+
+def gate_use(model: CharRNN, vocab: CharVocab, val_ids: np.ndarray, chars: int) -> dict:
+    """How the model's sigmoid gates saturate on the first ``chars`` val characters: per layer
+    and gate, each unit's fraction of steps left (< 0.1) and right (> 0.9) of the middle, as
+    ``charlm inspect`` and the 2015 paper count them. Nothing for a cell without gates."""
+    text = vocab.decode(val_ids[:chars])
+    if len(text) < 2:
+        return {}
+    stats = gate_saturation(trace_text(model, vocab, text))
+    if not stats:
+        return {}
+    return {"gates": [{"layer": g.layer, "gate": g.gate, "left": g.left.round(4).tolist(),
+                       "right": g.right.round(4).tolist()} for g in stats],
+            "gate_chars": len(text)}
 
 
 class ReportProgress(Callback):

@@ -68,6 +68,14 @@ def test_all_cells_two_seeds_write_every_output(text_file, tmp_path):
     assert "within seed noise when" in report and "1..N−1" in report
     curves = json.loads((out / "results.json").read_text())["runs"][0]["history"]
     assert [h["step"] for h in curves] == [10, 20]
+    # gate saturation, per gated cell, layer and gate, averaged over the two seeds
+    assert {(g["group"], g["gate"]) for g in line["gates"]} == \
+        {("lstm", "i"), ("lstm", "f"), ("lstm", "o"), ("gru", "r"), ("gru", "z")}
+    for g in line["gates"]:
+        assert 0 <= g["left"] <= 1 and 0 <= g["right"] <= 1 and g["runs"] == 2
+        assert 0 <= g["mostly_left"] <= g["units"] and 0 <= g["mostly_right"] <= g["units"]
+    assert (out / "gate_saturation.png").stat().st_size > 0
+    assert "## Gate saturation" in report and "![gate saturation](gate_saturation.png)" in report
 
 
 def test_parameter_matching_is_within_a_few_percent(text_file, tmp_path):
@@ -204,6 +212,37 @@ def test_an_interrupted_run_says_how_to_go_on(text_file, tmp_path, monkeypatch):
     monkeypatch.setattr(compare_module, "train_and_measure", interrupted)
     with pytest.raises(CharlmError, match="interrupted during rnn-s1337; run the same command"):
         run_compare(tiny_compare(text_file, tmp_path / "cmp"))
+
+
+@pytest.mark.parametrize("cell, bias, expected", [
+    ("lstm", {"i": -20.0, "f": 20.0, "o": 0.0}, {"i": (1, 0), "f": (0, 1), "o": (0, 0)}),
+    ("gru", {"r": 20.0, "z": -20.0}, {"r": (0, 1), "z": (1, 0)})])
+def test_gate_use_counts_the_steps_each_gate_is_shut_or_open(cell, bias, expected):
+    # Biases that pin each gate shut (sigmoid < 0.1) or open (> 0.9) at every step, and one at the
+    # middle (o = sigmoid(0) = 0.5 with zero weights): the fractions are exactly 1 or 0.
+    from charlm.data.vocab import CharVocab
+    from charlm.lab.compare_runs import gate_use
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=4, cell=cell, hidden_size=6, embedding_dim=3,
+                                num_layers=2))
+    order = {"lstm": "ifgo", "gru": "rzn"}[cell]
+    with torch.no_grad():
+        for layer in range(2):
+            for name in (f"weight_ih_l{layer}", f"weight_hh_l{layer}", f"bias_hh_l{layer}"):
+                getattr(model.rnn, name).zero_()
+            b = getattr(model.rnn, f"bias_ih_l{layer}").view(len(order), 6)
+            b.zero_()
+            for gate, value in bias.items():
+                b[order.index(gate)] = value
+    vocab = CharVocab(list("abcd"))
+    used = gate_use(model, vocab, np.arange(40) % 4, chars=30)
+    assert used["gate_chars"] == 30 and len(used["gates"]) == 2 * len(bias)
+    for g in used["gates"]:
+        assert len(g["left"]) == 6
+        assert (set(g["left"]), set(g["right"])) == ({expected[g["gate"]][0]},
+                                                     {expected[g["gate"]][1]}), g
+    rnn = CharRNN(ModelConfig(vocab_size=4, cell="rnn", hidden_size=6, embedding_dim=3))
+    assert gate_use(rnn, vocab, np.arange(40) % 4, chars=30) == {}
 
 
 def test_report_text_cannot_inject_markup():
