@@ -3,7 +3,15 @@ import torch
 
 from charlm.data.vocab import CharVocab
 from charlm.errors import CharlmError
-from charlm.generation.sampling import SampleSettings, Stepper, generate, pick
+from charlm.generation.sampling import (
+    SampleSettings,
+    Stepper,
+    generate,
+    generate_chars,
+    pick,
+    sample_generators,
+    sample_seed,
+)
 from charlm.model import CharRNN, ModelConfig
 
 VOCAB = CharVocab("abcdef\n ")
@@ -74,3 +82,79 @@ def test_prompt_outside_vocab_and_bad_length():
     with pytest.raises(CharlmError, match="^length must be at least 0"):
         generate(model, VOCAB, "a", -1)
     assert generate(model, VOCAB, "ab", 0) == ["ab"]
+
+
+def test_the_defaults_are_one_sample_of_500_characters_from_no_prompt():
+    model = model_for("gru")
+    texts = generate(model, VOCAB, seed=3)
+    assert len(texts) == 1 and len(texts[0]) == 500
+    steps = list(generate_chars(model, VOCAB, seed=3))
+    assert len(steps) == 500 and all(len(chars) == 1 for chars in steps)
+    assert "".join(chars[0] for chars in steps) == texts[0]
+
+
+def test_on_chars_gets_each_steps_characters_in_order():
+    got = []
+    texts = generate(model_for("lstm"), VOCAB, "ab", 30, num_samples=2, seed=1,
+                     on_chars=got.append)
+    assert len(got) == 30
+    assert ["ab" + "".join(chars[i] for chars in got) for i in range(2)] == texts
+
+
+def test_sample_seeds_follow_a_fixed_rule():
+    # Recorded values: `charlm sample --seed` and the server's `seed` share this rule, so
+    # changing it would change every seeded text a user has kept. Seeds outside 0..2**64 wrap.
+    pairs = [(1, 0), (1, 1), (0, 5), (-1, 0), (2**70, 3), (1337, 2), (42, 0), (7, 1)]
+    assert [sample_seed(seed, i) for seed, i in pairs] == [
+        7434755675892716031, 77803131892610477, 2981407451974053429, 3367743993089404173,
+        6582426945856704739, 539889246867958916, 2242280713608235703, 6635463128224577688]
+    assert [g.initial_seed() for g in sample_generators(1, 2)] == [sample_seed(1, 0),
+                                                                  sample_seed(1, 1)]
+
+
+def test_unseeded_samples_draw_fresh_seeds_on_the_cpu_by_default():
+    drawn = [sample_generators(None, 1)[0] for _ in range(32)]
+    seeds = [g.initial_seed() for g in drawn]
+    assert len(set(seeds)) == 32 and all(0 <= s < 2**63 for s in seeds)
+    assert all(g.device.type == "cpu" for g in drawn + sample_generators(5, 2))
+
+
+def test_a_cell_without_an_explicit_form_steps_through_its_own_module():
+    from torch import nn
+
+    from charlm.model import register_cell
+
+    class ReluRNN(nn.Module):  # a user's cell: the calling convention of nn.RNN, nothing more
+        def __init__(self, i, h, layers, dropout):
+            super().__init__()
+            self.inner = nn.RNN(i, h, layers, batch_first=True, nonlinearity="relu")
+
+        def forward(self, x, state=None):
+            return self.inner(x, state)
+
+    register_cell("relu-rnn-stepping", ReluRNN)
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(len(VOCAB), "relu-rnn-stepping", 8, 2, 4)).eval()
+    step = Stepper(model)
+    assert step.cell is None
+    ids = torch.tensor([[1, 4, 2, 0, 3]])
+    full, _ = model(ids)
+    logits, state = model(ids[:, :1])
+    for t in range(1, ids.size(1)):
+        logits, state = step(ids[:, t], state)
+        assert torch.allclose(logits, full[:, t], atol=1e-5)
+    assert len(generate(model, VOCAB, "a", 20, seed=1)[0]) == 21
+
+
+def test_priming_reads_the_prompt_or_else_a_newline_once_per_sample():
+    from charlm.generation.sampling import prime
+    vocab = CharVocab("\tab\nc")  # "\t" sorts first: the newline is not id 0
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(len(vocab), "lstm", 8, 1, 4)).eval()
+    newline = vocab.index["\n"]
+    assert newline != 0
+    logits, _ = prime(model, vocab, [])
+    expected, _ = model(torch.tensor([[newline]]))
+    assert logits.shape == (1, len(vocab)) and torch.allclose(logits, expected[:, -1])
+    logits, (h, c) = prime(model, vocab, [1, 2], num_samples=3)
+    assert logits.shape == (3, len(vocab)) and h.shape == (1, 3, 8)
