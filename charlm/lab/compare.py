@@ -41,7 +41,7 @@ from charlm.lab.compare_config import (
 from charlm.lab.compare_runs import MeasureSettings, measure, run_isolated, train_and_measure
 from charlm.lab.gradient_flow import window_starts
 from charlm.lab.ngram import fit_best_order
-from charlm.model import CharRNN, ModelConfig, hidden_size_for_params, is_recurrent
+from charlm.model import CharRNN, ModelConfig, hidden_size_for_params
 from charlm.training.fit import TrainConfig
 from charlm.training.interrupt import Interrupted
 
@@ -158,9 +158,6 @@ def _one_run(c: CompareConfig, train: TrainConfig, run_dir: Path, overall: tqdm,
 def _checkpoint_run(path: str, c: CompareConfig, data: list[str]) -> dict:
     """Evaluate a checkpoint trained elsewhere on the comparison's split, and measure it."""
     model, vocab, info = load(path)
-    if not is_recurrent(model.config.cell):
-        raise CharlmError(f"the comparison takes recurrent models; {path} is a "
-                          f"{model.config.cell}")
     t = c.train
     corpus = load_corpus(data, vocab=vocab, encoding=t.encoding, split=t.split,
                          text_column=t.text_column, streaming=t.streaming)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from charlm.errors import CharlmError
 from charlm.lab.compare_runs import MeasureSettings
-from charlm.model import cell_names, is_recurrent
+from charlm.model import cell_names
 from charlm.training.config import TrainConfig
 
 DEFAULT_PARAMS = 250_000
@@ -49,10 +49,6 @@ class CompareConfig:
         if unknown:
             raise CharlmError(f"unknown cell {unknown[0]!r} in `cells`; choose from "
                               f"{', '.join(cell_names())}")
-        other = [c for c in self.cells if not is_recurrent(c)]
-        if other:  # its gradient flow and samples are measured through a recurrent state
-            raise CharlmError(f"`cells` takes recurrent cells only; {other[0]!r} is not one "
-                              f"(train it on its own, with `cell` {other[0]})")
         if len(set(self.cells)) != len(self.cells):
             raise CharlmError("`cells` names a cell twice")
         if not self.cells and not self.checkpoints:

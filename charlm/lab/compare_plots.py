@@ -11,9 +11,13 @@ from charlm.lab.figures import png_bytes
 from charlm.lab.units import SIGMOID_GATES
 
 
-def seeds(n: int) -> str:
+def counted(n: int, noun: str) -> str:
     """'1 seed', '3 seeds'."""
-    return f"{n} seed{'' if n == 1 else 's'}"
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def seeds(n: int) -> str:
+    return counted(n, "seed")
 
 
 def _pyplot():
@@ -76,6 +80,8 @@ def gradient_flow_plot(results: dict, path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, (name, runs) in enumerate(groups(results["runs"]).items()):
+        if not runs[0].get("grad_norms"):
+            continue  # a transformer has no recurrent state to send a gradient through
         for key, style, when in (("grad_norms_init", "--", "init"), ("grad_norms", "-", "trained")):
             norms = _geometric_mean([r[key] for r in runs])
             ax.semilogy(np.arange(len(norms)), norms / norms[0], linestyle=style, color=f"C{i}",

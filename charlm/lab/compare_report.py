@@ -20,10 +20,11 @@ import numpy as np
 from charlm.atomic import atomic_write_bytes
 from charlm.lab import compare_plots
 from charlm.lab.compare_config import CompareConfig
-from charlm.lab.compare_plots import seeds
+from charlm.lab.compare_plots import counted, seeds
 from charlm.lab.compare_runs import SAMPLE_REPEATS
 from charlm.lab.gradient_flow import format_decay
 from charlm.lab.units import SIGMOID_GATES
+from charlm.model import is_recurrent
 
 NOISE_RULE = ("Δ is within seed noise when |Δ| < 2·sqrt(sd_a²/n_a + sd_b²/n_b) (two standard "
               "errors of the difference of means; with 2 seeds the sd is itself rough, so this "
@@ -52,8 +53,8 @@ def summarise(runs: list[dict], ngram: dict, config: CompareConfig) -> dict:
                "val_bpc_mean": bpc_mean, "val_bpc_std": bpc_sd,
                "val_bpc_min": min(r["val_bpc"] for r in rs),
                "val_bpc_max": max(r["val_bpc"] for r in rs),
-               "grad_decay_k": [r["grad_decay_k"] for r in rs],
-               "grad_decay_k_init": [r["grad_decay_k_init"] for r in rs]}
+               "grad_decay_k": [r.get("grad_decay_k") for r in rs],
+               "grad_decay_k_init": [r.get("grad_decay_k_init") for r in rs]}
         for key in ("val_loss", "test_bpc", "train_chars_per_s", "sample_chars_per_s", "wall_s",
                     "peak_rss_mb", "grad_ratio_K", "grad_steps_per_decade",
                     "grad_steps_per_decade_init"):
@@ -141,7 +142,7 @@ def summary_table(results: dict) -> str:
     k = results["settings"]["measure"]["probe_k"]
 
     def decays(s: dict, key: str) -> str:
-        return "/".join(format_decay(d, k) for d in s[key])
+        return "/".join(format_decay(d, k) for d in s[key] if d is not None) or "–"
 
     columns = [
         ("cell", lambda s: md(s["group"])), ("params", lambda s: f"{s['params']:,}"),
@@ -185,9 +186,9 @@ def runs_table(results: dict) -> str:
         ("wall s", lambda r: _fmt(r.get("wall_s"), ".1f")),
         ("peak RSS MB", lambda r: _fmt(r.get("peak_rss_mb"), ",.0f")),
         ("RSS before training MB", lambda r: _fmt(r.get("rss_before_train_mb"), ",.0f")),
-        ("decay k init", lambda r: format_decay(r["grad_decay_k_init"], k)),
-        ("decay k", lambda r: format_decay(r["grad_decay_k"], k)),
-        (f"‖∂‖ at k={k} / k=0", lambda r: f"{r['grad_ratio_K']:.1e}")]
+        ("decay k init", lambda r: _decay(r.get("grad_decay_k_init"), k)),
+        ("decay k", lambda r: _decay(r.get("grad_decay_k"), k)),
+        (f"‖∂‖ at k={k} / k=0", lambda r: _fmt(r.get("grad_ratio_K"), ".1e"))]
     return "\n".join(_table(columns, results["runs"]))
 
 
@@ -239,6 +240,10 @@ def _gates_section(results: dict, plotted: bool) -> list[str]:
              f"without gates (the plain RNN) has no row."), "", gates_table(results), ""]
 
 
+def _decay(k: int | None, max_k: int) -> str:
+    return "–" if k is None else format_decay(k, max_k)  # – : no recurrent state to probe
+
+
 def json_line(results: dict) -> dict:
     """The object ``--json`` prints: runs without their long arrays, the summary, the baseline."""
     return {"runs": [{k: v for k, v in r.items() if k not in _LEAN} for r in results["runs"]],
@@ -270,9 +275,9 @@ def report(results: dict, gates_plotted: bool = False) -> str:
             f"fraction {t['test_fraction']}).")
     settings = data + (
         f" Cells: {md(', '.join(s['cells']))}; {sizing}; "
-        f"{t['num_layers']} layer(s), embedding {t['embedding_dim']}, dropout {t['dropout']}, "
-        f"impl {t['impl']}. Every run: {budget}, batch {t['batch_size']} × seq {t['seq_len']}, "
-        f"lr {t['lr']} ({t['schedule']}, warm-up {t['warmup_steps']}), grad clip "
+        f"{counted(t['num_layers'], 'layer')}, embedding {t['embedding_dim']}, dropout "
+        f"{t['dropout']}, impl {t['impl']}. Every run: {budget}, batch {t['batch_size']} × seq "
+        f"{t['seq_len']}, lr {t['lr']} ({t['schedule']}, warm-up {t['warmup_steps']}), grad clip "
         f"{t['grad_clip']}, window {t['window']}, {seeds(s['seeds'])} from {s['first_seed']}. "
         f"Same corpus, splits, vocabulary, batches (in the same order) and optimiser for every "
         f"cell; runs go seed by seed through every cell, so a machine that slows down hurts all "
@@ -294,6 +299,18 @@ def report(results: dict, gates_plotted: bool = False) -> str:
         f"so a cell can drop at k = 1 before its recurrence matters; *steps per 10× grad fall* "
         f"reads the recurrence alone, from a straight line through log10 ‖∂‖ over k = 1…{k} "
         f"(larger: the gradient reaches further back; –: it does not fall).")
+    references = [r for r in results["runs"] if not is_recurrent(r["cell"])]
+    if references:
+        r = references[0]
+        settings += (
+            f" **{md(r['cell'])}** is the reference a recurrent cell is held to, as the n-gram "
+            f"is: a small causal transformer in nanoGPT's shape (pre-norm blocks, causal "
+            f"self-attention, learned positions), width {r['hidden_size']} for "
+            f"{r['params']:,} parameters, trained on fresh windows (no state carried) and "
+            f"scored by the same full pass, attending to at most "
+            f"{counted(s['train']['context'] or s['train']['seq_len'], 'character')} of "
+            f"history. It "
+            f"has no recurrent state, so no gradient flow through time and no gates.")
     impls = {row["group"]: row["impl"] for row in results["summary"]}
     if len(set(impls.values())) > 1:
         settings += (" Implementations differ (" + ", ".join(f"{g}: {i}" for g, i in impls.items())

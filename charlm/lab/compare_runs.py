@@ -34,7 +34,7 @@ from charlm.generation.checkpoint import load
 from charlm.generation.sampling import SampleSettings, generate
 from charlm.lab.gradient_flow import decay_k, gradient_flow, steps_per_decade
 from charlm.lab.units import gate_saturation, trace_text
-from charlm.model import CharRNN, ModelConfig
+from charlm.model import CharRNN, ModelConfig, is_recurrent
 from charlm.training.environment import prepare_process
 from charlm.training.fit import TrainConfig, fit
 
@@ -58,26 +58,34 @@ class MeasureSettings:
 
 def measure(model: CharRNN, vocab: CharVocab, val_ids: np.ndarray, settings: MeasureSettings,
             init_seed: int) -> dict:
-    """Gradient flow (trained, and a fresh model of the same config), sample speed and text."""
+    """Gradient flow (trained, and a fresh model of the same config) for a recurrent cell, gate
+    saturation for a gated one, and for every model its sample speed and a sample."""
     model = model.cpu().eval()
     s = settings
-    norms = gradient_flow(model, val_ids, s.probe_k, s.probe_windows, s.probe_warmup)
-    torch.manual_seed(init_seed)  # the initialisation the run's seed draws
-    fresh = CharRNN(ModelConfig(**model.config.to_dict()))
-    norms_init = gradient_flow(fresh, val_ids, s.probe_k, s.probe_windows, s.probe_warmup)
     sample_s = float("inf")
     for _ in range(SAMPLE_REPEATS):  # the best: other work on the machine only ever slows it
         t0 = time.perf_counter()
         text = generate(model, vocab, s.prompt, s.sample_length, SampleSettings(s.temperature),
                         seed=s.seed)[0]
         sample_s = min(sample_s, time.perf_counter() - t0)
+    flow = flow_through_time(model, val_ids, s, init_seed) \
+        if is_recurrent(model.config.cell) else {}
+    return {**flow, "sample_chars_per_s": s.sample_length / max(sample_s, 1e-9), "sample": text,
+            **gate_use(model, vocab, val_ids, s.gate_chars)}
+
+
+def flow_through_time(model: CharRNN, val_ids: np.ndarray, s: MeasureSettings,
+                      init_seed: int) -> dict:
+    """‖∂L_t/∂h_{t−k}‖ of the trained model and of a fresh one its seed would draw."""
+    norms = gradient_flow(model, val_ids, s.probe_k, s.probe_windows, s.probe_warmup)
+    torch.manual_seed(init_seed)  # the initialisation the run's seed draws
+    fresh = CharRNN(ModelConfig(**model.config.to_dict()))
+    norms_init = gradient_flow(fresh, val_ids, s.probe_k, s.probe_windows, s.probe_warmup)
     return {"grad_norms": norms.tolist(), "grad_norms_init": norms_init.tolist(),
             "grad_decay_k": decay_k(norms), "grad_decay_k_init": decay_k(norms_init),
             "grad_ratio_K": float(norms[-1] / norms[0]) if norms[0] > 0 else 0.0,
             "grad_steps_per_decade": steps_per_decade(norms),
-            "grad_steps_per_decade_init": steps_per_decade(norms_init),
-            "sample_chars_per_s": s.sample_length / max(sample_s, 1e-9), "sample": text,
-            **gate_use(model, vocab, val_ids, s.gate_chars)}
+            "grad_steps_per_decade_init": steps_per_decade(norms_init)}
 
 
 def gate_use(model: CharRNN, vocab: CharVocab, val_ids: np.ndarray, chars: int) -> dict:

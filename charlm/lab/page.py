@@ -212,6 +212,7 @@ def render_page(insp: Inspection, units: list[int], layer: int, png: bytes | Non
            f"script-src 'sha256-{digest}'")
     notes = "".join(f'<div class="note">{esc(n)}</div>' for n in insp.notes)
     text = "".join(_char_span(c) for c in acts.text)
+    layers = f"{cfg.num_layers} layer{'' if cfg.num_layers == 1 else 's'}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{esc(csp)}">
@@ -219,7 +220,7 @@ def render_page(insp: Inspection, units: list[int], layer: int, png: bytes | Non
 <title>charlm: inside {esc(insp.checkpoint)}</title>
 <style>{_CSS}</style></head><body>
 <h1>Inside {esc(insp.checkpoint)}</h1>
-<p class="meta">{esc(cfg.cell)} cell, {cfg.num_layers} layer(s) of {cfg.hidden_size} units,
+<p class="meta">{esc(cfg.cell)} cell, {layers} of {cfg.hidden_size} units,
 vocabulary of {len(insp.vocab)} characters; {len(acts.text):,} characters of {esc(insp.source)},
 read from a zero state.</p>{notes}
 <div class="controls">unit {_select(choices)} <span class="meta">showing <b id="shown"></b>:

@@ -245,6 +245,27 @@ def test_gate_use_counts_the_steps_each_gate_is_shut_or_open(cell, bias, expecte
     assert gate_use(rnn, vocab, np.arange(40) % 4, chars=30) == {}
 
 
+def test_a_transformer_is_compared_as_the_reference_trained_or_as_a_checkpoint(text_file,
+                                                                             tmp_path):
+    out = tmp_path / "cmp"
+    result = run("--data", text_file, "--cells", "gru,transformer", "--params", 3000,
+                 "--out", out, "--json", *CLI_TINY)
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    runs = {r["cell"]: r for r in line["runs"]}
+    assert abs(runs["transformer"]["params"] - 3000) / 3000 < 0.05  # width solved like a cell's
+    assert runs["transformer"]["val_bpc"] > 0 and runs["transformer"]["sample_chars_per_s"] > 0
+    assert "grad_decay_k" not in runs["transformer"] and "grad_decay_k" in runs["gru"]
+    assert {g["group"] for g in line["gates"]} == {"gru"}
+    assert {(c["a"], c["b"]) for c in line["comparisons"]} == {("gru", "transformer")}
+    report = (out / "report.md").read_text()
+    assert "**transformer** is the reference" in report and "| transformer | 3," in report
+    # a transformer trained elsewhere, scored on the same split
+    ckpt = out / "runs" / "transformer-s1337" / "best.ckpt"
+    again = run(ckpt, "--data", text_file, "--out", tmp_path / "again", "--json", *CLI_TINY)
+    scored = json.loads(again.stdout.strip().splitlines()[-1])["runs"][0]
+    assert scored["val_bpc"] == pytest.approx(runs["transformer"]["val_bpc"], abs=1e-6)
+
+
 def test_report_text_cannot_inject_markup():
     from charlm.lab.compare_report import fenced, md
     assert md("<script>alert(1)</script> | x") == "&lt;script&gt;alert(1)&lt;/script&gt; \\| x"
