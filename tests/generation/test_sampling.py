@@ -158,3 +158,45 @@ def test_priming_reads_the_prompt_or_else_a_newline_once_per_sample():
     assert logits.shape == (1, len(vocab)) and torch.allclose(logits, expected[:, -1])
     logits, (h, c) = prime(model, vocab, [1, 2], num_samples=3)
     assert logits.shape == (3, len(vocab)) and h.shape == (1, 3, 8)
+
+
+def test_the_first_step_from_no_state_equals_the_models_own_first_step():
+    for cell in ("lstm", "gru", "rnn"):
+        model = model_for(cell)
+        ids = torch.tensor([3, 1])
+        logits, _ = Stepper(model)(ids, None)
+        expected, _ = model(ids[:, None])
+        assert torch.allclose(logits, expected[:, 0], atol=1e-5), cell
+
+
+def test_an_empty_prompt_without_a_newline_in_the_vocabulary_primes_with_the_first_character():
+    from charlm.generation.sampling import prime
+    vocab = CharVocab("abc")
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(len(vocab), "gru", 8, 1, 4)).eval()
+    logits, _ = prime(model, vocab, [])
+    assert torch.allclose(logits, model(torch.tensor([[0]]))[0][:, -1])
+
+
+def test_one_generator_for_the_batch_or_one_per_row():
+    logits = torch.randn(3, 8)
+    s = SampleSettings(temperature=1.0)
+    torch.manual_seed(0)
+    a = pick(logits, s, torch.Generator().manual_seed(5))
+    torch.manual_seed(1)  # the global generator is not the one drawn from
+    assert torch.equal(a, pick(logits, s, torch.Generator().manual_seed(5)))
+    with pytest.raises(ValueError, match="^2 generators for 3 rows$"):
+        pick(logits, s, [torch.Generator(), torch.Generator()])
+
+
+def test_a_seeded_text_does_not_depend_on_the_default_dtype(float64):
+    model = model_for("lstm").float()
+    torch.set_default_dtype(torch.float32)
+    expected = generate(model, VOCAB, "a", 40, num_samples=2, seed=4)
+    expected_one = generate(model, VOCAB, "a", 40, seed=4)
+    logits = torch.randn(3, len(VOCAB))
+    one = pick(logits, SampleSettings(), torch.Generator().manual_seed(2))
+    torch.set_default_dtype(torch.float64)  # restored by the fixture
+    assert generate(model, VOCAB, "a", 40, num_samples=2, seed=4) == expected
+    assert generate(model, VOCAB, "a", 40, seed=4) == expected_one
+    assert torch.equal(pick(logits, SampleSettings(), torch.Generator().manual_seed(2)), one)
