@@ -93,8 +93,7 @@ def options(*decorators):
     return apply
 
 
-model_options = options(  # train and compare
-    click.option("--num-layers", default=1, show_default=True),
+model_options = options(  # train and compare (each has its own --num-layers)
     click.option("--embedding-dim", default=64, show_default=True),
     click.option("--dropout", default=0.0, show_default=True,
                  help="Dropout between stacked layers and before the output layer."),

@@ -21,10 +21,13 @@ from charlm.cli.common import (
 @click.option("--cells", default=None,
               help="Comma-separated cells to train [default: rnn,lstm,gru; none when CHECKPOINTS "
                    "are given].")
-@click.option("--params", type=int, default=None,
-              help="Solve each cell's hidden size for this many parameters [default: 250000].")
+@click.option("--params", default=None, metavar="N[,N...]",
+              help="Solve each cell's hidden size for this many parameters, like 250000 or "
+                   "250k; a list (100k,250k,1M) trains a grid of sizes [default: 250k].")
 @click.option("--hidden-size", type=int, default=None,
               help="The same hidden size for every cell instead.")
+@click.option("--num-layers", default="1", show_default=True, metavar="N[,N...]",
+              help="Layers (blocks for the transformer); a list (1,2,3) trains a grid of depths.")
 @model_options
 @optim_options
 @click.option("--batch-size", default=8, show_default=True,
@@ -50,15 +53,21 @@ from charlm.cli.common import (
               help="Train in this process (starts faster; peak memory is then not measured).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @user_errors
-def compare(checkpoints, data, hf_split, cells, params, hidden_size, seeds, out, resume, in_process,
-            probe_k, probe_windows, prompt, as_json, eval_every, **options):
+def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size, seeds, out,
+            resume, in_process, probe_k, probe_windows, prompt, as_json, eval_every, **options):
     """Compare cells fairly (same data, batches, budget) against an n-gram baseline; or CHECKPOINTS.
 
     Writes OUT/report.md, results.json, learning_curves.png, gradient_flow.png and one folder per
     run under OUT/runs; a rerun with the same --out reuses the finished runs.
     """
     from charlm.lab.compare import run_compare
-    from charlm.lab.compare_config import DEFAULT_STEPS, CompareConfig, default_eval_every
+    from charlm.lab.compare_config import (
+        DEFAULT_STEPS,
+        CompareConfig,
+        default_eval_every,
+        parse_count,
+        parse_layers,
+    )
     from charlm.lab.compare_report import json_line, summary_table
     from charlm.lab.compare_runs import MeasureSettings
     from charlm.training.environment import prepare_process
@@ -72,11 +81,13 @@ def compare(checkpoints, data, hf_split, cells, params, hidden_size, seeds, out,
         options["max_steps"] = DEFAULT_STEPS
     if eval_every is None:
         eval_every = default_eval_every(options["max_steps"])
+    depths = parse_layers(num_layers)
     train = TrainConfig(data=list(data), split=hf_split, eval_every=eval_every, devices=1,
-                        progress=False, **options)
-    config = CompareConfig(train=train, cells=names, checkpoints=list(checkpoints), params=params,
-                           hidden_size=hidden_size, seeds=seeds, out=out, resume=resume,
-                           isolate=not in_process,
+                        num_layers=depths[0], progress=False, **options)
+    sizes = None if params is None else [parse_count(p) for p in params.split(",") if p.strip()]
+    config = CompareConfig(train=train, cells=names, checkpoints=list(checkpoints),
+                           params=sizes, layers=depths, hidden_size=hidden_size, seeds=seeds,
+                           out=out, resume=resume, isolate=not in_process,
                            measure=MeasureSettings(probe_k=probe_k, probe_windows=probe_windows,
                                                    prompt=prompt))
     prepare_process()  # for the runs it trains in this process (--in-process)

@@ -23,6 +23,7 @@ from charlm.training.presets import apply as apply_preset
               help="Recurrent cell (rnn, lstm, gru, gru-note, lstm-ln, a registered one), or "
                    "transformer: a small causal transformer, the reference to beat.")
 @click.option("--hidden-size", default=384, show_default=True)
+@click.option("--num-layers", default=1, show_default=True)
 @click.option("--batch-size", type=int, default=None,
               help="Parallel streams per process [default: 8 or 16, whichever trains faster "
                    "on this machine, measured once and cached].")

@@ -46,17 +46,22 @@ from charlm.training.fit import TrainConfig
 from charlm.training.interrupt import Interrupted
 
 
-def _model_config(c: CompareConfig, vocab_size: int, cell: str, hidden: int) -> ModelConfig:
-    return replace(c.train, cell=cell, hidden_size=hidden).model_config(vocab_size)
+def _model_config(c: CompareConfig, vocab_size: int, cell: str, hidden: int,
+                  layers: int) -> ModelConfig:
+    return replace(c.train, cell=cell, hidden_size=hidden,
+                   num_layers=layers).model_config(vocab_size)
 
 
-def hidden_sizes(c: CompareConfig, vocab_size: int) -> dict[str, tuple[int, int]]:
-    """cell → (hidden size, exact parameter count), matched to ``c.params`` when it is set."""
+def hidden_sizes(c: CompareConfig, vocab_size: int) -> dict[tuple, tuple[int, int]]:
+    """(cell, parameter target, depth) → (hidden size, exact parameter count), the hidden size
+    matched to the target when there is one, for every variant of every cell."""
     sizes = {}
     for cell in c.cells:
-        hidden = c.hidden_size or hidden_size_for_params(_model_config(c, vocab_size, cell, 1),
-                                                         c.params)
-        sizes[cell] = (hidden, CharRNN(_model_config(c, vocab_size, cell, hidden)).num_params())
+        for params, layers in c.variants:
+            hidden = c.hidden_size or hidden_size_for_params(
+                _model_config(c, vocab_size, cell, 1, layers), params)
+            model = CharRNN(_model_config(c, vocab_size, cell, hidden, layers))
+            sizes[cell, params, layers] = (hidden, model.num_params())
     return sizes
 
 
@@ -116,12 +121,16 @@ def _train_runs(c: CompareConfig, corpus: Corpus, out: Path, overall: tqdm) -> l
     budget, _ = c.budget
     runs: list[dict] = []
     for seed in range(c.train.seed, c.train.seed + c.seeds):
-        for cell in c.cells:
-            start = len(runs) * budget  # where this run's share of the overall bar begins
-            train = replace(c.train, cell=cell, hidden_size=sizes[cell][0], seed=seed,
-                            resume=False, progress=False)
-            runs.append(_one_run(c, train, out / "runs" / f"{cell}-s{seed}", overall, start))
-            overall.update(start + budget - overall.n)
+        for params, layers in c.variants:
+            for cell in c.cells:
+                start = len(runs) * budget  # where this run's share of the overall bar begins
+                train = replace(c.train, cell=cell, hidden_size=sizes[cell, params, layers][0],
+                                num_layers=layers, seed=seed, resume=False, progress=False)
+                run_dir = out / "runs" / c.run_name(cell, params, layers, seed)
+                record = _one_run(c, train, run_dir, overall, start)
+                runs.append({**record, "group": c.group(cell, params, layers),
+                             "target_params": params, "num_layers": layers})
+                overall.update(start + budget - overall.n)
     return runs
 
 
@@ -208,7 +217,7 @@ def run_compare(c: CompareConfig) -> dict:
     prompt_ids(corpus.vocab, c.measure.prompt)  # a prompt character the text never has
     window_starts(len(val), c.measure.probe_k + 2, 1)  # a val split too short for the probe
     budget, unit = c.budget
-    n_train = len(c.cells) * c.seeds
+    n_train = len(c.cells) * len(c.variants) * c.seeds
     with tqdm(total=budget * n_train, unit=unit, desc="compare", position=0,
               disable=not c.progress or not n_train) as overall:
         overall.set_postfix_str("n-gram baseline")

@@ -31,7 +31,8 @@ def groups(runs: list[dict]) -> dict[str, list[dict]]:
     """Runs by cell (the seeds of one cell together); a checkpoint trained elsewhere alone."""
     out: dict[str, list[dict]] = {}
     for r in runs:
-        out.setdefault(r["cell"] if r.get("seed") is not None else r["label"], []).append(r)
+        key = (r.get("group") or r["cell"]) if r.get("seed") is not None else r["label"]
+        out.setdefault(key, []).append(r)
     return out
 
 
@@ -124,6 +125,34 @@ def gate_saturation_plot(results: dict, path: Path) -> bool:
     return True
 
 
+def grid_plot(results: dict, path: Path) -> None:
+    """Val bpc against parameters (log axis), a line per cell and depth, a band over seeds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    rows = [r for r in results["summary"] if r["num_layers"] is not None]
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    depths = sorted({r["num_layers"] for r in rows})
+    for cell, layers in dict.fromkeys((r["cell"], r["num_layers"]) for r in rows):
+        line = sorted((r for r in rows if (r["cell"], r["num_layers"]) == (cell, layers)),
+                      key=lambda r: r["params"])
+        x = [r["params"] for r in line]
+        ax.plot(x, [r["val_bpc_mean"] for r in line], marker="o",
+                linestyle=("-", "--", ":", "-.")[depths.index(layers) % 4],
+                color=f"C{cells.index(cell)}", label=f"{cell}, {counted(layers, 'layer')}")
+        ax.fill_between(x, [r["val_bpc_min"] for r in line], [r["val_bpc_max"] for r in line],
+                        color=f"C{cells.index(cell)}", alpha=0.15, linewidth=0)
+    ax.axhline(results["ngram"]["val_bpc"], color="grey", linestyle=":",
+               label=f"{results['ngram']['order']}-gram baseline")
+    ax.set_xscale("log")
+    ax.set(xlabel="parameters", ylabel="val bpc (full pass)",
+           title=f"Cells by size and depth ({seeds(results['settings']['seeds'])})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write_bytes(path, png_bytes(fig))
+
+
 GATE_COLOURS = {"i": "C0", "f": "C1", "o": "C2", "r": "C3", "z": "C4"}
 
-__all__ = ["gate_saturation_plot", "gradient_flow_plot", "groups", "learning_curves"]
+__all__ = ["counted", "gate_saturation_plot", "gradient_flow_plot", "grid_plot", "groups",
+           "learning_curves", "seeds"]

@@ -49,6 +49,7 @@ def summarise(runs: list[dict], ngram: dict, config: CompareConfig) -> dict:
     for name, rs in compare_plots.groups(runs).items():
         bpc_mean, bpc_sd = _stats([r["val_bpc"] for r in rs])
         row = {"cell": rs[0]["cell"], "group": name, "runs": len(rs), "params": rs[0]["params"],
+               "target_params": rs[0].get("target_params"), "num_layers": rs[0].get("num_layers"),
                "hidden_size": rs[0]["hidden_size"], "impl": rs[0].get("impl"),
                "val_bpc_mean": bpc_mean, "val_bpc_std": bpc_sd,
                "val_bpc_min": min(r["val_bpc"] for r in rs),
@@ -72,6 +73,8 @@ def _comparisons(summary: list[dict]) -> list[dict]:
     out = []
     for i, a in enumerate(summary):
         for b in summary[i + 1:]:
+            if not _same_size(a, b):
+                continue
             delta = b["val_bpc_mean"] - a["val_bpc_mean"]
             noise = 2 * math.sqrt(a["val_bpc_std"] ** 2 / a["runs"]
                                   + b["val_bpc_std"] ** 2 / b["runs"])
@@ -79,6 +82,14 @@ def _comparisons(summary: list[dict]) -> list[dict]:
             out.append({"a": a["group"], "b": b["group"], "delta_bpc": delta, "noise_bpc": noise,
                         "within_noise": within})
     return out
+
+
+def _same_size(a: dict, b: dict) -> bool:
+    """Whether two rows are compared with each other: cells of a grid at the same size and depth
+    (a checkpoint trained elsewhere is compared with every row)."""
+    if a["num_layers"] is None or b["num_layers"] is None:
+        return True
+    return (a["target_params"], a["num_layers"]) == (b["target_params"], b["num_layers"])
 
 
 def _verdict(row: dict, ngram: dict, budget: str) -> str:
@@ -106,6 +117,7 @@ def _settings(config: CompareConfig) -> dict:
               if k not in ("cell", "hidden_size", "seed", "out", "resume", "progress")}
     return {"train": shared, "cells": config.cells, "checkpoints": config.checkpoints,
             "params": config.params, "hidden_size": config.hidden_size, "seeds": config.seeds,
+            "layers": config.layers, "grid": config.grid,
             "first_seed": config.train.seed, "isolated": config.isolate,
             "measure": asdict(config.measure), "out": config.out}
 
@@ -240,6 +252,31 @@ def _gates_section(results: dict, plotted: bool) -> list[str]:
              f"without gates (the plain RNN) has no row."), "", gates_table(results), ""]
 
 
+def _depths(layers: list[int]) -> str:
+    return counted(layers[0], "layer") if len(layers) == 1 else \
+        f"{' / '.join(map(str, layers))} layers"
+
+
+def grid_table(results: dict) -> str:
+    """Val bpc per cell and depth (rows) and parameter target (columns): mean ± sd over seeds."""
+    rows = [r for r in results["summary"] if r["num_layers"] is not None]
+    targets = sorted({r["target_params"] for r in rows}, key=lambda p: p or 0)
+    lines = ["| cell | layers | " + " | ".join(
+        f"{p:,} params" if p else "val bpc" for p in targets) + " |",
+             "|" + "---|" * (2 + len(targets))]
+    for cell, layers in dict.fromkeys((r["cell"], r["num_layers"]) for r in rows):
+        found = {r["target_params"]: r for r in rows
+                 if (r["cell"], r["num_layers"]) == (cell, layers)}
+        lines.append(f"| {md(cell)} | {layers} | " + " | ".join(
+            _bpc(found[p]) if p in found else "–" for p in targets) + " |")
+    return "\n".join(lines)
+
+
+def _bpc(row: dict) -> str:
+    return f"{row['val_bpc_mean']:.3f}" + (f" ± {row['val_bpc_std']:.3f}" if row["runs"] > 1
+                                           else "")
+
+
 def _decay(k: int | None, max_k: int) -> str:
     return "–" if k is None else format_decay(k, max_k)  # – : no recurrent state to probe
 
@@ -261,6 +298,8 @@ def write_outputs(results: dict, out: Path) -> None:
     compare_plots.learning_curves(results, out / "learning_curves.png")
     compare_plots.gradient_flow_plot(results, out / "gradient_flow.png")
     plotted = compare_plots.gate_saturation_plot(results, out / "gate_saturation.png")
+    if results["settings"].get("grid"):
+        compare_plots.grid_plot(results, out / "grid.png")
     atomic_write_bytes(out / "report.md", report(results, plotted).encode())
 
 
@@ -268,14 +307,16 @@ def report(results: dict, gates_plotted: bool = False) -> str:
     """The whole report as markdown."""
     s, ngram, m = results["settings"], results["ngram"], results["settings"]["measure"]
     t, k = s["train"], m["probe_k"]
-    sizing = (f"hidden size solved per cell for {s['params']:,} parameters (exact counts below)"
+    targets = s["params"] if isinstance(s["params"], list) else [s["params"]]
+    sizing = (f"hidden size solved per cell for {' / '.join(f'{p:,}' for p in targets)} "
+              f"parameters (exact counts below)"
               if s["params"] else f"hidden size {s['hidden_size']} for every cell")
     budget = f"{t['max_steps']} steps" if t["max_steps"] else f"{t['max_time']:g} minutes"
     data = (f"Data: {md(', '.join(t['data']) or 'stdlib')} (val fraction {t['val_fraction']}, test "
             f"fraction {t['test_fraction']}).")
     settings = data + (
         f" Cells: {md(', '.join(s['cells']))}; {sizing}; "
-        f"{counted(t['num_layers'], 'layer')}, embedding {t['embedding_dim']}, dropout "
+        f"{_depths(s.get('layers') or [t['num_layers']])}, embedding {t['embedding_dim']}, dropout "
         f"{t['dropout']}, impl {t['impl']}. Every run: {budget}, batch {t['batch_size']} × seq "
         f"{t['seq_len']}, lr {t['lr']} ({t['schedule']}, warm-up {t['warmup_steps']}), grad clip "
         f"{t['grad_clip']}, window {t['window']}, {seeds(s['seeds'])} from {s['first_seed']}. "
@@ -315,8 +356,13 @@ def report(results: dict, gates_plotted: bool = False) -> str:
     if len(set(impls.values())) > 1:
         settings += (" Implementations differ (" + ", ".join(f"{g}: {i}" for g, i in impls.items())
                      + "): the speed columns compare implementations as much as cells.")
+    grid = ["## Grid", "", "![grid](grid.png)", "",
+            ("Val bpc of every cell at every size and depth (mean ± sd over seeds); the figure "
+             "puts each at its exact parameter count, with a band over the seeds. Cells are "
+             "compared with each other at the same size and depth."), "",
+            grid_table(results), ""] if s.get("grid") else []
     parts = [
-        "# charlm compare", "", settings, "", summary_table(results), "",
+        "# charlm compare", "", settings, "", summary_table(results), "", *grid,
         "## Against the n-gram baseline", "", baseline, "",
         *[f"- {row['verdict']}" for row in results["summary"]], "",
         "## Between cells", "", f"Rule: {results['noise_rule']}.", "",

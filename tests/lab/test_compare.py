@@ -82,9 +82,17 @@ def test_parameter_matching_is_within_a_few_percent(text_file, tmp_path):
     config = tiny_compare(text_file, tmp_path, cells=["rnn", "lstm", "gru"], params=20_000)
     sizes = hidden_sizes(config, vocab_size=30)
     assert len({h for h, _ in sizes.values()}) == 3  # gated cells get smaller hidden sizes
-    for cell, (hidden, count) in sizes.items():
+    assert set(sizes) == {(cell, 20_000, 1) for cell in ("rnn", "lstm", "gru")}
+    for (cell, _, _), (hidden, count) in sizes.items():
         assert abs(count - 20_000) / 20_000 < 0.03, (cell, hidden, count)
         assert count == CharRNN(ModelConfig(30, cell, hidden, embedding_dim=8)).num_params()
+    grid = hidden_sizes(tiny_compare(text_file, tmp_path, cells=["lstm"], params=[5000, 20_000],
+                                     layers=[1, 2]), vocab_size=30)
+    assert set(grid) == {("lstm", p, n) for p in (5000, 20_000) for n in (1, 2)}
+    for (cell, target, layers), (hidden, count) in grid.items():
+        assert abs(count - target) / target < 0.05, (target, layers, count)
+        assert count == CharRNN(ModelConfig(30, cell, hidden, layers, 8)).num_params()
+    assert grid["lstm", 20_000, 2][0] < grid["lstm", 20_000, 1][0]  # depth costs width
 
 
 def test_ngram_baseline_reaches_the_entropy_of_iid_text(tmp_path):
@@ -201,6 +209,41 @@ def test_user_mistakes_are_one_sentence(text_file, tmp_path):
     assert result.exit_code == 1 and "not both" in result.output
     result = run(tmp_path / "missing.ckpt", "--data", text_file, "--out", tmp_path, ok=False)
     assert result.exit_code == 1 and "no such checkpoint" in result.output
+    for args, said in ((["--params", "2x"], "--params: '2x' is not a count like 250000"),
+                       (["--params", "2.5"], "--params: '2.5' is not a whole number"),
+                       (["--params", "2k,2000"], "--params names a value twice"),
+                       (["--num-layers", "1,a"], "--num-layers: '1,a' is not a list"),
+                       (["--num-layers", "1,0"], "--layers must be at least 1, not 0")):
+        result = run("--data", text_file, "--out", tmp_path, *args, ok=False)
+        assert result.exit_code == 1 and said in result.stderr, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_a_grid_of_sizes_and_depths_compares_cells_at_each(text_file, tmp_path):
+    out = tmp_path / "grid"
+    args = ["--data", text_file, "--cells", "rnn,gru", "--params", "2k,5k", "--num-layers", "1,2",
+            "--out", out, "--json", *CLI_TINY[:-5], "--max-steps", "6", "--eval-every", "3",
+            "--probe-k", "8", "--probe-windows", "4", "--in-process"]
+    line = json.loads(run(*args).stdout.strip().splitlines()[-1])
+    names = sorted(p.name for p in (out / "runs").iterdir())
+    assert names == sorted(f"{c}-{p}-L{n}-s1337" for c in ("rnn", "gru") for p in ("2k", "5k")
+                           for n in (1, 2))
+    rows = {(r["cell"], r["target_params"], r["num_layers"]): r for r in line["summary"]}
+    assert set(rows) == {(c, p, n) for c in ("rnn", "gru") for p in (2000, 5000) for n in (1, 2)}
+    for (cell, target, _), row in rows.items():
+        assert abs(row["params"] - target) / target < 0.05 and row["group"].startswith(cell)
+    for r in line["runs"]:  # each run at its own depth
+        run_json = json.loads((out / "runs" / f"{r['group'].replace(' ', '-')}-s1337" /
+                               "run.json").read_text())
+        assert run_json["model"]["num_layers"] == r["num_layers"]
+    # cells compared only at the same size and depth: rnn against gru, four times
+    assert sorted((c["a"], c["b"]) for c in line["comparisons"]) == sorted(
+        (f"rnn {p} L{n}", f"gru {p} L{n}") for p in ("2k", "5k") for n in (1, 2))
+    report = (out / "report.md").read_text()
+    assert "## Grid" in report and "| gru | 2 | " in report and "2,000 params" in report
+    assert (out / "grid.png").stat().st_size > 0
+    again = run(*args)  # finished runs are read back, not trained again
+    assert json.loads(again.stdout.strip().splitlines()[-1])["summary"] == line["summary"]
 
 
 def test_an_interrupted_run_says_how_to_go_on(text_file, tmp_path, monkeypatch):
