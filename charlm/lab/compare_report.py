@@ -63,10 +63,104 @@ def summarise(runs: list[dict], ngram: dict, config: CompareConfig) -> dict:
         if row["test_bpc_mean"] is not None:
             row["test_bpc_std"] = _stats([r["test_bpc"] for r in rs])[1]
         row["vs_ngram_bpc"] = bpc_mean - ngram["val_bpc"]
+        falls = [f for f in (late_fall(r.get("history") or []) for r in rs) if f is not None]
+        row["late_fall_bpc"] = float(np.mean(falls)) if falls else None
         row["verdict"] = _verdict(row, ngram, _budget_words(config, rs[0]))
         summary.append(row)
     return {"settings": _settings(config), "ngram": ngram, "summary": summary,
-            "comparisons": _comparisons(summary), "runs": runs, "noise_rule": NOISE_RULE}
+            "comparisons": _comparisons(summary), "runs": runs, "noise_rule": NOISE_RULE,
+            "rankings": rankings(runs, summary)}
+
+
+# -- convergence and rankings ---------------------------------------------------------------------
+
+STILL_FALLING_BPC = 0.01  # a fall over the last quarter of the run larger than this is "falling"
+
+
+def late_fall(history: list[dict]) -> float | None:
+    """How far val bpc fell over the last quarter of a run's steps (the last evaluation against
+    the interpolated value three quarters in); None with fewer than two evaluations."""
+    if len(history) < 2:
+        return None
+    steps = [h["step"] for h in history]
+    bpc = [h["val_bpc"] for h in history]
+    return float(np.interp(0.75 * steps[-1], steps, bpc) - bpc[-1])
+
+
+def _convergence_words(fall: float | None, behind: bool) -> str:
+    if fall is None:
+        return ""
+    if fall > STILL_FALLING_BPC:
+        return (f" Its val bpc was still falling at the end ({fall:.3f} bpc over the last quarter "
+                f"of its steps): a longer budget would lower it.")
+    return (f" Its val bpc had levelled off ({fall:+.3f} bpc over the last quarter of its steps, "
+            f"within {STILL_FALLING_BPC})" + (
+                ": a longer budget alone is unlikely to close the gap; a larger model, another "
+                "learning rate or more data might." if behind else
+                ": this is about where these settings take it."))
+
+
+def _at(runs: list[dict], key: str, x: float) -> float | None:
+    """The mean over runs of val bpc at ``x`` steps or seconds, interpolated between evaluations
+    (None where a run has no evaluation at or before ``x``)."""
+    values = []
+    for r in runs:
+        h = r.get("history") or []
+        xs = [e[key] for e in h]
+        if not xs or x < xs[0]:
+            return None
+        values.append(float(np.interp(x, xs, [e["val_bpc"] for e in h])))
+    return float(np.mean(values))
+
+
+def rankings(runs: list[dict], summary: list[dict]) -> list[dict]:
+    """For each size and depth, the cells ranked at equal steps and at equal wall clock (the
+    most steps and seconds every cell reached), and where two cells' step curves cross."""
+    out = []
+    trained = [row for row in summary if row["num_layers"] is not None]
+    by_group = compare_plots.groups(runs)
+    for variant in dict.fromkeys((row["target_params"], row["num_layers"]) for row in trained):
+        rows = [row for row in trained if (row["target_params"], row["num_layers"]) == variant]
+        curves = {row["group"]: [r for r in by_group[row["group"]] if r.get("history")]
+                  for row in rows}
+        curves = {g: rs for g, rs in curves.items() if rs}
+        if len(curves) < 2:
+            continue
+        step = min(r["history"][-1]["step"] for rs in curves.values() for r in rs)
+        second = min(r["history"][-1]["elapsed_s"] for rs in curves.values() for r in rs)
+        at_step = {g: _at(rs, "step", step) for g, rs in curves.items()}
+        at_time = {g: _at(rs, "elapsed_s", second) for g, rs in curves.items()}
+        if any(v is None for v in at_time.values()):  # a cell not yet evaluated by then
+            at_time = {}
+        speed = {row["group"]: row["train_chars_per_s_mean"] for row in rows}
+        out.append({"target_params": variant[0], "num_layers": variant[1],
+                    "step": step, "seconds": second,
+                    "by_steps": _ranked(at_step), "by_time": _ranked(at_time),
+                    "bpc_at_step": at_step, "bpc_at_time": at_time,
+                    "train_chars_per_s": speed, "crossings": _crossings(curves)})
+    return out
+
+
+def _ranked(values: dict[str, float | None]) -> list[str]:
+    return sorted((g for g, v in values.items() if v is not None), key=lambda g: values[g])
+
+
+def _crossings(curves: dict[str, list[dict]]) -> list[dict]:
+    """Pairs of cells whose mean val bpc changes order between evaluations at common steps."""
+    common = sorted(set.intersection(*({e["step"] for e in r["history"]}
+                                       for rs in curves.values() for r in rs)))
+    mean = {g: [_at(rs, "step", s) for s in common] for g, rs in curves.items()}
+    found = []
+    names = list(curves)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for k in range(1, len(common)):
+                before = mean[a][k - 1] - mean[b][k - 1]
+                after = mean[a][k] - mean[b][k]
+                if before * after < 0:
+                    found.append({"a": a, "b": b, "between_steps": [common[k - 1], common[k]],
+                                  "ahead_after": a if after < 0 else b})
+    return found
 
 
 def _comparisons(summary: list[dict]) -> list[dict]:
@@ -97,12 +191,17 @@ def _verdict(row: dict, ngram: dict, budget: str) -> str:
     delta, n = row["vs_ngram_bpc"], row["runs"]
     noise = 2 * row["val_bpc_std"] / math.sqrt(n) if n > 1 else 0.0
     base = f"the order-{ngram['order']} n-gram baseline ({ngram['val_bpc']:.3f} bpc)"
+    fall = row.get("late_fall_bpc")
     if n > 1 and abs(delta) < noise:
-        return f"{md(row['group'])} is level with {base} within seed noise after {budget}."
+        return (f"{md(row['group'])} is level with {base} within seed noise after {budget}."
+                + _convergence_words(fall, True))
     if delta < 0:
-        return f"{md(row['group'])} beats {base} by {-delta:.3f} bpc after {budget}."
-    return (f"{md(row['group'])} does not beat {base}: it is {delta:.3f} bpc worse after {budget}. "
-            f"Short runs may not beat it; give it a longer budget to see what the cell can do.")
+        return (f"{md(row['group'])} beats {base} by {-delta:.3f} bpc after {budget}."
+                + _convergence_words(fall, False))
+    why = _convergence_words(fall, True) or (
+        " Short runs may not beat it; give it a longer budget to see what the cell can do.")
+    return f"{md(row['group'])} does not beat {base}: it is {delta:.3f} bpc worse after {budget}." \
+        + why
 
 
 def _budget_words(config: CompareConfig, run: dict) -> str:
@@ -367,6 +466,7 @@ def report(results: dict, gates_plotted: bool = False) -> str:
         *[f"- {row['verdict']}" for row in results["summary"]], "",
         "## Between cells", "", f"Rule: {results['noise_rule']}.", "",
         *[_comparison_line(c) for c in results["comparisons"]], "",
+        *_rankings_section(results.get("rankings") or []),
         "## Learning curves", "", "![learning curves](learning_curves.png)", "",
         ("Val bpc of a full pass over the val split, against steps and against seconds of the "
          "run's clock (validation included); bands span the seeds."), "",
@@ -384,6 +484,36 @@ def report(results: dict, gates_plotted: bool = False) -> str:
     parts += [f"Note on {md(r['label'])}: {md(r['note'])}." for r in results["runs"]
               if r.get("note")]
     return "\n".join(parts) + "\n"
+
+
+def _rankings_section(rankings: list[dict]) -> list[str]:
+    if not rankings:
+        return []
+    lines = ["## Equal steps and equal wall clock", "",
+             ("Each cell's mean val bpc where every cell had trained as many steps, and as many "
+              "seconds of its clock (validation included), interpolated between evaluations; "
+              "best first."), ""]
+    for r in rankings:
+        head = "" if len(rankings) == 1 else \
+            f"{r['target_params']:,} parameters, {counted(r['num_layers'], 'layer')}: "
+        steps = ", ".join(f"{md(g)} {r['bpc_at_step'][g]:.3f}" for g in r["by_steps"])
+        time_ = ", ".join(f"{md(g)} {r['bpc_at_time'][g]:.3f}" for g in r["by_time"])
+        when = f"{r['seconds']:.{0 if r['seconds'] >= 10 else 1}f} s"
+        time_ = f"at {when}: {time_}" if time_ else (
+            f"no time at which every cell had been evaluated (the fastest stopped at {when})")
+        lines.append(f"- {head}at step {r['step']:,}: {steps}; {time_}.")
+        if r["by_time"] and r["by_steps"] != r["by_time"]:
+            speeds = ", ".join(f"{md(g)} {v:,.0f}" for g, v in r["train_chars_per_s"].items()
+                               if v is not None)
+            lines.append(f"  The orders differ because the cells train at different speeds "
+                         f"(train chars/s: {speeds}): in the same time a cheaper step buys more "
+                         f"steps. That is the speed of each kernel on this machine, not a "
+                         f"property of the cell's equations.")
+        for c in r["crossings"]:
+            lines.append(f"  The curves of {md(c['a'])} and {md(c['b'])} cross between steps "
+                         f"{c['between_steps'][0]:,} and {c['between_steps'][1]:,}; "
+                         f"{md(c['ahead_after'])} is ahead after.")
+    return [*lines, ""]
 
 
 def _comparison_line(c: dict) -> str:

@@ -64,7 +64,10 @@ def test_all_cells_two_seeds_write_every_output(text_file, tmp_path):
     assert line["ngram"]["order"] >= 1 and line["ngram"]["val_bpc"] > 0
     assert len(line["comparisons"]) == 3
     report = (out / "report.md").read_text()
-    assert "Short runs may not beat it" in report or "beats the order" in report
+    assert "does not beat the order" in report or "beats the order" in report
+    assert "## Equal steps and equal wall clock" in report and "at step 20:" in report
+    assert all(("still falling" in v or "levelled off" in v)
+               for v in (s["verdict"] for s in line["summary"]))
     assert "within seed noise when" in report and "1..N−1" in report
     curves = json.loads((out / "results.json").read_text())["runs"][0]["history"]
     assert [h["step"] for h in curves] == [10, 20]
@@ -307,6 +310,55 @@ def test_a_transformer_is_compared_as_the_reference_trained_or_as_a_checkpoint(t
     again = run(ckpt, "--data", text_file, "--out", tmp_path / "again", "--json", *CLI_TINY)
     scored = json.loads(again.stdout.strip().splitlines()[-1])["runs"][0]
     assert scored["val_bpc"] == pytest.approx(runs["transformer"]["val_bpc"], abs=1e-6)
+
+
+def history(points):
+    return [{"step": st, "elapsed_s": t, "val_bpc": b, "val_loss": b * math.log(2)}
+            for st, t, b in points]
+
+
+def test_late_fall_reads_the_last_quarter_of_the_steps():
+    h = history([(100, 1, 3.0), (200, 2, 2.5), (400, 4, 2.0)])
+    assert compare_report.late_fall(h) == pytest.approx(0.25)  # 2.25 at step 300, then 2.0
+    assert compare_report.late_fall(h[:1]) is None
+
+
+def test_rankings_at_equal_steps_and_equal_time_and_where_curves_cross():
+    # fast: 10 steps a second, learns slowly per step; slow: 2 steps a second, better per step,
+    # and behind until step 200, where the curves cross
+    fast = history([(100, 10, 3.0), (200, 20, 2.6), (400, 40, 2.3), (800, 80, 2.1)])
+    slow = history([(100, 50, 3.2), (200, 100, 2.5), (300, 150, 2.2), (400, 200, 2.0)])
+    runs = [{"cell": c, "group": c, "seed": seed, "history": h, "num_layers": 1,
+             "target_params": 1000} for c, h in (("fast", fast), ("slow", slow))
+            for seed in (1, 2)]
+    summary = [{"group": c, "num_layers": 1, "target_params": 1000,
+                "train_chars_per_s_mean": v} for c, v in (("fast", 5000.0), ("slow", 1000.0))]
+    [r] = compare_report.rankings(runs, summary)
+    assert (r["step"], r["seconds"]) == (400, 80)
+    assert r["by_steps"] == ["slow", "fast"] and r["by_time"] == ["fast", "slow"]
+    assert r["bpc_at_time"] == pytest.approx({"fast": 2.1, "slow": 2.78})  # 80 s: 3/5 of the way
+    assert [(c["between_steps"], c["ahead_after"]) for c in r["crossings"]] == [([100, 200],
+                                                                                "slow")]
+    text = "\n".join(compare_report._rankings_section([r]))
+    assert "at step 400: slow 2.000, fast 2.300; at 80 s: fast 2.100, slow 2.780" in text
+    assert "The orders differ" in text and "fast 5,000, slow 1,000" in text
+    assert "cross between steps 100 and 200; slow is ahead after" in text
+    runs[0]["history"] = runs[1]["history"] = fast[:1]  # fast stopped before slow's first eval
+    [r] = compare_report.rankings(runs, summary)
+    assert r["by_time"] == [] and "no time at which every cell had been evaluated" in \
+        "\n".join(compare_report._rankings_section([r]))
+
+
+@pytest.mark.parametrize("delta, fall, said", [
+    (0.3, 0.2, "still falling at the end (0.200 bpc"),
+    (0.3, 0.001, "a longer budget alone is unlikely to close the gap"),
+    (-0.3, 0.001, "beats the order-3 n-gram baseline (2.000 bpc) by 0.300 bpc after 10 steps. "
+                  "Its val bpc had levelled off (+0.001 bpc"),
+    (0.3, None, "Short runs may not beat it")])
+def test_a_verdict_says_whether_the_cell_was_still_learning(delta, fall, said):
+    row = {"group": "lstm", "runs": 1, "val_bpc_std": 0.0, "vs_ngram_bpc": delta,
+           "late_fall_bpc": fall}
+    assert said in compare_report._verdict(row, {"order": 3, "val_bpc": 2.0}, "10 steps")
 
 
 def test_report_text_cannot_inject_markup():
