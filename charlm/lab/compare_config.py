@@ -11,7 +11,11 @@ from charlm.model import cell_names
 from charlm.training.config import TrainConfig
 
 DEFAULT_PARAMS = 250_000
-DEFAULT_STEPS = 500
+# With no budget given, each run trains for this many minutes of its clock, the same for every
+# cell: 3 cells x 2 seeds then fit in about half an hour on 2 CPU cores, whatever the machine's
+# speed (a step count would not), and the report ranks the cells at equal steps as well.
+DEFAULT_MINUTES = 4.0
+DEFAULT_SEEDS = 2
 # Settings that may differ between an earlier session's run and this one without changing it.
 NOT_COMPARED = ("out", "resume", "progress")
 
@@ -28,7 +32,7 @@ class CompareConfig:
     params: int | list[int] | None = None  # match every cell to this many parameters (a list:
     hidden_size: int | None = None   # a grid of sizes)... or give every cell this hidden size
     layers: list[int] | None = None  # depths to train, a grid with params (None: the train's)
-    seeds: int = 1
+    seeds: int = DEFAULT_SEEDS
     out: str = "checkpoints/compare"
     resume: bool = False             # continue unfinished runs from last.ckpt (else restart them)
     isolate: bool = True             # each training run in its own process (honest peak memory)
@@ -63,7 +67,7 @@ class CompareConfig:
         no_budget = self.train.max_steps is None and self.train.max_time is None
         # the budget is steps or time, the same for every cell
         self.train = replace(self.train, max_epochs=None,
-                             max_steps=DEFAULT_STEPS if no_budget else self.train.max_steps)
+                             max_time=DEFAULT_MINUTES if no_budget else self.train.max_time)
 
     @property
     def grid(self) -> bool:

@@ -226,7 +226,7 @@ def test_a_grid_of_sizes_and_depths_compares_cells_at_each(text_file, tmp_path):
     out = tmp_path / "grid"
     args = ["--data", text_file, "--cells", "rnn,gru", "--params", "2k,5k", "--num-layers", "1,2",
             "--out", out, "--json", *CLI_TINY[:-5], "--max-steps", "6", "--eval-every", "3",
-            "--probe-k", "8", "--probe-windows", "4", "--in-process"]
+            "--probe-k", "8", "--probe-windows", "4", "--in-process", "--seeds", "1"]
     line = json.loads(run(*args).stdout.strip().splitlines()[-1])
     names = sorted(p.name for p in (out / "runs").iterdir())
     assert names == sorted(f"{c}-{p}-L{n}-s1337" for c in ("rnn", "gru") for p in ("2k", "5k")
@@ -295,7 +295,7 @@ def test_a_transformer_is_compared_as_the_reference_trained_or_as_a_checkpoint(t
                                                                              tmp_path):
     out = tmp_path / "cmp"
     result = run("--data", text_file, "--cells", "gru,transformer", "--params", 3000,
-                 "--out", out, "--json", *CLI_TINY)
+                 "--seeds", 1, "--out", out, "--json", *CLI_TINY)
     line = json.loads(result.stdout.strip().splitlines()[-1])
     runs = {r["cell"]: r for r in line["runs"]}
     assert abs(runs["transformer"]["params"] - 3000) / 3000 < 0.05  # width solved like a cell's
