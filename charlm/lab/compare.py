@@ -148,7 +148,7 @@ def _one_run(c: CompareConfig, train: TrainConfig, run_dir: Path, overall: tqdm,
     atomic_write_bytes(run_dir / "spec.json", json.dumps(spec, indent=2).encode())
     budget, unit = c.budget
     with tqdm(total=budget, unit=unit, desc=run_dir.name, leave=False, position=1,
-              disable=not c.progress) as bar:
+              disable=not c.progress, bar_format=_bar_format(unit)) as bar:
 
         def report(step: int, elapsed: float) -> None:
             done = min(step if unit == "step" else int(elapsed), budget)  # whole seconds
@@ -162,6 +162,15 @@ def _one_run(c: CompareConfig, train: TrainConfig, run_dir: Path, overall: tqdm,
             raise CharlmError(f"interrupted during {run_dir.name}; run the same command again to "
                               f"skip the finished runs (with `resume` to continue {run_dir.name} "
                               f"from its last checkpoint)") from None
+
+
+def _bar_format(unit: str) -> str | None:
+    """A time budget's bar counts whole seconds of budget, without a rate (seconds per second
+    says nothing); a step budget keeps tqdm's own, with steps per second."""
+    if unit != "s":
+        return None
+    return ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s of budget "
+            "[{elapsed}<{remaining}]")
 
 
 def _checkpoint_run(path: str, c: CompareConfig, data: list[str]) -> dict:
@@ -219,7 +228,7 @@ def run_compare(c: CompareConfig) -> dict:
     budget, unit = c.budget
     n_train = len(c.cells) * len(c.variants) * c.seeds
     with tqdm(total=budget * n_train, unit=unit, desc="compare", position=0,
-              disable=not c.progress or not n_train) as overall:
+              disable=not c.progress or not n_train, bar_format=_bar_format(unit)) as overall:
         overall.set_postfix_str("n-gram baseline")
         ngram = ngram_baseline(c, corpus, out)
         overall.set_postfix_str("")

@@ -65,7 +65,7 @@ def summarise(runs: list[dict], ngram: dict, config: CompareConfig) -> dict:
         row["vs_ngram_bpc"] = bpc_mean - ngram["val_bpc"]
         falls = [f for f in (late_fall(r.get("history") or []) for r in rs) if f is not None]
         row["late_fall_bpc"] = float(np.mean(falls)) if falls else None
-        row["verdict"] = _verdict(row, ngram, _budget_words(config, rs[0]))
+        row["verdict"] = verdict(row, ngram, _budget_words(config, rs[0]))
         summary.append(row)
     return {"settings": _settings(config), "ngram": ngram, "summary": summary,
             "comparisons": _comparisons(summary), "runs": runs, "noise_rule": NOISE_RULE,
@@ -186,7 +186,7 @@ def _same_size(a: dict, b: dict) -> bool:
     return (a["target_params"], a["num_layers"]) == (b["target_params"], b["num_layers"])
 
 
-def _verdict(row: dict, ngram: dict, budget: str) -> str:
+def verdict(row: dict, ngram: dict, budget: str) -> str:
     """One plain sentence on where a cell stands against the n-gram baseline."""
     delta, n = row["vs_ngram_bpc"], row["runs"]
     noise = 2 * row["val_bpc_std"] / math.sqrt(n) if n > 1 else 0.0
@@ -466,7 +466,7 @@ def report(results: dict, gates_plotted: bool = False) -> str:
         *[f"- {row['verdict']}" for row in results["summary"]], "",
         "## Between cells", "", f"Rule: {results['noise_rule']}.", "",
         *[_comparison_line(c) for c in results["comparisons"]], "",
-        *_rankings_section(results.get("rankings") or []),
+        *rankings_text(results.get("rankings") or []),
         "## Learning curves", "", "![learning curves](learning_curves.png)", "",
         ("Val bpc of a full pass over the val split, against steps and against seconds of the "
          "run's clock (validation included); bands span the seeds."), "",
@@ -486,7 +486,7 @@ def report(results: dict, gates_plotted: bool = False) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _rankings_section(rankings: list[dict]) -> list[str]:
+def rankings_text(rankings: list[dict]) -> list[str]:
     if not rankings:
         return []
     lines = ["## Equal steps and equal wall clock", "",
@@ -517,10 +517,10 @@ def _rankings_section(rankings: list[dict]) -> list[str]:
 
 
 def _comparison_line(c: dict) -> str:
-    verdict = {None: "one seed each: no noise estimate", True: "within seed noise",
+    said = {None: "one seed each: no noise estimate", True: "within seed noise",
                False: "larger than seed noise"}[c["within_noise"]]
     return (f"- {md(c['b'])} − {md(c['a'])}: Δ = {c['delta_bpc']:+.3f} bpc, noise band "
-            f"{c['noise_bpc']:.3f}: {verdict}.")
+            f"{c['noise_bpc']:.3f}: {said}.")
 
 
 def _measures_note(s: dict) -> str:

@@ -200,3 +200,47 @@ def test_a_seeded_text_does_not_depend_on_the_default_dtype(float64):
     assert generate(model, VOCAB, "a", 40, num_samples=2, seed=4) == expected
     assert generate(model, VOCAB, "a", 40, seed=4) == expected_one
     assert torch.equal(pick(logits, SampleSettings(), torch.Generator().manual_seed(2)), one)
+
+
+def test_a_temperature_just_above_zero_picks_the_top_character_without_overflow():
+    logits = torch.tensor([[50.0, 49.0, -20.0], [-3.0, 80.0, 79.5]])
+    s = SampleSettings(temperature=2e-38)  # above float32's tiny, so not the greedy shortcut
+    for seed in range(5):
+        assert pick(logits, s, torch.Generator().manual_seed(seed)).tolist() == [0, 1]
+
+
+def test_top_p_equal_to_the_top_probability_keeps_only_the_top_character():
+    logits = torch.tensor([[0.0, 0.0]])  # 0.5 and 0.5, exactly
+    s = SampleSettings(top_p=0.5)  # the first character alone already covers top_p
+    picks = {int(pick(logits, s, torch.Generator().manual_seed(i))[0]) for i in range(100)}
+    assert len(picks) == 1
+    assert SampleSettings(top_p=1.0).top_p == 1.0  # 1.0 is allowed: the nucleus is everything
+
+
+@pytest.mark.parametrize("u, expected", [(0.0, 1), (1 - 2 ** -24, 2)])
+def test_the_extreme_uniform_draws_pick_characters_that_can_be_drawn(monkeypatch, u, expected):
+    # Character 0 is cut by top-k (probability 0) and character 3 too: the smallest draw picks
+    # the first character that can be drawn, the largest the last, never one past the end.
+    real = torch.rand
+
+    def extreme(*args, **kwargs):
+        return torch.full_like(real(*args, **kwargs), u)
+
+    monkeypatch.setattr(torch, "rand", extreme)
+    logits = torch.tensor([[-5.0, 1.0, 2.0, -4.0]])
+    assert pick(logits, SampleSettings(top_k=2), torch.Generator()).tolist() == [expected]
+
+
+def test_an_unknown_prompt_names_its_first_ten_characters():
+    from charlm.generation.sampling import prompt_ids
+    with pytest.raises(CharlmError) as e:
+        prompt_ids(VOCAB, "xyzXYZ0123?")
+    assert str(e.value) == ("the prompt has characters the model never saw: "
+                            + ", ".join(repr(c) for c in sorted("xyzXYZ0123?")[:10]))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_on_the_cpu_a_fused_cell_steps_through_its_explicit_twin(cell):
+    from charlm.generation.sampling import stepping_cell
+    twin = stepping_cell(model_for(cell))
+    assert twin is not None and twin.steps_by_weights

@@ -339,14 +339,14 @@ def test_rankings_at_equal_steps_and_equal_time_and_where_curves_cross():
     assert r["bpc_at_time"] == pytest.approx({"fast": 2.1, "slow": 2.78})  # 80 s: 3/5 of the way
     assert [(c["between_steps"], c["ahead_after"]) for c in r["crossings"]] == [([100, 200],
                                                                                 "slow")]
-    text = "\n".join(compare_report._rankings_section([r]))
+    text = "\n".join(compare_report.rankings_text([r]))
     assert "at step 400: slow 2.000, fast 2.300; at 80 s: fast 2.100, slow 2.780" in text
     assert "The orders differ" in text and "fast 5,000, slow 1,000" in text
     assert "cross between steps 100 and 200; slow is ahead after" in text
     runs[0]["history"] = runs[1]["history"] = fast[:1]  # fast stopped before slow's first eval
     [r] = compare_report.rankings(runs, summary)
     assert r["by_time"] == [] and "no time at which every cell had been evaluated" in \
-        "\n".join(compare_report._rankings_section([r]))
+        "\n".join(compare_report.rankings_text([r]))
 
 
 @pytest.mark.parametrize("delta, fall, said", [
@@ -358,7 +358,7 @@ def test_rankings_at_equal_steps_and_equal_time_and_where_curves_cross():
 def test_a_verdict_says_whether_the_cell_was_still_learning(delta, fall, said):
     row = {"group": "lstm", "runs": 1, "val_bpc_std": 0.0, "vs_ngram_bpc": delta,
            "late_fall_bpc": fall}
-    assert said in compare_report._verdict(row, {"order": 3, "val_bpc": 2.0}, "10 steps")
+    assert said in compare_report.verdict(row, {"order": 3, "val_bpc": 2.0}, "10 steps")
 
 
 def test_report_text_cannot_inject_markup():
