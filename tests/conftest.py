@@ -10,6 +10,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -107,3 +108,15 @@ def tiny_run(root: Path, text: str, hidden: int = 8) -> tuple[Path, Path]:
                     batch_size=2, max_steps=3, eval_every=0, precision="32-true", progress=False,
                     out=str(root / "run")))
     return root / "run" / "best.ckpt", corpus
+
+
+class ReluRNN(nn.Module):
+    """A user's own cell, registered from outside charlm: nn.RNN's calling convention, with no
+    explicit form for charlm to step through."""
+
+    def __init__(self, i, h, layers, dropout):
+        super().__init__()
+        self.inner = nn.RNN(i, h, layers, batch_first=True, nonlinearity="relu")
+
+    def forward(self, x, state=None):
+        return self.inner(x, state)

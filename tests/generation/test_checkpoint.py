@@ -61,14 +61,19 @@ def test_a_file_torch_cannot_read_is_refused_with_the_first_line_of_its_error(tm
                              f"format): {first}")
 
 
-@pytest.mark.parametrize("error, said", [(RuntimeError(), "RuntimeError"),
-                                         (OSError("x" * 300 + "\nsecond line"), "x" * 200)])
-def test_a_reason_is_the_errors_first_line_cut_at_200_or_else_its_type(tmp_path, monkeypatch,
-                                                                       error, said):
+REASONS = [(RuntimeError(), "RuntimeError"), (OSError("x" * 300 + "\nsecond line"), "x" * 200)]
+
+
+def raising(error):
     def fail(*args, **kwargs):
         raise error
+    return fail
 
-    monkeypatch.setattr(torch, "load", fail)
+
+@pytest.mark.parametrize("error, said", REASONS)
+def test_a_reason_is_the_errors_first_line_cut_at_200_or_else_its_type(tmp_path, monkeypatch,
+                                                                       error, said):
+    monkeypatch.setattr(torch, "load", raising(error))
     path = tmp_path / "any.ckpt"
     path.write_bytes(b"x")
     assert refusal(path) == (f"{path} is not a readable charlm checkpoint (truncated or another "
@@ -140,14 +145,10 @@ def test_an_export_whose_config_is_not_json_is_refused_with_the_parsers_reason(e
     assert refusal(exported) == f"{exported} is not a readable charlm export: {e.value}"
 
 
-@pytest.mark.parametrize("error, said", [(RuntimeError(), "RuntimeError"),
-                                         (ValueError("y" * 300 + "\nsecond"), "y" * 200)])
+@pytest.mark.parametrize("error, said", REASONS)
 def test_an_export_reason_is_the_first_line_cut_at_200_or_else_its_type(exported, monkeypatch,
                                                                         error, said):
-    def fail(*args, **kwargs):
-        raise error
-
-    monkeypatch.setattr(ExportedModel, "from_pretrained", fail)
+    monkeypatch.setattr(ExportedModel, "from_pretrained", raising(error))
     assert refusal(exported) == f"{exported} is not a readable charlm export: {said}"
 
 
@@ -201,10 +202,7 @@ def test_torch_is_asked_for_plain_data_on_the_cpu(monkeypatch):
 
 
 def test_a_refused_unpickling_without_a_named_global_adds_no_reason(tmp_path, monkeypatch):
-    def fail(*args, **kwargs):
-        raise pickle.UnpicklingError("bad opcode")
-
-    monkeypatch.setattr(torch, "load", fail)
+    monkeypatch.setattr(torch, "load", raising(pickle.UnpicklingError("bad opcode")))
     path = tmp_path / "odd.ckpt"
     path.write_bytes(b"x")
     assert refusal(path) == (f"{path} was refused: it holds something other than plain data, "

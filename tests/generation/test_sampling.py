@@ -40,7 +40,10 @@ def test_same_seed_same_text(cell):
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_carried_steps_equal_full_recomputation(cell):
-    model = model_for(cell)
+    assert_steps_equal_recomputation(model_for(cell))
+
+
+def assert_steps_equal_recomputation(model):
     step = Stepper(model)
     ids = torch.tensor([[1, 4, 2, 0, 3]])
     full, _ = model(ids)
@@ -120,29 +123,15 @@ def test_unseeded_samples_draw_fresh_seeds_on_the_cpu_by_default():
 
 
 def test_a_cell_without_an_explicit_form_steps_through_its_own_module():
-    from torch import nn
+    from conftest import ReluRNN
 
     from charlm.model import register_cell
-
-    class ReluRNN(nn.Module):  # a user's cell: the calling convention of nn.RNN, nothing more
-        def __init__(self, i, h, layers, dropout):
-            super().__init__()
-            self.inner = nn.RNN(i, h, layers, batch_first=True, nonlinearity="relu")
-
-        def forward(self, x, state=None):
-            return self.inner(x, state)
 
     register_cell("relu-rnn-stepping", ReluRNN)
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(len(VOCAB), "relu-rnn-stepping", 8, 2, 4)).eval()
-    step = Stepper(model)
-    assert step.cell is None
-    ids = torch.tensor([[1, 4, 2, 0, 3]])
-    full, _ = model(ids)
-    logits, state = model(ids[:, :1])
-    for t in range(1, ids.size(1)):
-        logits, state = step(ids[:, t], state)
-        assert torch.allclose(logits, full[:, t], atol=1e-5)
+    assert Stepper(model).cell is None
+    assert_steps_equal_recomputation(model)
     assert len(generate(model, VOCAB, "a", 20, seed=1)[0]) == 21
 
 

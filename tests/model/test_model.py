@@ -1,6 +1,6 @@
 import pytest
 import torch
-from torch import nn
+from conftest import ReluRNN
 
 from charlm.model import (
     CharRNN,
@@ -36,15 +36,7 @@ def test_unknown_cell_lists_valid_names():
 
 
 def test_register_a_new_cell_without_touching_charlm():
-    class Tanh2(nn.Module):  # a user's own cell: same calling convention as nn.RNN
-        def __init__(self, i, h, layers, dropout):
-            super().__init__()
-            self.inner = nn.RNN(i, h, layers, batch_first=True, nonlinearity="relu")
-
-        def forward(self, x, state=None):
-            return self.inner(x, state)
-
-    register_cell("relu-rnn", Tanh2)
+    register_cell("relu-rnn", ReluRNN)  # a user's own cell: nn.RNN's calling convention
     assert "relu-rnn" in cell_names()
     model = CharRNN(ModelConfig(V, "relu-rnn", H, 2, E))
     assert model(torch.randint(0, V, (N, T)))[0].shape == (N, T, V)
