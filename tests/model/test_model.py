@@ -61,3 +61,59 @@ def test_bad_config_names_the_flag():
         ModelConfig(V, "lstm", 0)
     with pytest.raises(ValueError, match="^dropout must be in"):
         ModelConfig(V, "lstm", 4, dropout=1.5)
+
+
+def test_a_registered_cell_is_recurrent_with_its_own_layout_unless_told():
+    from charlm.model.registry import cell
+    register_cell("plain-user-cell", ReluRNN)
+    c = cell("plain-user-cell")
+    assert (c.name, c.fused, c.explicit, c.recurrent, c.lstm_gates) == \
+        ("plain-user-cell", ReluRNN, None, True, False)
+    register_cell("explicit-only-cell", None, ReluRNN, recurrent=False, lstm_gates=True)
+    c = cell("explicit-only-cell")
+    assert (c.fused, c.explicit, c.recurrent, c.lstm_gates) == (None, ReluRNN, False, True)
+    with pytest.raises(ValueError, match="^cell 'nothing' needs at least one implementation$"):
+        register_cell("nothing", None)
+    assert "nothing" not in cell_names()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_dropout_goes_between_stacked_layers_only(cell):
+    two = CharRNN(ModelConfig(V, cell, H, num_layers=2, embedding_dim=E, dropout=0.3))
+    one = CharRNN(ModelConfig(V, cell, H, num_layers=1, embedding_dim=E, dropout=0.3))
+    assert (two.rnn.dropout, one.rnn.dropout) == (0.3, 0.0)  # torch's has none after the top
+
+
+def test_an_unknown_cell_lists_every_name_separated_by_commas():
+    from charlm.model.registry import cell
+    with pytest.raises(ValueError) as e:
+        cell("mamba")
+    assert str(e.value) == "unknown cell 'mamba'; choose one of: " + ", ".join(cell_names())
+
+
+@pytest.mark.parametrize("cell, target", [("rnn", 5_000), ("lstm", 20_000), ("gru", 12_345),
+                                          ("lstm", 1)])
+def test_the_solver_returns_the_hidden_size_closest_to_the_target(cell, target):
+    def count(h):
+        return CharRNN(ModelConfig(V, cell, h, 1, E)).num_params()
+
+    h = hidden_size_for_params(ModelConfig(V, cell, 1, 1, E), target)
+    assert all(abs(count(h) - target) <= abs(count(other) - target)
+               for other in (h - 1, h + 1) if other >= 1), (h, count(h))
+    if target == 1:
+        assert h == 1  # nothing smaller than one unit
+
+
+def test_weight_drop_masks_each_recurrent_matrix_with_its_own_probability(monkeypatch):
+    seen = []
+    real = torch.nn.functional.dropout
+
+    def spy(w, p=0.5, *args, **kwargs):
+        seen.append((tuple(w.shape), p))
+        return real(w, p, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", spy)
+    model = CharRNN(ModelConfig(V, "lstm", H, 2, E, weight_drop=0.2)).train()
+    model(torch.randint(0, V, (N, T)))
+    weights = [call for call in seen if len(call[0]) == 2]  # the output dropout is 3-D
+    assert weights == [((4 * H, H), 0.2)] * 2  # W_hh of both layers, no other weight
