@@ -19,8 +19,8 @@ from charlm.cli.common import (
 @click.argument("checkpoints", nargs=-1)
 @data_options
 @click.option("--cells", default=None,
-              help="Comma-separated cells to train [default: rnn,lstm,gru; none when CHECKPOINTS "
-                   "are given].")
+              help="Comma-separated cells to train; add transformer for a nanoGPT-style "
+                   "reference [default: rnn,lstm,gru; none when CHECKPOINTS are given].")
 @click.option("--params", default=None, metavar="N[,N...]",
               help="Solve each cell's hidden size for this many parameters, like 250000 or "
                    "250k; a list (100k,250k,1M) trains a grid of sizes [default: 250k].")
@@ -40,7 +40,8 @@ from charlm.cli.common import (
               help="Runs per cell, seeds SEED, SEED+1, ...")
 @click.option("--seed", default=1337, show_default=True, help="The first seed.")
 @click.option("--eval-every", type=int, default=None,
-              help="Validate every N steps [default: a tenth of --max-steps].")
+              help="Validate every N steps [default: a tenth of --max-steps; 100 under a time "
+                   "budget].")
 @click.option("--probe-k", default=64, show_default=True,
               help="Gradient flow: how many steps back to measure.")
 @click.option("--probe-windows", default=64, show_default=True,
