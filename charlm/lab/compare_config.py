@@ -46,7 +46,7 @@ class CompareConfig:
             raise CharlmError("give `params` or `hidden_size`, not both")
         if self.params is None and self.hidden_size is None:
             self.params = DEFAULT_PARAMS
-        sizes = self.params if isinstance(self.params, list) else [self.params]
+        sizes = self.targets
         for name, values in (("params", sizes), ("layers", self.layers or [1])):
             if not values or any(v is not None and v < 1 for v in values):
                 raise CharlmError(f"`{name}` must be at least 1, not {min(values or [0])}")
@@ -75,10 +75,14 @@ class CompareConfig:
         return isinstance(self.params, list) or len(self.layers) > 1
 
     @property
+    def targets(self) -> list[int | None]:
+        """The parameter targets (None: sized by ``hidden_size``)."""
+        return self.params if isinstance(self.params, list) else [self.params]
+
+    @property
     def variants(self) -> list[tuple[int | None, int]]:
         """Every (parameter target or None, depth) each cell is trained at."""
-        sizes = self.params if isinstance(self.params, list) else [self.params]
-        return [(p, layers) for layers in self.layers for p in sizes]
+        return [(p, layers) for layers in self.layers for p in self.targets]
 
     def group(self, cell: str, params: int | None, layers: int) -> str:
         """The name a cell's runs at one size and depth are reported under."""

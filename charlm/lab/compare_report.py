@@ -216,7 +216,7 @@ def _settings(config: CompareConfig) -> dict:
               if k not in ("cell", "hidden_size", "seed", "out", "resume", "progress")}
     return {"train": shared, "cells": config.cells, "checkpoints": config.checkpoints,
             "params": config.params, "hidden_size": config.hidden_size, "seeds": config.seeds,
-            "layers": config.layers, "grid": config.grid,
+            "layers": config.layers, "targets": config.targets, "grid": config.grid,
             "first_seed": config.train.seed, "isolated": config.isolate,
             "measure": asdict(config.measure), "out": config.out}
 
@@ -258,8 +258,7 @@ def summary_table(results: dict) -> str:
     columns = [
         ("cell", lambda s: md(s["group"])), ("params", lambda s: f"{s['params']:,}"),
         ("hidden", lambda s: str(s["hidden_size"])), ("seeds", lambda s: str(s["runs"])),
-        ("val bpc (mean ± sd)", lambda s: f"{s['val_bpc_mean']:.3f}" + (  # no sd from one run
-            f" ± {s['val_bpc_std']:.3f}" if s["runs"] > 1 else "")),
+        ("val bpc (mean ± sd)", _bpc),
         ("val loss (nats)", lambda s: _fmt(s["val_loss_mean"], ".4f")),
         ("test bpc", lambda s: _fmt(s["test_bpc_mean"])),
         ("train chars/s", lambda s: _fmt(s["train_chars_per_s_mean"], ",.0f")),
@@ -372,6 +371,7 @@ def grid_table(results: dict) -> str:
 
 
 def _bpc(row: dict) -> str:
+    """Mean val bpc, ± the sd over seeds (none from one run)."""
     return f"{row['val_bpc_mean']:.3f}" + (f" ± {row['val_bpc_std']:.3f}" if row["runs"] > 1
                                            else "")
 
@@ -406,8 +406,7 @@ def report(results: dict, gates_plotted: bool = False) -> str:
     """The whole report as markdown."""
     s, ngram, m = results["settings"], results["ngram"], results["settings"]["measure"]
     t, k = s["train"], m["probe_k"]
-    targets = s["params"] if isinstance(s["params"], list) else [s["params"]]
-    sizing = (f"hidden size solved per cell for {' / '.join(f'{p:,}' for p in targets)} "
+    sizing = (f"hidden size solved per cell for {' / '.join(f'{p:,}' for p in s['targets'])} "
               f"parameters (exact counts below)"
               if s["params"] else f"hidden size {s['hidden_size']} for every cell")
     budget = f"{t['max_steps']} steps" if t["max_steps"] else f"{t['max_time']:g} minutes"

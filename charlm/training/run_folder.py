@@ -41,10 +41,11 @@ class Checkpoints:
             atomic_save(trainer, self.out / "last.ckpt")
         self.saved_step = trainer.global_step
 
-    def keep_as_best(self, trainer) -> None:
+    def keep_as_best(self, trainer, pl_module: CharLM) -> None:
         """best.ckpt = last.ckpt, just saved."""
         if trainer.is_global_zero:
-            atomic_copy(self.out / "last.ckpt", self.out / "best.ckpt")
+            with pl_module.set_aside():
+                atomic_copy(self.out / "last.ckpt", self.out / "best.ckpt")
 
 
 class RunEnd(Callback):
@@ -128,8 +129,7 @@ class Validation(Callback):
             self.best_val_loss, self.best_step = val["loss"], step
         self.checkpoints.save_last(trainer, pl_module)  # holds this evaluation in its history
         if improved:
-            with pl_module.set_aside():
-                self.checkpoints.keep_as_best(trainer)
+            self.checkpoints.keep_as_best(trainer, pl_module)
         if trainer.is_global_zero and self.progress:
             _say(f"step {step}: val loss {val['loss']:.4f} nats, {val['bpc']:.4f} bpc"
                  f"{' (best)' if improved else ''}")
