@@ -187,9 +187,16 @@ def prime(model: CharRNN, vocab: CharVocab, ids: list[int],
     """One forward of the prompt's ``ids`` for ``num_samples`` rows → the next character's
     logits (B, V) and the state. An empty prompt primes with a newline (the start of a line),
     which is not echoed. ``charlm sample`` and ``charlm serve`` start every sample here."""
+    return prime_rows(model, vocab, [ids] * num_samples)
+
+
+def prime_rows(model: CharRNN, vocab: CharVocab, rows: list[list[int]]) -> tuple[Tensor, State]:
+    """``prime`` for several prompts of one length, one row each, in one forward (a server
+    starts every request that arrived in the same turn together)."""
     device = next(model.parameters()).device
-    x = torch.tensor(ids or [vocab.index.get("\n", 0)], device=device)
-    logits, state = model(x.repeat(num_samples, 1), None)  # (B, P, V)
+    start = [vocab.index.get("\n", 0)]
+    x = torch.tensor([ids or start for ids in rows], device=device)  # (B, P)
+    logits, state = model(x, None)  # (B, P, V)
     return logits[:, -1], state
 
 

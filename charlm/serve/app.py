@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import threading
 import time
 from importlib import resources
 
@@ -28,7 +29,9 @@ from charlm.serve.batcher import Batcher, Job, Piece, QueueFull
 
 MAX_BODY = 1 << 20  # bytes: far above the longest prompt a server allows
 SEND_EVERY = 0.02  # seconds between a stream's sends (50 a second: smooth to a reader's eye)
-WAKE_EVERY = 0.005  # seconds between the worker's hand-overs of pieces to the event loop
+# Every send costs the event loop, and so the worker beside it, the GIL: with many streams each
+# one sends less often, about SENDS_PER_SECOND sends in all (and at least every 50 ms).
+SENDS_PER_SECOND = 800
 
 
 def _error(e: ApiError) -> JSONResponse:
@@ -52,32 +55,57 @@ async def _read_json(request: Request):
                        "invalid_json") from None
 
 
+class Inbox:
+    """One request's pieces, from the worker's thread to the request's coroutine.
+
+    The worker appends each turn's pieces; the coroutine takes what is there when it is ready to
+    send. The event loop is woken only for a coroutine that waits with nothing to take, and, for
+    one that collects a whole completion, only when a choice finishes: 32 streams cost the loop
+    (and the GIL the worker needs) one wake-up per send, not one per character.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wake_for_every_piece: bool = True):
+        self.loop, self.eager = loop, wake_for_every_piece
+        self._pieces: list[Piece] = []
+        self._lock = threading.Lock()
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, pieces: list[Piece]) -> None:
+        """From the worker's thread: keep ``pieces``; wake the coroutine where it waits for them."""
+        with self._lock:
+            self._pieces += pieces
+            waiter = self._waiter
+            if waiter is None or not (self.eager or any(p.finish_reason for p in pieces)):
+                return
+            self._waiter = None
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+            self.loop.call_soon_threadsafe(_wake, waiter)
+
+    async def take(self) -> list[Piece]:
+        """Every piece kept since the last take (waits for one where there is none)."""
+        while True:
+            with self._lock:
+                if self._pieces:
+                    pieces, self._pieces = self._pieces, []
+                    return pieces
+                waiter = self._waiter = self.loop.create_future()
+            await waiter
+
+
+def _wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Server:
     """One model behind the API: its batcher, its name, its limits and its key."""
 
     def __init__(self, model: CharRNN, vocab: CharVocab, name: str, limits: Limits,
                  api_key: str | None = None):
         self.vocab, self.name, self.limits, self.api_key = vocab, name, limits, api_key or None
-        self.batcher = Batcher(model, vocab, limits.max_batch, limits.max_queue, self._deliver)
+        self.batcher = Batcher(model, vocab, limits.max_batch, limits.max_queue)
         self.created = int(time.time())
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._pending: list[tuple[Job, list[Piece]]] = []  # pieces not yet handed to the loop
-        self._woken = 0.0
-
-    def _deliver(self, batch: list[tuple[Job, list[Piece]]]) -> None:
-        """From the worker: each turn's pieces, handed to the event loop at most every WAKE_EVERY
-        (a first character or a finish at once), since every wake-up costs both threads the GIL
-        (a job submitted without an inbox gets its own sink, on the worker's thread)."""
-        for job, pieces in batch:
-            if job.inbox is None:
-                job.sink(pieces)
-        self._pending += [b for b in batch if b[0].inbox is not None]
-        now = time.monotonic()
-        urgent = any(p.first or p.finish_reason for _, pieces in batch for p in pieces)
-        if self._pending and (urgent or now - self._woken >= WAKE_EVERY):
-            pending, self._pending, self._woken = self._pending, [], now
-            with contextlib.suppress(RuntimeError, AttributeError):  # the loop has closed
-                self.loop.call_soon_threadsafe(_put_all, pending)
+        self.streams = 0  # streams open now (each one sends less often when there are many)
 
     def check_key(self, request: Request) -> None:
         """With a key, every API request carries it as ``Authorization: Bearer KEY``."""
@@ -102,7 +130,8 @@ class Server:
 
     async def health(self, request: Request) -> Response:
         self.check_key(request)
-        return JSONResponse({"status": "ok", "model": self.name, **self.batcher.stats()})
+        return JSONResponse({"status": "ok", "model": self.name, "streams": self.streams,
+                             **self.batcher.stats()})
 
     async def models(self, request: Request) -> Response:
         self.check_key(request)
@@ -121,33 +150,27 @@ class Server:
     async def completions(self, request: Request) -> Response:
         self.check_key(request)
         c = api.parse_completion(await _read_json(request), self.name, self.vocab, self.limits)
-        queue: asyncio.Queue[list[Piece]] = asyncio.Queue()
-        loop = self.loop = asyncio.get_running_loop()
-
-        def sink(pieces: list[Piece]) -> None:  # runs on the worker thread
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
-                loop.call_soon_threadsafe(queue.put_nowait, pieces)
-
-        job = Job(c.prompt_ids, c.settings, c.max_tokens, c.n, c.seed, c.stop, c.logprobs, sink,
-                  inbox=queue)
+        inbox = Inbox(asyncio.get_running_loop(), wake_for_every_piece=c.stream)
+        job = Job(c.prompt_ids, c.settings, c.max_tokens, c.n, c.seed, c.stop, c.logprobs,
+                  inbox.put)
         try:
             self.batcher.submit(job)
         except QueueFull:
             raise ApiError(503, "the server is busy (every row and the queue are full); retry "
                                 "shortly", None, "server_busy", "server_error") from None
         if c.stream:
-            return StreamingResponse(self._stream(job, queue, c), media_type="text/event-stream",
+            return StreamingResponse(self._stream(job, inbox, c), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         try:
-            return JSONResponse(await self._collect(queue, c))
+            return JSONResponse(await self._collect(inbox, c))
         finally:
             self.batcher.cancel(job)  # a no-op once it finished; frees rows if we were cancelled
 
-    async def _collect(self, queue: asyncio.Queue, c: Completion) -> dict:
+    async def _collect(self, inbox: Inbox, c: Completion) -> dict:
         """Wait for every choice to finish → one completion."""
         texts, lps, finish = [""] * c.n, [[] for _ in range(c.n)], [None] * c.n
         while None in finish:
-            for p in await queue.get():
+            for p in await inbox.take():
                 _raise_if_failed(p)
                 texts[p.index] += p.text
                 lps[p.index] += p.logprobs
@@ -158,22 +181,15 @@ class Server:
         return api.envelope(api.completion_id(), self.name, choices,
                             api.usage(c.prompt, sum(map(len, texts))))
 
-    async def _stream(self, job: Job, queue: asyncio.Queue, c: Completion):
+    async def _stream(self, job: Job, inbox: Inbox, c: Completion):
         """Server-sent events: a chunk per choice per send, holding the characters written since
-        the last send (a character or a small group), then [DONE]."""
+        the last send (a character or a small group), then [DONE]. The first character goes out
+        as soon as it is written; later ones at most every ``self.send_every()``."""
         cid, sent, left = api.completion_id(), [0] * c.n, c.n
-        loop, last = asyncio.get_running_loop(), float("-inf")
+        self.streams += 1
         try:
             while left:
-                pieces = await queue.get()
-                # at most one send per SEND_EVERY: the first character goes out at once, later
-                # ones in small groups, so 32 streams cost the event loop (and the GIL) little
-                wait = SEND_EVERY - (loop.time() - last)
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                while not queue.empty():
-                    pieces += queue.get_nowait()
-                for index, text, entries, finish in _merge(pieces):
+                for index, text, entries, finish in _merge(await inbox.take()):
                     if index < 0:
                         yield _sse({"error": {"message": text, "type": "server_error",
                                               "param": None, "code": "internal_error"}})
@@ -183,17 +199,18 @@ class Server:
                     sent[index] += len(text)
                     left -= finish is not None
                     yield _sse(api.envelope(cid, self.name, [api.choice(index, text, lp, finish)]))
-                last = loop.time()
+                if left:
+                    await asyncio.sleep(self.send_every())
             if c.include_usage:
                 yield _sse(api.envelope(cid, self.name, [], api.usage(c.prompt, sum(sent))))
             yield "data: [DONE]\n\n"
         finally:
+            self.streams -= 1
             self.batcher.cancel(job)  # a client that left frees its rows at the next turn
 
-
-def _put_all(batch: list[tuple[Job, list[Piece]]]) -> None:
-    for job, pieces in batch:
-        job.inbox.put_nowait(pieces)
+    def send_every(self) -> float:
+        """Seconds between one stream's sends: SEND_EVERY, longer when many streams are open."""
+        return min(max(SEND_EVERY, self.streams / SENDS_PER_SECOND), 0.05)
 
 
 def _merge(pieces: list[Piece]):

@@ -7,7 +7,7 @@ row's own settings and generator (``sampling.pick``, grouped by settings), (3) h
 to the requests' streams, and (4) drops finished or abandoned rows and steps the rest as one batch.
 
     rows:  [ A/0 | A/1 | A/2 | B/0 | C/0 ]   one request's n choices are n rows
-    turn:  admit → pick (per settings group) → deliver → drop done rows → Stepper.step (B,) → (B, V)
+    turn:  admit → pick (per settings group) → sinks → drop done rows → Stepper.step (B,) → (B, V)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from charlm.data.vocab import CharVocab
-from charlm.generation.sampling import SampleSettings, Stepper, pick, prime, sample_generators
+from charlm.generation.sampling import SampleSettings, Stepper, pick, prime_rows, sample_generators
 from charlm.model import CharRNN
 from charlm.serve.stops import StopText
 
@@ -54,7 +54,6 @@ class Job:
     logprobs: int | None = None  # top alternatives per character, or None for none
     sink: Callable[[list[Piece]], None] = lambda pieces: None  # called from the worker thread
     cancelled: bool = False
-    inbox: object = None  # where a Batcher's ``deliver`` puts this job's pieces (the app's queue)
 
 
 class _Row:
@@ -82,6 +81,15 @@ class _Row:
         return Piece(self.index, text, entries, None, self.written == 1)
 
 
+def _same_prompt_length(jobs: list[Job]) -> list[list[Job]]:
+    """``jobs`` grouped by the length of their prompts (an empty one primes with one
+    character), in order of arrival within each group."""
+    groups: dict[int, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(max(1, len(job.prompt_ids)), []).append(job)
+    return list(groups.values())
+
+
 def _tree(fn, *trees):
     """Apply ``fn`` to the matching tensors of nested lists/tuples (a recurrent state)."""
     if isinstance(trees[0], Tensor):
@@ -92,12 +100,8 @@ def _tree(fn, *trees):
 class Batcher:
     """Serves jobs from a worker thread, every active row a row of one batch."""
 
-    def __init__(self, model: CharRNN, vocab: CharVocab, max_batch: int = 64, max_queue: int = 256,
-                 deliver: Callable[[list[tuple[Job, list[Piece]]]], None] | None = None):
+    def __init__(self, model: CharRNN, vocab: CharVocab, max_batch: int = 64, max_queue: int = 256):
         self.model, self.vocab = model.eval(), vocab
-        # deliver: one call per turn with every job's pieces (one wake-up of the event loop for
-        # all rows, instead of one per job); by default each job's own sink
-        self.deliver = deliver
         self.max_batch, self.max_queue = max_batch, max_queue
         self.stepper = Stepper(self.model)
         # unpacked explicit states are per-layer (B, H) tensors; a module's own are (L, B, H)
@@ -105,6 +109,9 @@ class Batcher:
         self._rows: list[_Row] = []
         self._logits: Tensor | None = None  # (B, V): every row's next-character logits
         self._layers = None                 # the rows' carried state, as Stepper carries it
+        self._groups: list[tuple] = []  # (settings, row indices or None for all, generators)
+        self._asked: list[int] = []  # rows that want logprobs
+        self._cancels = False  # a job was cancelled since the last turn: look for its rows
         self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -127,6 +134,7 @@ class Batcher:
         """Abandon ``job``: a waiting one leaves the line now, an active one's rows at the next
         turn."""
         job.cancelled = True
+        self._cancels = True
         with self._cond:
             if job in self._waiting:
                 self._waiting.remove(job)
@@ -153,11 +161,12 @@ class Batcher:
                 joining = self._admit()
                 if joining is None:
                     return
-                for job in joining:
+                for group in _same_prompt_length(joining):
                     try:
-                        self._join(job)
-                    except Exception as e:  # a bug must not kill the server: fail this job only
-                        job.sink([_error_piece(e)])
+                        self._join(group)
+                    except Exception as e:  # a bug must not kill the server: fail these only
+                        for job in group:
+                            job.sink([_error_piece(e)])
                 try:
                     if self._rows:
                         self._turn()
@@ -178,28 +187,34 @@ class Batcher:
                 free -= job.n
             return joining
 
-    def _join(self, job: Job) -> None:
-        """Prime ``job``'s rows with one forward of its prompt and add them to the batch."""
-        if job.cancelled:
-            return
-        if job.max_tokens == 0:
+    def _join(self, jobs: list[Job]) -> None:
+        """Prime the rows of ``jobs`` (prompts of one length) with one forward and add them to
+        the batch."""
+        jobs = [job for job in jobs if not job.cancelled]
+        for job in [job for job in jobs if job.max_tokens == 0]:
             job.sink([Piece(i, "", [], "length") for i in range(job.n)])
+        jobs = [job for job in jobs if job.max_tokens > 0]
+        if not jobs:
             return
-        logits, state = prime(self.model, self.vocab, job.prompt_ids, job.n)  # (n, V)
+        logits, state = prime_rows(self.model, self.vocab,
+                                   [job.prompt_ids for job in jobs for _ in range(job.n)])
         layers = self.stepper.unpack(state)
-        gens = sample_generators(job.seed, job.n)
-        self._rows += [_Row(job, i, g) for i, g in enumerate(gens)]
+        self._rows += [_Row(job, i, g) for job in jobs
+                       for i, g in enumerate(sample_generators(job.seed, job.n))]
         if self._logits is None:
             self._logits, self._layers = logits.contiguous(), layers
         else:
             self._logits = torch.cat([self._logits, logits])
             self._layers = _tree(lambda a, b: torch.cat([a, b], self._dim), self._layers, layers)
+        self._changed()
 
     def _turn(self) -> None:
         """One character for every row, then one batched step for the rows still going."""
-        self._keep([i for i, r in enumerate(self._rows) if not r.job.cancelled])
-        if not self._rows:
-            return
+        if self._cancels:
+            self._cancels = False
+            self._keep([i for i, r in enumerate(self._rows) if not r.job.cancelled])
+            if not self._rows:
+                return
         ids = self._pick()  # (B,)
         lps = self._logprobs(ids)
         chars, pieces, keep = self.vocab.chars, {}, []
@@ -208,37 +223,40 @@ class Batcher:
             pieces.setdefault(row.job, []).append(piece)
             if piece.finish_reason is None:
                 keep.append(i)
-        if self.deliver is not None:
-            self.deliver(list(pieces.items()))
-        else:
-            for job, job_pieces in pieces.items():
-                job.sink(job_pieces)
+        for job, job_pieces in pieces.items():
+            job.sink(job_pieces)
         self._keep(keep)
         if self._rows:
             self._logits, self._layers = self.stepper.step(ids[keep] if len(keep) < len(ids)
                                                            else ids, self._layers)
         self.steps += 1
 
-    def _pick(self) -> Tensor:
-        """Every row's next id, each settings group through ``sampling.pick`` with its rows'
-        own generators, so a row draws exactly what ``generate`` would draw for it."""
+    def _changed(self) -> None:
+        """The rows changed: regroup them by settings, and find the ones that want logprobs
+        (kept until the rows change again, not redone every turn)."""
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(self._rows):
             groups.setdefault(row.key, []).append(i)
-        if len(groups) == 1:
-            return pick(self._logits, self._rows[0].job.settings, [r.generator for r in self._rows])
+        self._groups = [(self._rows[rows[0]].job.settings,
+                         None if len(groups) == 1 else torch.tensor(rows),
+                         [self._rows[i].generator for i in rows]) for rows in groups.values()]
+        self._asked = [i for i, r in enumerate(self._rows) if r.job.logprobs is not None]
+
+    def _pick(self) -> Tensor:
+        """Every row's next id, each settings group through ``sampling.pick`` with its rows'
+        own generators, so a row draws exactly what ``generate`` would draw for it."""
+        if len(self._groups) == 1:
+            settings, _, generators = self._groups[0]
+            return pick(self._logits, settings, generators)
         ids = torch.empty(len(self._rows), dtype=torch.long)
-        for rows in groups.values():
-            idx = torch.tensor(rows)
-            settings = self._rows[rows[0]].job.settings
-            ids[idx] = pick(self._logits.index_select(0, idx), settings,
-                            [self._rows[i].generator for i in rows])
+        for settings, idx, generators in self._groups:
+            ids[idx] = pick(self._logits.index_select(0, idx), settings, generators)
         return ids
 
     def _logprobs(self, ids: Tensor) -> dict[int, tuple[str, float, dict[str, float]]]:
         """The model's log-probability of each chosen character and its top alternatives,
         for the rows that asked (the model's own distribution, before temperature)."""
-        asked = [i for i, r in enumerate(self._rows) if r.job.logprobs is not None]
+        asked = self._asked
         if not asked:
             return {}
         idx = torch.tensor(asked)
@@ -258,6 +276,7 @@ class Batcher:
         if len(keep) == len(self._rows):
             return
         self._rows = [self._rows[i] for i in keep]
+        self._changed()
         if not keep:
             self._logits = self._layers = None
             return
@@ -269,6 +288,7 @@ class Batcher:
         """Finish every active row with an error (the worker goes on with new jobs)."""
         jobs = {r.job for r in self._rows}
         self._rows, self._logits, self._layers = [], None, None
+        self._changed()
         for job in jobs:
             job.sink([_error_piece(error)])
 

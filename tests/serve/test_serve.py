@@ -1,5 +1,6 @@
 """charlm serve: the API as a user's client sees it, the batcher's rows, limits, the page."""
 
+import asyncio
 import contextlib
 import json
 import re
@@ -117,6 +118,32 @@ def test_empty_prompt_primes_with_a_newline_like_generate(tiny):
     assert [c["text"] for c in r.json()["choices"]] == want
 
 
+class Texts:
+    """Each batcher job's texts by key, collected from its sink on the worker's thread."""
+
+    def __init__(self):
+        self.texts, self._done = {}, threading.Semaphore(0)
+
+    def sink(self, key, n):
+        got, finished = [""] * n, set()
+
+        def sink(pieces):
+            for p in pieces:
+                got[p.index] += p.text
+                if p.finish_reason:
+                    finished.add(p.index)
+            if len(finished) == n and key not in self.texts:
+                self.texts[key] = got
+                self._done.release()
+        return sink
+
+    def wait(self, jobs: int) -> bool:
+        return all(self._done.acquire(timeout=30) for _ in range(jobs))
+
+    def __getitem__(self, key):
+        return self.texts[key]
+
+
 def test_rows_sharing_steps_do_not_change_each_other(tiny):
     """Requests with different settings join one batch at different steps; each gets exactly
     the text it gets alone, and the batch took fewer steps than the requests one after another."""
@@ -125,34 +152,88 @@ def test_rows_sharing_steps_do_not_change_each_other(tiny):
             ("a dog", SampleSettings(0.7, top_k=4), 120, 2, 2),
             ("", SampleSettings(1.2, top_p=0.85), 200, 3, 3),
             ("cat", SampleSettings(greedy=True), 80, 1, 4)]
-    batcher, done, texts = Batcher(model, vocab, max_batch=16), threading.Semaphore(0), {}
-
-    def sink_for(key, n):
-        got = [""] * n
-        finished = set()
-
-        def sink(pieces):
-            for p in pieces:
-                got[p.index] += p.text
-                if p.finish_reason:
-                    finished.add(p.index)
-            if len(finished) == n:
-                texts[key] = got
-                done.release()
-        return sink
-
+    batcher, texts = Batcher(model, vocab, max_batch=16), Texts()
     try:
         for k, (prompt, s, length, n, seed) in enumerate(asks):
             batcher.submit(Job(vocab.encode(prompt).tolist(), s, length, n, seed,
-                               sink=sink_for(k, n)))
+                               sink=texts.sink(k, n)))
             time.sleep(0.01)  # later requests join a batch already running
-        assert all(done.acquire(timeout=30) for _ in asks)
+        assert texts.wait(len(asks))
         assert batcher.steps < sum(a[2] for a in asks)
     finally:
         batcher.close()
     for k, (prompt, s, length, n, seed) in enumerate(asks):
         alone = [t[len(prompt):] for t in generate(model, vocab, prompt, length, s, n, seed)]
         assert texts[k] == alone, k
+
+
+def test_requests_that_arrive_together_start_in_one_forward(tiny):
+    """Requests admitted in the same turn are primed together, one forward per prompt length,
+    and each still gets exactly the text it gets alone."""
+    model, vocab = tiny
+    asks = [("the ", SampleSettings(0.9), 40, 2, 1),
+            ("cat ", SampleSettings(0.7, top_k=5), 30, 1, 2),
+            ("a dog", SampleSettings(1.1), 20, 1, 3),
+            ("mat!", SampleSettings(greedy=True), 25, 1, 4)]
+    forwards, release, texts = [], threading.Event(), Texts()
+    hook = model.register_forward_hook(lambda module, args, out: forwards.append(args[0].shape))
+    batcher = Batcher(model, vocab, max_batch=16)
+    try:
+        batcher.submit(Job([0], SampleSettings(), 3, sink=lambda pieces: release.wait(20)))
+        time.sleep(0.2)  # the worker is held inside the first job's first turn
+        forwards.clear()
+        for k, (prompt, s, length, n, seed) in enumerate(asks):
+            batcher.submit(Job(vocab.encode(prompt).tolist(), s, length, n, seed,
+                               sink=texts.sink(k, n)))
+        release.set()
+        assert texts.wait(len(asks))
+    finally:
+        batcher.close()
+        hook.remove()
+    assert sorted(tuple(f) for f in forwards) == [(1, 5), (4, 4)]  # "a dog"; the three others
+    for k, (prompt, s, length, n, seed) in enumerate(asks):
+        alone = [t[len(prompt):] for t in generate(model, vocab, prompt, length, s, n, seed)]
+        assert texts[k] == alone, k
+
+
+def test_an_inbox_wakes_its_reader_only_when_it_waits_for_what_came():
+    """A stream's reader is woken by the first piece that arrives while it waits; a collecting
+    reader only by a finish (the worker's puts come from another thread)."""
+    from charlm.serve.app import Inbox
+    from charlm.serve.batcher import Piece
+
+    def put_from_a_thread(inbox, pieces):
+        t = threading.Thread(target=inbox.put, args=(pieces,))
+        t.start()
+        t.join()
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        eager, collecting = Inbox(loop), Inbox(loop, wake_for_every_piece=False)
+        reading = [asyncio.ensure_future(eager.take()), asyncio.ensure_future(collecting.take())]
+        await asyncio.sleep(0.05)
+        for inbox in (eager, collecting):
+            put_from_a_thread(inbox, [Piece(0, "a")])
+        await asyncio.sleep(0.1)
+        assert [t.done() for t in reading] == [True, False]
+        assert [p.text for p in reading[0].result()] == ["a"]
+        put_from_a_thread(collecting, [Piece(0, "b", finish_reason="length")])
+        got = await asyncio.wait_for(reading[1], 5)
+        assert [(p.text, p.finish_reason) for p in got] == [("a", None), ("b", "length")]
+        put_from_a_thread(eager, [Piece(0, "c"), Piece(1, "d")])  # nobody waits: kept
+        assert [p.text for p in await eager.take()] == ["c", "d"]
+
+    asyncio.run(scenario())
+
+
+def test_many_streams_send_less_often():
+    from charlm.serve.app import SEND_EVERY, Server
+    server = Server.__new__(Server)
+    waits = []
+    for streams in (1, 8, 16, 32, 40, 500):
+        server.streams = streams
+        waits.append(server.send_every())
+    assert waits[:3] == [SEND_EVERY] * 3 and SEND_EVERY < waits[3] < waits[4] == waits[5] == 0.05
 
 
 # --- stop, logprobs
@@ -287,11 +368,11 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(keyed):
         {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     r = conn.getresponse()
     assert r.status == 200 and r.read(200)
-    assert health(keyed)["active_rows"] == 1
+    assert (health(keyed)["active_rows"], health(keyed)["streams"]) == (1, 1)
     conn.sock.close()  # leave without a word
     conn.close()
     deadline = time.monotonic() + 5
-    while health(keyed)["active_rows"]:
+    while health(keyed)["active_rows"] or health(keyed)["streams"]:
         assert time.monotonic() < deadline, "the row was not freed"
         time.sleep(0.02)
 
