@@ -71,6 +71,16 @@ class RunEnd(Callback):
             self._decided = (step, last)
         return self._decided[1]
 
+    def ran_out_during(self, trainer, pl_module: CharLM, step: int) -> bool:
+        """Asked again after an evaluation at ``step`` that was not its last: where the time
+        budget ran out during it, ``step`` becomes the last, so the run does not take one more
+        step only to evaluate again. (Under DDP the question waits for its next collective:
+        the answer stays no until then, on every rank.)"""
+        if self._decided == (step, False) and self.max_time_s is not None:
+            self._decided = (step, self._out_of_time(
+                trainer, step, lambda: pl_module.tick() >= self.max_time_s))
+        return self._decided == (step, True)
+
     def on_train_epoch_end(self, trainer, pl_module: CharLM) -> None:
         # The loader's one pass ends at the last step, so a pass that ends ends the run (a
         # finished run resumed with the same step count has no step left to take).
@@ -108,9 +118,11 @@ class Validation(Callback):
 
     def on_train_batch_end(self, trainer, pl_module: CharLM, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if (self.run_end.is_last(trainer, pl_module, step)
-                or (self.eval_every and step % self.eval_every == 0)):
+        last = self.run_end.is_last(trainer, pl_module, step)
+        if last or (self.eval_every and step % self.eval_every == 0):
             self.validate(trainer, pl_module, step)
+        if not last and self.run_end.ran_out_during(trainer, pl_module, step):
+            trainer.should_stop = True  # whether RunEnd has been asked at this step or not
 
     def validate(self, trainer, pl_module: CharLM, step: int) -> None:
         pl_module.check_loss()  # before anything is written from these weights

@@ -196,6 +196,39 @@ def test_the_run_clock_stops_before_lightning_tears_down(text_file, tmp_path, mo
     assert seen["after"] == seen["before"] == results["elapsed_s"]
 
 
+def build_callbacks_in(order: str, monkeypatch) -> None:
+    """Make ``fit`` hand the Trainer its callbacks as built or in reverse order."""
+    import charlm.training.fit as fit_module
+    build = fit_module._trainer
+
+    def reordered(config, decision, callbacks):
+        return build(config, decision, callbacks[::-1] if order == "reversed" else callbacks)
+
+    monkeypatch.setattr(fit_module, "_trainer", reordered)
+
+
+@pytest.mark.parametrize("order", ["as built", "reversed"])
+def test_a_time_budget_that_runs_out_during_an_evaluation_ends_the_run_there(
+        text_file, tmp_path, monkeypatch, order):
+    # The evaluation at step 4 is due every 4 steps and the budget runs out while it runs: the
+    # run ends at step 4, held by last.ckpt, not one step later with a second evaluation.
+    from charlm.training.lightning_module import CharLM
+    from charlm.training.run_folder import Validation
+    build_callbacks_in(order, monkeypatch)
+    out_of_time, validate, tick = [False], Validation.validate, CharLM.tick
+
+    def slow_validate(self, trainer, pl_module, step):
+        validate(self, trainer, pl_module, step)
+        out_of_time[0] = step == 4
+
+    monkeypatch.setattr(Validation, "validate", slow_validate)
+    monkeypatch.setattr(CharLM, "tick", lambda self: 1e9 if out_of_time[0] else tick(self))
+    results = fit(TrainConfig(data=[str(text_file)], max_time=30, eval_every=4,
+                              out=str(tmp_path / "r"), **TINY))
+    assert results["steps"] == 4 and [r["step"] for r in results["history"]] == [4]
+    assert torch.load(tmp_path / "r" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
 @pytest.mark.parametrize("order", ["as built", "reversed"])
 def test_the_callbacks_do_the_same_in_any_order(text_file, tmp_path, monkeypatch, order):
     # A signal during step 8, where an evaluation is due: in either order the evaluation at 8 is
@@ -204,19 +237,12 @@ def test_the_callbacks_do_the_same_in_any_order(text_file, tmp_path, monkeypatch
     import os
     import signal
 
-    import charlm.training.fit as fit_module
     from charlm.training.interrupt import Interrupted
     from charlm.training.lightning_module import CharLM
 
     settings = dict(data=[str(text_file)], max_steps=20, eval_every=8, **TINY)
     whole = fit(TrainConfig(out=str(tmp_path / "whole"), **settings))
-
-    build = fit_module._trainer
-
-    def reordered(config, decision, callbacks):
-        return build(config, decision, callbacks[::-1] if order == "reversed" else callbacks)
-
-    monkeypatch.setattr(fit_module, "_trainer", reordered)
+    build_callbacks_in(order, monkeypatch)
     step = CharLM.training_step
 
     signal_in = {8}
