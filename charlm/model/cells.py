@@ -382,7 +382,7 @@ def to_explicit(fused: nn.RNNBase) -> ExplicitCell:
     """An explicit module computing the same function as a batch-first torch RNN/LSTM/GRU."""
     kind = _EXPLICIT.get(type(fused))
     if kind is None or not fused.batch_first or fused.bidirectional or not fused.bias \
-            or getattr(fused, "proj_size", 0) or getattr(fused, "nonlinearity", "tanh") != "tanh":
+            or fused.proj_size or getattr(fused, "nonlinearity", "tanh") != "tanh":
         raise ValueError(f"no explicit equivalent of {fused!r}: need a uni-directional, "
                          "batch-first nn.RNN (tanh), nn.LSTM (no proj_size) or nn.GRU with biases")
     return _copy_into(fused, kind(fused.input_size, fused.hidden_size, fused.num_layers,

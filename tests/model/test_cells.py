@@ -76,12 +76,50 @@ def test_round_trip_keeps_the_state_dict(cell, layers):
 
 
 def test_conversion_refuses_what_it_cannot_mirror():
-    with pytest.raises(ValueError, match="batch-first"):
-        to_explicit(nn.LSTM(I, H))  # seq-first
-    with pytest.raises(ValueError):
-        to_explicit(nn.RNN(I, H, batch_first=True, nonlinearity="relu"))
+    need = ("need a uni-directional, batch-first nn.RNN (tanh), nn.LSTM (no proj_size) or "
+            "nn.GRU with biases")
+    for fused in [nn.LSTM(I, H), nn.GRU(I, H, batch_first=True, bidirectional=True),
+                  nn.LSTM(I, H, batch_first=True, bias=False),
+                  nn.LSTM(I, H, batch_first=True, proj_size=2),
+                  nn.RNN(I, H, batch_first=True, nonlinearity="relu")]:
+        with pytest.raises(ValueError) as refused:
+            to_explicit(fused)
+        assert str(refused.value) == f"no explicit equivalent of {fused!r}: {need}"
     with pytest.raises(TypeError, match="NoteGRU"):
         to_fused(NoteGRU(I, H, 1, 0.0))
+
+
+@pytest.mark.parametrize("cell", sorted(FUSED))
+def test_conversion_keeps_dropout_dtype_and_mode(cell):
+    """Both ways: dropout between stacked layers (none asked of one layer, where torch warns),
+    the weights' dtype (here float32 under a float64 default), train or eval mode."""
+    import warnings
+    fused = FUSED[cell](I, H, 2, batch_first=True, dropout=0.3, dtype=torch.float32).eval()
+    explicit = to_explicit(fused)
+    assert explicit.dropout == 0.3 and not explicit.training
+    assert {p.dtype for p in explicit.parameters()} == {torch.float32}
+    back = to_fused(explicit.train())
+    assert back.dropout == 0.3 and back.training
+    assert {p.dtype for p in back.parameters()} == {torch.float32}
+    one = type(explicit)(I, H, 1, 0.3)  # dropout with nothing to drop between
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when a 1-layer module is given dropout
+        assert to_fused(one).dropout == 0.0
+
+
+@pytest.mark.parametrize("kind", [ExplicitRNN, ExplicitLSTM, ExplicitGRU, NoteGRU],
+                         ids=lambda k: k.__name__)
+def test_a_step_under_bf16_autocast_takes_a_float32_state(kind):
+    """Under autocast the step's matmuls give bf16; a float32 state from outside joins them."""
+    net = kind(I, H, 2, 0.0).float()
+    x_t = torch.randn(B, I, dtype=torch.float32)
+    state = model.map_state(lambda s: s.float(), random_state("lstm" if kind is ExplicitLSTM
+                                                              else "rnn", 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h, new = net.step(x_t, state)
+    want, _ = net.step(x_t, state)  # float32
+    assert h.dtype == torch.bfloat16 and torch.isfinite(h).all()
+    torch.testing.assert_close(h.float(), want, rtol=0, atol=0.05)
 
 
 EXPLICIT = [ExplicitRNN, ExplicitLSTM, ExplicitGRU, NoteGRU]
@@ -108,19 +146,21 @@ def test_step_equals_forward(kind):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("layers, steps", [(2, T), (1, 1)])
 @pytest.mark.parametrize("kind, keys", [
     (ExplicitRNN, {"h"}), (ExplicitLSTM, {"i", "f", "g", "o", "c", "h"}),
     (ExplicitGRU, {"r", "z", "n", "h"}), (NoteGRU, {"r", "z", "n", "h"})],
     ids=lambda v: v.__name__ if isinstance(v, type) else "")
-def test_trace_gives_every_gate(kind, keys):
-    layers = 2
+def test_trace_gives_every_gate(kind, keys, layers, steps):
     net = kind(I, H, layers, 0.0)
-    x = torch.randn(B, T, I)
-    gates = net.trace(x)
-    out, final = net(x)
+    x = torch.randn(B, steps, I)
+    # traced from a given state, one a tanh could have written
+    state = model.map_state(torch.tanh, random_state("lstm" if "c" in keys else "rnn", layers))
+    gates = net.trace(x, state)
+    out, final = net(x, state)
     assert set(gates) == keys
     for name, value in gates.items():
-        assert value.shape == (layers, B, T, H), name
+        assert value.shape == (layers, B, steps, H), name
         if name in SIGMOID_GATES:
             assert ((value > 0) & (value < 1)).all(), name
         if name in TANH_GATES:
