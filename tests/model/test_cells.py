@@ -174,7 +174,7 @@ def test_trace_gives_every_gate(kind, keys, layers, steps):
 
 def test_dropout_only_between_layers_and_only_in_training():
     x = torch.randn(B, T, I)
-    one, two = ExplicitLSTM(I, H, 1, 0.5).train(), ExplicitLSTM(I, H, 2, 0.5).train()
+    one, two = ExplicitLSTM(I, H, 1, 0.3).train(), ExplicitLSTM(I, H, 2, 0.3).train()
     torch.testing.assert_close(one(x)[0], one.eval()(x)[0])  # nothing to drop between
     # the two layers run by hand: dropout on layer 0's output only, from the same RNG state
     bottom, top = ExplicitLSTM(I, H, 1, 0.0), ExplicitLSTM(H, H, 1, 0.0)
@@ -184,13 +184,54 @@ def test_dropout_only_between_layers_and_only_in_training():
     torch.manual_seed(5)
     trained = two.train()(x)[0]
     torch.manual_seed(5)
-    mid = torch.nn.functional.dropout(bottom(x)[0], 0.5, training=True)
+    mid = torch.nn.functional.dropout(bottom(x)[0], 0.3, training=True)
     torch.testing.assert_close(trained, top(mid)[0], rtol=0, atol=1e-12)
     assert not torch.allclose(trained, two.eval()(x)[0])
+    # one step in training drops the same between the layers, and never the top layer's output
+    torch.manual_seed(5)
+    h_step, _ = two.train().step(x[:, 0])
+    torch.manual_seed(5)
+    torch.testing.assert_close(h_step, two(x[:, :1])[0][:, 0], rtol=0, atol=1e-12)
     # evaluation drops nothing: the same weights without dropout give the same output
     plain = ExplicitLSTM(I, H, 2, 0.0)
     plain.load_state_dict(two.state_dict())
     torch.testing.assert_close(two.eval()(x)[0], plain(x)[0], rtol=0, atol=0)
+
+
+def test_explicit_cells_default_to_one_layer_no_dropout_and_reset_their_norms():
+    net = cells.LayerNormLSTM(I, H)
+    assert (net.num_layers, net.dropout) == (1, 0.0)
+    assert (ExplicitGRU(I, H).num_layers, ExplicitGRU(I, H).dropout) == (1, 0.0)
+    assert cells.LayerNormLSTM(I, H, 2, 0.3).dropout == 0.3
+    for p in net.norms.parameters():
+        p.data.fill_(3.0)
+    net.reset_parameters()  # the norms too, back to what a new module starts with
+    fresh = cells.LayerNormLSTM(I, H)
+    assert all(torch.equal(a, b) for a, b in zip(net.norms.parameters(),
+                                                 fresh.norms.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("cell", sorted(FUSED))
+def test_a_registered_cells_twin_shares_the_fused_weights(cell):
+    m = CharRNN(ModelConfig(vocab_size=7, cell=cell, hidden_size=H, num_layers=2,
+                            embedding_dim=I))
+    twin = cells.explicit_twin(m)
+    assert isinstance(twin, cells.ExplicitCell) and not twin.training
+    fused = dict(m.rnn.named_parameters())
+    assert all(p.data_ptr() == fused[n].data_ptr() for n, p in twin.named_parameters())
+
+
+def test_a_user_cell_that_is_a_plain_torch_gru_gets_a_copied_twin():
+    from charlm.model import register_cell
+    register_cell("plain-torch-gru", lambda i, h, layers, dropout: nn.GRU(i, h, layers,
+                                                                           batch_first=True))
+    m = CharRNN(ModelConfig(vocab_size=7, cell="plain-torch-gru", hidden_size=H, num_layers=2,
+                            embedding_dim=I))
+    twin = cells.explicit_twin(m)  # no explicit form registered: a copy of its weights
+    assert isinstance(twin, ExplicitGRU)
+    assert twin.weight_hh_l1.data_ptr() != m.rnn.weight_hh_l1.data_ptr()
+    x, h0 = torch.randn(B, T, I), torch.randn(2, B, H)
+    torch.testing.assert_close(twin(x, h0)[0], m.rnn(x, h0)[0], rtol=0, atol=1e-10)
 
 
 # --- the note's GRU against torch's: the same weights, two differences
