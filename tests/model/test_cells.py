@@ -201,7 +201,8 @@ def test_dropout_only_between_layers_and_only_in_training():
 def test_explicit_cells_default_to_one_layer_no_dropout_and_reset_their_norms():
     net = cells.LayerNormLSTM(I, H)
     assert (net.num_layers, net.dropout) == (1, 0.0)
-    assert (ExplicitGRU(I, H).num_layers, ExplicitGRU(I, H).dropout) == (1, 0.0)
+    gru = ExplicitGRU(I, H)
+    assert (gru.num_layers, gru.dropout, gru.batch_first) == (1, 0.0, True)  # as torch's reads
     assert cells.LayerNormLSTM(I, H, 2, 0.3).dropout == 0.3
     for p in net.norms.parameters():
         p.data.fill_(3.0)
