@@ -38,7 +38,6 @@ class Piece:
     text: str
     logprobs: list[tuple[str, float, dict[str, float]]] = field(default_factory=list)
     finish_reason: str | None = None
-    first: bool = False  # the choice's first character: worth a wake-up of its reader at once
 
 
 @dataclass(eq=False)
@@ -70,15 +69,14 @@ class _Row:
         self.written += 1
         if not self.stop.stops:  # the common case, kept cheap: it runs for every row every turn
             done = self.written >= self.job.max_tokens
-            return Piece(self.index, ch, [lp] if lp else [], "length" if done else None,
-                         self.written == 1)
+            return Piece(self.index, ch, [lp] if lp else [], "length" if done else None)
         text, entries, stopped = self.stop.feed(ch, lp)
         if stopped:
             return Piece(self.index, text, entries, "stop")
         if self.written >= self.job.max_tokens:
             more, more_lp = self.stop.flush()
             return Piece(self.index, text + more, entries + more_lp, "length")
-        return Piece(self.index, text, entries, None, self.written == 1)
+        return Piece(self.index, text, entries)
 
 
 def _same_prompt_length(jobs: list[Job]) -> list[list[Job]]:
