@@ -9,6 +9,7 @@ from charlm.model import (
     detach_state,
     hidden_size_for_params,
     register_cell,
+    state_hidden,
 )
 
 N, T, E, H, V = 2, 3, 4, 5, 6
@@ -117,3 +118,9 @@ def test_weight_drop_masks_each_recurrent_matrix_with_its_own_probability(monkey
     model(torch.randint(0, V, (N, T)))
     weights = [call for call in seen if len(call[0]) == 2]  # the output dropout is 3-D
     assert weights == [((4 * H, H), 0.2)] * 2  # W_hh of both layers, no other weight
+
+
+def test_state_hidden_is_h_of_any_cells_state():
+    h, c = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    assert state_hidden((h, c)) is h  # an LSTM's (h, c)
+    assert state_hidden(h) is h       # an RNN's or a GRU's h
