@@ -2,6 +2,7 @@ import pytest
 import torch
 from conftest import ReluRNN
 
+from charlm.errors import SettingError
 from charlm.model import (
     CharRNN,
     ModelConfig,
@@ -44,9 +45,23 @@ def test_register_a_new_cell_without_touching_charlm():
 
 
 def test_lstm_forget_gate_bias_starts_at_one():
-    model = CharRNN(ModelConfig(V, "lstm", H, 1, E))
-    b = model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0
-    assert torch.allclose(b[H:2 * H], torch.ones(H))
+    model = CharRNN(ModelConfig(V, "lstm", H, 2, E))
+    for k in (0, 1):
+        b_ih, b_hh = getattr(model.rnn, f"bias_ih_l{k}"), getattr(model.rnn, f"bias_hh_l{k}")
+        assert torch.equal(b_ih[H:2 * H], torch.ones(H)) and torch.equal(b_hh[H:2 * H],
+                                                                          torch.zeros(H))
+        # the other gates (i, g, o) keep torch's random start
+        for rest in (b_ih[:H], b_ih[2 * H:], b_hh[:H], b_hh[2 * H:]):
+            assert (rest.abs() > 0).all() and (rest.abs() < 1).all()
+
+
+def test_impl_refusals_name_the_choices():
+    with pytest.raises(SettingError) as e:
+        ModelConfig(V, "lstm", H, impl="fast")
+    assert str(e.value) == "impl must be one of auto, fused, explicit, not 'fast'"
+    with pytest.raises(SettingError) as e:  # refused with the config, not later by the build
+        ModelConfig(V, "gru-note", H, impl="fused")
+    assert str(e.value) == "cell 'gru-note' has no fused implementation; use impl explicit"
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
