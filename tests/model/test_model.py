@@ -62,6 +62,10 @@ def test_impl_refusals_name_the_choices():
     with pytest.raises(SettingError) as e:  # refused with the config, not later by the build
         ModelConfig(V, "gru-note", H, impl="fused")
     assert str(e.value) == "cell 'gru-note' has no fused implementation; use impl explicit"
+    register_cell("fused-only-cell", ReluRNN)
+    with pytest.raises(SettingError) as e:
+        ModelConfig(V, "fused-only-cell", H, impl="explicit")
+    assert str(e.value) == "cell 'fused-only-cell' has no explicit implementation; use impl fused"
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
@@ -73,10 +77,18 @@ def test_params_solver_is_close(cell):
 
 
 def test_bad_config_names_the_flag():
-    with pytest.raises(ValueError, match="^hidden_size must be at least 1"):
-        ModelConfig(V, "lstm", 0)
-    with pytest.raises(ValueError, match="^dropout must be in"):
-        ModelConfig(V, "lstm", 4, dropout=1.5)
+    for settings, said in [
+            (dict(vocab_size=V, hidden_size=0), "hidden_size must be at least 1, not 0"),
+            (dict(vocab_size=V, num_layers=0), "num_layers must be at least 1, not 0"),
+            (dict(vocab_size=V, embedding_dim=-1), "embedding_dim must be at least 1, not -1"),
+            (dict(vocab_size=0), "vocab_size must be at least 1, not 0"),
+            (dict(vocab_size=V, dropout=1.5), "dropout must be in [0, 1), not 1.5"),
+            (dict(vocab_size=V, weight_drop=-0.1), "weight_drop must be in [0, 1), not -0.1"),
+            (dict(vocab_size=V, init="zeros"),
+             "init must be one of default, orthogonal, not 'zeros'")]:
+        with pytest.raises(SettingError) as e:
+            ModelConfig(cell="lstm", **settings)
+        assert str(e.value) == said
 
 
 def test_a_registered_cell_is_recurrent_with_its_own_layout_unless_told():
