@@ -6,6 +6,7 @@ from charlm.errors import SettingError
 from charlm.model import (
     CharRNN,
     ModelConfig,
+    build_cell,
     cell_names,
     detach_state,
     hidden_size_for_params,
@@ -66,6 +67,9 @@ def test_impl_refusals_name_the_choices():
     with pytest.raises(SettingError) as e:
         ModelConfig(V, "fused-only-cell", H, impl="explicit")
     assert str(e.value) == "cell 'fused-only-cell' has no explicit implementation; use impl fused"
+    with pytest.raises(SettingError) as e:  # a build in the other form (as a twin would be)
+        build_cell(ModelConfig(V, "fused-only-cell", H), impl="explicit")
+    assert str(e.value) == "cell 'fused-only-cell' has no explicit implementation"
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
