@@ -155,3 +155,18 @@ def test_state_hidden_is_h_of_any_cells_state():
     h, c = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
     assert state_hidden((h, c)) is h  # an LSTM's (h, c)
     assert state_hidden(h) is h       # an RNN's or a GRU's h
+
+
+def test_a_cells_own_settings_reach_its_factory_and_are_refused_by_one_that_takes_none():
+    got = {}
+
+    def factory(i, h, layers, dropout, **settings):
+        got.update(settings)
+        return ReluRNN(i, h, layers, dropout)
+
+    register_cell("takes-settings", factory)
+    build_cell(ModelConfig(V, "takes-settings", H, extra={"knob": 3, "dial": "x"}))
+    assert got == {"knob": 3, "dial": "x"}
+    with pytest.raises(SettingError) as e:
+        build_cell(ModelConfig(V, "lstm", H, extra={"heads": 2, "context": 8}))
+    assert str(e.value).startswith("cell 'lstm' does not take the settings heads, context: ")
