@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charlm.data.corpus import TrainStreams, eval_batches, load_corpus, split_bounds
+from charlm.data.corpus import StepBatches, TrainStreams, eval_batches, load_corpus, split_bounds
 from charlm.errors import CharlmError
 
 
@@ -187,3 +187,12 @@ def test_meta_is_plain_json(text_file):
     corpus = load_corpus([str(text_file)])
     assert json.loads(json.dumps(corpus.meta)) == corpus.meta
     assert corpus.meta["chars"] == len(corpus.ids) and corpus.meta["vocab"] == corpus.vocab.chars
+
+
+def test_a_runs_batches_are_as_long_as_the_whole_run_from_any_start():
+    # A resumed trainer counts the `start` steps done as done and ends the pass after the rest;
+    # an open-ended run has no length, which the trainer reads as "no end to the pass".
+    assert len(StepBatches(None, 0, 10)) == len(StepBatches(None, 7, 10)) == 10
+    with pytest.raises(TypeError) as e:
+        len(StepBatches(None, 3, None))
+    assert str(e.value) == "an open-ended run has no length"
