@@ -196,3 +196,13 @@ def test_a_runs_batches_are_as_long_as_the_whole_run_from_any_start():
     with pytest.raises(TypeError) as e:
         len(StepBatches(None, 3, None))
     assert str(e.value) == "an open-ended run has no length"
+
+
+def test_a_full_pass_reads_up_to_16_streams_and_a_short_split_in_one():
+    seq_len = 4
+    for n, streams in [(16 * 8 * seq_len * 2, 16), (8 * seq_len * 3, 3), (8 * seq_len - 1, 1)]:
+        ids = np.arange(n) % 7
+        batches = list(eval_batches(ids, seq_len))  # the defaults: one process reads it all
+        assert {x.shape[0] for x, _, _ in batches} == {streams}, n
+        scored = sum(int((y != -100).sum()) for _, y, _ in batches)
+        assert scored == n - 1, n  # every character after the first, once
