@@ -184,7 +184,7 @@ class Server:
     async def _stream(self, job: Job, inbox: Inbox, c: Completion):
         """Server-sent events: a chunk per choice per send, holding the characters written since
         the last send (a character or a small group), then [DONE]. The first character goes out
-        as soon as it is written; later ones at most every ``self.send_every()``."""
+        as soon as it is written; later ones every ``send_every`` of the streams open."""
         cid, sent, left = api.completion_id(), [0] * c.n, c.n
         self.streams += 1
         try:
@@ -200,7 +200,7 @@ class Server:
                     left -= finish is not None
                     yield _sse(api.envelope(cid, self.name, [api.choice(index, text, lp, finish)]))
                 if left:
-                    await asyncio.sleep(self.send_every())
+                    await asyncio.sleep(send_every(self.streams))
             if c.include_usage:
                 yield _sse(api.envelope(cid, self.name, [], api.usage(c.prompt, sum(sent))))
             yield "data: [DONE]\n\n"
@@ -208,9 +208,10 @@ class Server:
             self.streams -= 1
             self.batcher.cancel(job)  # a client that left frees its rows at the next turn
 
-    def send_every(self) -> float:
-        """Seconds between one stream's sends: SEND_EVERY, longer when many streams are open."""
-        return min(max(SEND_EVERY, self.streams / SENDS_PER_SECOND), 0.05)
+
+def send_every(streams: int) -> float:
+    """Seconds between one stream's sends: SEND_EVERY, longer when many streams are open."""
+    return min(max(SEND_EVERY, streams / SENDS_PER_SECOND), 0.05)
 
 
 def _merge(pieces: list[Piece]):

@@ -66,8 +66,7 @@ class RunEnd(Callback):
         if self._decided[0] != step:
             last = self.total_steps is not None and step >= self.total_steps
             if self.max_time_s is not None:  # every rank asks, so all ranks stop together
-                last = self._out_of_time(
-                    trainer, step, lambda: pl_module.tick() >= self.max_time_s) or last
+                last = self._time_is_up(trainer, pl_module, step) or last
             self._decided = (step, last)
         return self._decided[1]
 
@@ -77,9 +76,11 @@ class RunEnd(Callback):
         step only to evaluate again. (Under DDP the question waits for its next collective:
         the answer stays no until then, on every rank.)"""
         if self._decided == (step, False) and self.max_time_s is not None:
-            self._decided = (step, self._out_of_time(
-                trainer, step, lambda: pl_module.tick() >= self.max_time_s))
+            self._decided = (step, self._time_is_up(trainer, pl_module, step))
         return self._decided == (step, True)
+
+    def _time_is_up(self, trainer, pl_module: CharLM, step: int) -> bool:
+        return self._out_of_time(trainer, step, lambda: pl_module.tick() >= self.max_time_s)
 
     def on_train_epoch_end(self, trainer, pl_module: CharLM) -> None:
         # The loader's one pass ends at the last step, so a pass that ends ends the run (a
