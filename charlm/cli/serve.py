@@ -53,10 +53,10 @@ def serve(checkpoint, host, port, api_key, name, max_batch, max_queue, max_token
     name = name or serving.model_name(checkpoint)
     limits = serving.Limits(max_tokens, min(max_n, max_batch), max_prompt, max_batch, max_queue)
     sock = serving.bind(host, port)
-    app = serving.create_app(model, vocab, name, limits, api_key)
+    app = serving.create_app(model, vocab, name, limits, api_key, worker_thread=False)
     where = f"http://{'[' + host + ']' if ':' in host else host}:{sock.getsockname()[1]}"
-    # The worker thread (model steps) and the event loop (sends) share the GIL; a short switch
-    # interval keeps either from waiting the default 5 ms for the other (process-wide: set here)
+    # The model worker (main thread) and the event loop (a second one) share the GIL; a short
+    # switch interval keeps either from waiting the default 5 ms for the other
     sys.setswitchinterval(0.0005)
     click.echo(f"serving {name} at {where}/ (API at {where}/v1"
                f"{', key required' if api_key else ''}); Ctrl-C stops", err=True)

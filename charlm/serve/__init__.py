@@ -7,7 +7,9 @@ uvicorn. Needs the serve extra: ``pip install 'charlm[serve]'``.
 from __future__ import annotations
 
 import errno
+import signal
 import socket
+import threading
 from pathlib import Path
 
 from charlm.errors import CharlmError
@@ -41,7 +43,35 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run(app, sock: socket.socket, log_level: str = "warning") -> None:
-    """Serve ``app`` on the bound ``sock`` with uvicorn until interrupted."""
+    """Serve ``app`` on the bound ``sock`` with uvicorn until interrupted.
+
+    An app made with ``worker_thread=False`` has its model worker run here, in the main thread,
+    with the event loop in a second thread: torch's steps run faster in the main thread
+    (docs/serving.md). Ctrl-C stops both.
+    """
     import uvicorn
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3)
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    batcher = app.state.server.batcher
+    if batcher.has_thread:
+        server.run(sockets=[sock])
+        return
+    def serve_then_stop_worker():
+        try:
+            server.run(sockets=[sock])
+        finally:  # however the server ends, the worker must not wait for jobs forever
+            batcher.close()
+
+    loop = threading.Thread(target=serve_then_stop_worker, name="charlm-event-loop", daemon=True)
+    loop.start()
+    signal.signal(signal.SIGTERM, _interrupt)  # uvicorn cannot take signals outside the main thread
+    try:
+        batcher.run()  # returns when the app shuts down (its lifespan closes the batcher)
+    finally:  # Ctrl-C: the worker has ended every stream, so the server stops at once
+        batcher.close()
+        server.should_exit = True
+        loop.join(10)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt

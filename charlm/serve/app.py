@@ -101,9 +101,9 @@ class Server:
     """One model behind the API: its batcher, its name, its limits and its key."""
 
     def __init__(self, model: CharRNN, vocab: CharVocab, name: str, limits: Limits,
-                 api_key: str | None = None):
+                 api_key: str | None = None, worker_thread: bool = True):
         self.vocab, self.name, self.limits, self.api_key = vocab, name, limits, api_key or None
-        self.batcher = Batcher(model, vocab, limits.max_batch, limits.max_queue)
+        self.batcher = Batcher(model, vocab, limits.max_batch, limits.max_queue, worker_thread)
         self.created = int(time.time())
         self.streams = 0  # streams open now (each one sends less often when there are many)
 
@@ -249,9 +249,13 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def create_app(model: CharRNN, vocab: CharVocab, name: str = "charlm",
-               limits: Limits | None = None, api_key: str | None = None) -> Starlette:
-    """The ASGI app serving ``model`` as ``name``; its batcher stops when the app shuts down."""
-    server = Server(model, vocab, name, limits or Limits(), api_key)
+               limits: Limits | None = None, api_key: str | None = None,
+               worker_thread: bool = True) -> Starlette:
+    """The ASGI app serving ``model`` as ``name``; its batcher stops when the app shuts down.
+
+    ``worker_thread=False``: the batcher starts no thread of its own, and the caller runs
+    ``app.state.server.batcher.run()`` (as ``serve.run`` does, in the main thread)."""
+    server = Server(model, vocab, name, limits or Limits(), api_key, worker_thread)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -1,6 +1,7 @@
 """The request batcher: the rows of every active request share one forward step per character.
 
-A worker thread owns the model, so generation never blocks the event loop. Each turn it
+A worker thread owns the model, so generation never blocks the event loop (``charlm serve`` runs
+the worker in the process's main thread and the event loop in a second one). Each turn it
 (1) admits waiting requests while rows are free, priming each with one forward of its prompt
 (``sampling.prime``, as ``charlm sample`` does), (2) picks every row's next character with that
 row's own settings and generator (``sampling.pick``, grouped by settings), (3) hands the characters
@@ -98,7 +99,11 @@ def _tree(fn, *trees):
 class Batcher:
     """Serves jobs from a worker thread, every active row a row of one batch."""
 
-    def __init__(self, model: CharRNN, vocab: CharVocab, max_batch: int = 64, max_queue: int = 256):
+    def __init__(self, model: CharRNN, vocab: CharVocab, max_batch: int = 64, max_queue: int = 256,
+                 thread: bool = True):
+        """With ``thread=False`` no worker thread starts: the caller runs the worker with
+        ``run()`` in a thread of its choosing (``charlm serve`` uses the main thread, where
+        torch's steps run faster), until ``close()``."""
         self.model, self.vocab = model.eval(), vocab
         self.max_batch, self.max_queue = max_batch, max_queue
         self.stepper = Stepper(self.model)
@@ -114,8 +119,10 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self.steps = 0
-        self._thread = threading.Thread(target=self._run, name="charlm-batcher", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if thread:
+            self._thread = threading.Thread(target=self.run, name="charlm-batcher", daemon=True)
+            self._thread.start()
 
     # --- the event loop's side
 
@@ -138,6 +145,11 @@ class Batcher:
                 self._waiting.remove(job)
             self._cond.notify()
 
+    @property
+    def has_thread(self) -> bool:
+        """Whether the worker runs in a thread of its own (else ``run()`` is the caller's)."""
+        return self._thread is not None
+
     def stats(self) -> dict:
         """Active rows and waiting requests, for /health."""
         with self._cond:
@@ -149,11 +161,26 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join(10)
+        if self._thread is not None:
+            self._thread.join(10)
 
     # --- the worker's side
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The worker: admit, prime, pick and step until ``close()``; then every job still
+        active or waiting ends with an error piece, so no stream waits for the rest."""
+        try:
+            self._work()
+        finally:
+            with self._cond:
+                self._closed = True
+                jobs = list(dict.fromkeys([r.job for r in self._rows] + list(self._waiting)))
+                self._waiting.clear()
+            self._rows, self._logits, self._layers = [], None, None
+            for job in jobs:
+                job.sink([Piece(-1, "the server is stopping", [], "error")])
+
+    def _work(self) -> None:
         with torch.inference_mode():  # thread-local: the worker thread sets its own
             while True:
                 joining = self._admit()

@@ -420,3 +420,21 @@ def test_page_streams_shades_and_stops(keyed, browser):
     while health(keyed)["active_rows"]:  # Stop closed the stream: the row is free
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_closing_the_batcher_ends_active_and_waiting_jobs(tiny):
+    model, vocab = tiny
+    batcher, got = Batcher(model, vocab, max_batch=1), {}
+    jobs = [Job([0], SampleSettings(), 10**7, sink=lambda pieces, k=k: got.setdefault(k, []).extend(
+        pieces)) for k in ("active", "waiting")]
+    for job in jobs:
+        batcher.submit(job)
+    deadline = time.monotonic() + 10
+    while "active" not in got:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    batcher.close()
+    for k in ("active", "waiting"):
+        assert (got[k][-1].index, got[k][-1].text, got[k][-1].finish_reason) == (
+            -1, "the server is stopping", "error"), k
+    assert batcher.stats()["active_rows"] == batcher.stats()["waiting"] == 0

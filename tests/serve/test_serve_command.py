@@ -130,3 +130,28 @@ def test_load_64_clients_some_leaving_some_bad(checkpoint):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_ctrl_c_ends_open_streams_and_stops_at_once(checkpoint):
+    """The model runs in the main thread: Ctrl-C there must still end every open stream with a
+    last event that says why, and stop the server in a moment, with one line and no traceback."""
+    import signal
+    import urllib.request
+    proc, url = start_server(checkpoint, "--max-tokens", "1000000")
+    try:
+        r = urllib.request.urlopen(urllib.request.Request(
+            url + "/v1/completions", json.dumps({"model": "tiny", "prompt": "the",
+                                                 "max_tokens": 1000000, "stream": True}).encode(),
+            {"Content-Type": "application/json"}), timeout=10)
+        assert r.read(200)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rest = r.read().decode()  # returns once the server has ended the stream
+        assert proc.wait(10) == 1 and time.monotonic() - t0 < 3
+        err = proc.stderr.read()
+        assert err.strip() == "Error: interrupted" and "Traceback" not in err, err
+        last = json.loads(rest.strip().split("\n\n")[-1][len("data: "):])
+        assert last["error"]["message"] == "the server is stopping", rest[-300:]
+    finally:
+        proc.kill()
+        proc.wait(10)
