@@ -29,9 +29,11 @@ from charlm.serve.batcher import Batcher, Job, Piece, QueueFull
 
 MAX_BODY = 1 << 20  # bytes: far above the longest prompt a server allows
 SEND_EVERY = 0.02  # seconds between a stream's sends (50 a second: smooth to a reader's eye)
-# Every send costs the event loop, and so the worker beside it, the GIL: with many streams each
-# one sends less often, about SENDS_PER_SECOND sends in all (and at least every 50 ms).
-SENDS_PER_SECOND = 800
+# Every send costs the event loop, and so the worker beside it, the GIL and a core: with many
+# streams each one sends less often, about SENDS_PER_SECOND sends in all (and at least every
+# SEND_AT_MOST seconds, still a dozen updates a second to a reader's eye).
+SENDS_PER_SECOND = 400
+SEND_AT_MOST = 0.08
 
 
 def _error(e: ApiError) -> JSONResponse:
@@ -211,7 +213,7 @@ class Server:
 
 def send_every(streams: int) -> float:
     """Seconds between one stream's sends: SEND_EVERY, longer when many streams are open."""
-    return min(max(SEND_EVERY, streams / SENDS_PER_SECOND), 0.05)
+    return min(max(SEND_EVERY, streams / SENDS_PER_SECOND), SEND_AT_MOST)
 
 
 def _merge(pieces: list[Piece]):

@@ -227,9 +227,10 @@ def test_an_inbox_wakes_its_reader_only_when_it_waits_for_what_came():
 
 
 def test_many_streams_send_less_often():
-    from charlm.serve.app import SEND_EVERY, send_every
-    waits = [send_every(streams) for streams in (1, 8, 16, 32, 40, 500)]
-    assert waits[:3] == [SEND_EVERY] * 3 and SEND_EVERY < waits[3] < waits[4] == waits[5] == 0.05
+    from charlm.serve.app import SEND_AT_MOST, SEND_EVERY, send_every
+    waits = [send_every(streams) for streams in (1, 4, 8, 16, 24, 500)]
+    assert waits[:3] == [SEND_EVERY] * 3 and SEND_EVERY < waits[3] < waits[4] < waits[5]
+    assert waits[5] == SEND_AT_MOST == 0.08
 
 
 # --- stop, logprobs
