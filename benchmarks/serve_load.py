@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serve_load.py CHECKPOINT [--length 500] [--clients 1,8,32]
     .venv/bin/python benchmarks/serve_load.py --smoke        # a tiny random model, a few seconds
+    .venv/bin/python benchmarks/serve_load.py CHECKPOINT --worker   # no HTTP: the model worker
 
 Starts ``charlm serve CHECKPOINT`` in its own process on 127.0.0.1 and, for each client count N,
 opens N concurrent streaming completions of ``--length`` characters and measures:
@@ -16,6 +17,11 @@ opens N concurrent streaming completions of ``--length`` characters and measures
 
 The clients run in this process, so they share the CPU with the server; on a shared machine the
 figures move with the other load (the load average is printed with them).
+
+``--worker`` leaves HTTP out: for each N, the server's Batcher alone serves N jobs in this process,
+run in the main thread (as ``charlm serve`` runs it) and in a thread of its own (as in tests and
+``create_app``'s default), each against ``generate()`` with num_samples=N, interleaved, best of
+``--repeats``.
 """
 
 from __future__ import annotations
@@ -113,6 +119,52 @@ def generate_rate(checkpoint: str, clients: int, length: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["chars_per_s"]
 
 
+def worker_rates(checkpoint: str, clients: int, length: int, repeats: int) -> dict:
+    """chars/s of generate() and of the Batcher in the main thread and in its own thread (no
+    HTTP), in this process, interleaved, best of ``repeats`` each."""
+    import threading
+
+    from charlm.generation.checkpoint import load
+    from charlm.generation.sampling import SampleSettings, generate
+    from charlm.serve.batcher import Batcher, Job
+    model, vocab, _ = load(checkpoint)
+    prompt_ids = vocab.encode(PROMPT).tolist()
+
+    def batcher(own_thread: bool) -> float:
+        done, left = threading.Event(), [clients]
+
+        def sink(pieces) -> None:  # on the worker's thread
+            if any(p.finish_reason for p in pieces):
+                left[0] -= 1
+                if not left[0]:
+                    done.set()
+                    if not own_thread:
+                        b.close()  # run() returns after this turn
+        b = Batcher(model, vocab, max_batch=max(64, clients), thread=own_thread)
+        t0 = time.perf_counter()
+        for i in range(clients):
+            b.submit(Job(prompt_ids, SampleSettings(0.8), length, 1, i, sink=sink))
+        if own_thread:
+            done.wait()
+        else:
+            b.run()
+        seconds = time.perf_counter() - t0
+        b.close()
+        return clients * length / seconds
+
+    def generated() -> float:
+        t0 = time.perf_counter()
+        generate(model, vocab, PROMPT, length, SampleSettings(0.8), clients, seed=1)
+        return clients * length / (time.perf_counter() - t0)
+
+    best = {"generate": 0.0, "main_thread": 0.0, "own_thread": 0.0}
+    for _ in range(repeats):
+        best["generate"] = max(best["generate"], generated())
+        best["main_thread"] = max(best["main_thread"], batcher(False))
+        best["own_thread"] = max(best["own_thread"], batcher(True))
+    return best
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
@@ -137,6 +189,9 @@ def main() -> None:
     p.add_argument("--ttfc-repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=None,
                    help="OMP_NUM_THREADS for the server and charlm sample alike (default: torch's)")
+    p.add_argument("--worker", action="store_true",
+                   help="no HTTP: the Batcher in the main thread and in its own, against generate")
+    p.add_argument("--repeats", type=int, default=5, help="--worker: best of this many runs")
     p.add_argument("--smoke", action="store_true", help="tiny random model, short runs")
     args = p.parse_args()
     tmp = tempfile.TemporaryDirectory()
@@ -148,6 +203,17 @@ def main() -> None:
     counts = [int(c) for c in args.clients.split(",")]
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the subprocesses inherit it
+    if args.worker or args.smoke:
+        print(f"{'rows':>5} {'generate ch/s':>14} {'main thread':>12} {'ratio':>6} "
+              f"{'own thread':>11} {'ratio':>6}")
+        for n in counts if args.worker else [2]:
+            r = worker_rates(args.checkpoint, n, args.length, 1 if args.smoke else args.repeats)
+            print(json.dumps({"rows": n, "length": args.length, **r}), flush=True)
+            print(f"{n:>5} {r['generate']:>14,.0f} {r['main_thread']:>12,.0f} "
+                  f"{r['main_thread'] / r['generate']:>6.2f} {r['own_thread']:>11,.0f} "
+                  f"{r['own_thread'] / r['generate']:>6.2f}")
+        if args.worker:
+            return
     proc, url = start_server(args.checkpoint, max(counts))
     try:
         name = json.loads(__import__("urllib.request").request.urlopen(url + "/v1/models")
