@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from charlm.model.charrnn import State, build_cell
+from charlm.model.recurrence import TanhRNN
 from charlm.model.registry import cell, register_cell
 
 LayerState = tuple[Tensor, ...]  # one layer's state: (h,) or (h, c), each (B, H)
@@ -368,7 +369,7 @@ class LayerNormLSTM(ExplicitLSTM):
 
 _EXPLICIT: dict[type[nn.RNNBase], type[ExplicitCell]] = {
     nn.RNN: ExplicitRNN, nn.LSTM: ExplicitLSTM, nn.GRU: ExplicitGRU}
-_FUSED = {explicit: fused for fused, explicit in _EXPLICIT.items()}
+_FUSED = {ExplicitRNN: TanhRNN, ExplicitLSTM: nn.LSTM, ExplicitGRU: nn.GRU}
 
 
 def _copy_into(src: nn.Module, dst: nn.Module) -> nn.Module:
@@ -380,7 +381,7 @@ def _copy_into(src: nn.Module, dst: nn.Module) -> nn.Module:
 
 def to_explicit(fused: nn.RNNBase) -> ExplicitCell:
     """An explicit module computing the same function as a batch-first torch RNN/LSTM/GRU."""
-    kind = _EXPLICIT.get(type(fused))
+    kind = next((e for f, e in _EXPLICIT.items() if isinstance(fused, f)), None)
     if kind is None or not fused.batch_first or fused.bidirectional or not fused.bias \
             or fused.proj_size or getattr(fused, "nonlinearity", "tanh") != "tanh":
         raise ValueError(f"no explicit equivalent of {fused!r}: need a uni-directional, "

@@ -7,7 +7,8 @@ calling convention, ``module(x, state) -> (out, state)``:
     out   (B, T, H)  the top layer's hidden state at every step
     state            (L, B, H) tensor, or a tuple of them (LSTM's (h, c)); None means zeros
 
-torch's fused RNN, LSTM and GRU register here; ``charlm.model.cells`` adds their explicit twins
+torch's fused RNN (``recurrence.TanhRNN``: nn.RNN, trained faster on the CPU), LSTM and GRU
+register here; ``charlm.model.cells`` adds their explicit twins
 and the note's own variants, ``charlm.model.transformer`` the reference. A plug-in registers the
 same way (``charlm.register_cell``).
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from charlm.errors import CharlmError
+from charlm.model.recurrence import TanhRNN
 
 CellFactory = Callable[..., nn.Module]  # (input, hidden, layers, dropout, **extra) -> module
 
@@ -81,6 +83,6 @@ def _torch_rnn(kind: type[nn.RNNBase]) -> CellFactory:
     return build
 
 
-register_cell("rnn", _torch_rnn(nn.RNN))
+register_cell("rnn", _torch_rnn(TanhRNN))  # nn.RNN, with a faster backward pass on the CPU
 register_cell("lstm", _torch_rnn(nn.LSTM), lstm_gates=True)
 register_cell("gru", _torch_rnn(nn.GRU))
