@@ -36,7 +36,8 @@ fuzz: install
 # One module at a time, smallest first: MUTATE_MODULES="data.vocab generation.metrics" make mutate
 # runs a subset.
 MUTATE_MODULES ?= data.vocab generation.metrics generation.evaluation generation.checkpoint \
-                  model.registry generation.sampling model.charrnn data.corpus model.cells
+                  model.registry generation.sampling model.charrnn data.corpus model.cells \
+                  model.recurrence
 MUTATE_JOBS    ?= 2
 mutate: install
 	$(PIP_INSTALL) mutmut

@@ -75,3 +75,13 @@ def test_the_registry_rnn_is_a_tanh_rnn_with_nn_rnn_weights():
     assert set(rnn.state_dict()) == set(nn.RNN(4, 8, 2, batch_first=True).state_dict())
     x = torch.randn(2, 5, 4)
     torch.testing.assert_close(to_explicit(rnn)(x)[0], rnn(x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_weights_swapped_in_by_functional_call_are_used():
+    """--weight-drop runs the cell through torch.func.functional_call with masked W_hh."""
+    plain, fast = twins(2)
+    x = torch.randn(2, 5, 5, dtype=torch.float64, requires_grad=True)
+    swapped = {n: p * 0.5 if n.startswith("weight_hh") else p for n, p in plain.named_parameters()}
+    out = torch.func.functional_call(fast, swapped, (x,))[0]
+    torch.testing.assert_close(out, torch.func.functional_call(plain, swapped, (x,))[0])
+    assert not torch.allclose(out, fast(x)[0])
