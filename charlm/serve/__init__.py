@@ -56,6 +56,7 @@ def run(app, sock: socket.socket, log_level: str = "warning") -> None:
     if batcher.has_thread:
         server.run(sockets=[sock])
         return
+
     def serve_then_stop_worker():
         try:
             server.run(sockets=[sock])
