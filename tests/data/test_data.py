@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from charlm.data.corpus import StepBatches, TrainStreams, eval_batches, load_corpus, split_bounds
 from charlm.errors import CharlmError
@@ -206,3 +207,97 @@ def test_a_full_pass_reads_up_to_16_streams_and_a_short_split_in_one():
         assert {x.shape[0] for x, _, _ in batches} == {streams}, n
         scored = sum(int((y != -100).sum()) for _, y, _ in batches)
         assert scored == n - 1, n  # every character after the first, once
+
+
+# --- what the data.corpus mutation run showed no test would notice
+
+def test_the_cache_key_holds_the_vocabulary_and_the_encoding(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_text("caf\u00e9 ab\n", encoding="utf-8")
+    plain = load_corpus([str(p)])
+    from charlm.data.vocab import CharVocab
+    given = load_corpus([str(p)], vocab=CharVocab(list("ba\n")))  # another vocabulary: other ids
+    assert given.vocab.chars == ["\n", "a", "b"] and given.meta["from_cache"] is False
+    assert given.vocab.decode(given.ids) == "aab\n"  # "caf\u00e9 ab": the rest skipped
+    as_latin = load_corpus([str(p)], encoding="latin-1")  # the same bytes, read otherwise
+    assert as_latin.meta["from_cache"] is False and len(as_latin.ids) == len(plain.ids) + 1
+    assert len({Path(c.meta["cache"]).parent for c in (plain, given, as_latin)}) == 3
+
+
+def test_the_cache_lives_in_charlm_cache_or_home(tmp_path, monkeypatch):
+    from charlm.data.corpus import cache_root
+    monkeypatch.setenv("CHARLM_CACHE", str(tmp_path / "here"))
+    assert cache_root() == tmp_path / "here"
+    monkeypatch.delenv("CHARLM_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "charlm"
+
+
+def test_a_fresh_and_a_cached_load_say_the_same_about_themselves(text_file):
+    from charlm.data.corpus import CACHE_FORMAT
+    fresh = load_corpus([str(text_file)], encoding="utf-8")
+    cached = load_corpus([str(text_file)], encoding="utf-8")
+    assert isinstance(fresh.ids, np.memmap) and fresh.ids.mode == "r"  # mapped, not read
+    for corpus in (fresh, cached):
+        meta = corpus.meta
+        assert (meta["format"], meta["encoding"]) == (CACHE_FORMAT, "utf-8")
+        assert meta["fingerprint"] == Path(meta["cache"]).parent.name  # compare keys on it
+    assert {k: v for k, v in fresh.meta.items() if k != "from_cache"} == \
+        {k: v for k, v in cached.meta.items() if k != "from_cache"}
+
+
+def test_a_corpus_longer_than_one_encoding_chunk_is_read_from_the_cache_next_time(tmp_path):
+    from charlm.data import corpus as data
+    p = tmp_path / "long.txt"
+    p.write_text(("abcdefghij\n" * (data._CHUNK // 11 + 1000)), encoding="utf-8")
+    first = load_corpus([str(p)])
+    assert len(first.ids) > data._CHUNK and first.meta["from_cache"] is False
+    assert load_corpus([str(p)]).meta["from_cache"] is True  # its checksum covers every chunk
+
+
+@pytest.mark.parametrize("val, test, message", [
+    (1.0, 0.0, "`val_fraction` must be in [0, 1), not 1.0"),
+    (-0.1, 0.0, "`val_fraction` must be in [0, 1), not -0.1"),
+    (0.1, 1.5, "`test_fraction` must be in [0, 1), not 1.5"),
+    (0.5, 0.5, "`val_fraction` plus `test_fraction` must leave some text to train on"),
+    (0.01, 0.0, "`val_fraction` 0.01 leaves the val split with 1 characters of 100; use a "
+                "larger fraction or more text"),
+])
+def test_split_refusals_word_for_word(val, test, message):
+    with pytest.raises(CharlmError) as e:
+        split_bounds(100, val, test)
+    assert e.value.template == message
+
+
+def test_train_stream_refusals_word_for_word():
+    with pytest.raises(CharlmError) as e:
+        TrainStreams(np.arange(100), batch_size=4, seq_len=32, window="sliding")
+    assert e.value.template == "`window` must be stream or random, not 'sliding'"
+    with pytest.raises(CharlmError) as e:
+        TrainStreams(np.arange(100), batch_size=4, seq_len=32, world=2)
+    assert e.value.template == (
+        "the training split has 100 characters, fewer than one batch needs (257 = batch size 4 "
+        "x 2 process(es) x seq len 32 + 1); use more text or a smaller `batch_size` / `seq_len`")
+
+
+def test_step_batches_are_the_streams_batches_for_steps_start_to_stop():
+    import itertools
+    streams = TrainStreams(np.arange(1000) % 50, batch_size=2, seq_len=8)
+    got = list(itertools.islice(StepBatches(streams, 3, 6), 10))  # a runaway loop stops at 10
+    assert len(got) == 3
+    for step, (x, y, reset) in zip(range(3, 6), got):
+        want = streams.batch(step)
+        assert torch.equal(x, want[0]) and torch.equal(y, want[1]) and reset == want[2]
+    open_ended = list(itertools.islice(StepBatches(streams, 0, None), 5))
+    assert len(open_ended) == 5 and torch.equal(open_ended[4][0], streams.batch(4)[0])
+
+
+def test_a_full_pass_resets_the_state_at_its_first_window_only_and_has_no_empty_window():
+    from charlm.data.corpus import IGNORE
+    ids = np.arange(993) % 7  # 992 targets: 62 windows of 16 exactly
+    for streams in (1, 4):
+        windows = list(eval_batches(ids, 16, max_streams=streams))
+        flags = [reset for _, _, reset in windows]
+        assert flags[0] is True and not any(flags[1:]), streams
+        assert all((y != IGNORE).any() for _, y, _ in windows), streams  # no padding-only one
+    assert len(list(eval_batches(ids, 16, max_streams=1))) == 62
