@@ -301,3 +301,37 @@ def test_a_full_pass_resets_the_state_at_its_first_window_only_and_has_no_empty_
         assert flags[0] is True and not any(flags[1:]), streams
         assert all((y != IGNORE).any() for _, y, _ in windows), streams  # no padding-only one
     assert len(list(eval_batches(ids, 16, max_streams=1))) == 62
+
+
+def test_encoding_reads_the_code_points_back_one_bounded_chunk_at_a_time(tmp_path, monkeypatch):
+    from charlm.data import corpus as data
+    calls = []
+    fromfile = np.fromfile
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("count", -1))
+        return fromfile(*args, **kwargs)
+
+    monkeypatch.setattr(data, "_CHUNK", 333)
+    monkeypatch.setattr(np, "fromfile", spy)
+    text = "".join(chr(32 + (i * 7) % 90) for i in range(5000)) + "\n"
+    (tmp_path / "t.txt").write_text(text)
+    corpus = load_corpus([str(tmp_path / "t.txt")])
+    assert corpus.vocab.decode(corpus.ids) == text
+    assert calls == [333] * 16  # ceil(5001 / 333) reads, none of the whole file
+
+
+def test_a_scratch_file_that_cannot_be_made_is_the_error_reported(tmp_path, monkeypatch):
+    import builtins
+    from charlm.data import corpus as data
+
+    def refuse(path, *args, **kwargs):
+        if "codepoints.tmp" in str(path) and "w" in (args[0] if args else kwargs.get("mode", "")):
+            raise OSError(28, "No space left on device")
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(data, "open", refuse, raising=False)
+    (tmp_path / "t.txt").write_text("some text\n")
+    with pytest.raises(OSError) as e:
+        load_corpus([str(tmp_path / "t.txt")])
+    assert e.value.errno == 28 and "No space left" in str(e.value)
