@@ -335,3 +335,14 @@ def test_a_scratch_file_that_cannot_be_made_is_the_error_reported(tmp_path, monk
     with pytest.raises(OSError) as e:
         load_corpus([str(tmp_path / "t.txt")])
     assert e.value.errno == 28 and "No space left" in str(e.value)
+
+
+def test_a_saved_dataset_dict_is_read_from_its_train_split_unless_told(tmp_path):
+    import datasets
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["from train"]}),
+                          "test": datasets.Dataset.from_dict({"text": ["from test"]})}
+                         ).save_to_disk(tmp_path / "dd")
+    train = load_corpus([str(tmp_path / "dd")])
+    test = load_corpus([str(tmp_path / "dd")], split="test")
+    assert (train.vocab.decode(train.ids), test.vocab.decode(test.ids)) == ("from train",
+                                                                             "from test")
