@@ -19,6 +19,17 @@ from browser import browser  # noqa: E402,F401  (the one browser harness, for ev
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
+# Under mutation testing (mutmut sets MUTANT_UNDER_TEST) a mutant's tests run until the first
+# one fails: the slow training and CLI files go last, so a mutant the quick tests kill does not
+# wait for them (the order of the others, and of every test in a normal run, is unchanged).
+_SLOW_LAST = ("tests/training/test_train.py", "tests/cli/test_cli_behaviour.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        items.sort(key=lambda item: item.nodeid.startswith(_SLOW_LAST))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_caches(tmp_path_factory, monkeypatch):
     root = tmp_path_factory.getbasetemp()
