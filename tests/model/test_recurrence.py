@@ -59,6 +59,54 @@ def test_dropout_between_layers_only_while_training():
     assert not torch.allclose(a, plain_eval(x)[0])  # and applied
 
 
+def test_dropout_falls_on_each_lower_layers_output_at_its_rate():
+    """nn.RNN's rule: between layers only (not on the input), at probability ``dropout``."""
+    _, fast = twins(2, dropout=0.3)
+    fast.train()
+    lower, upper = nn.RNN(5, 7, batch_first=True).double(), nn.RNN(7, 7, batch_first=True).double()
+    lower.load_state_dict({k: v for k, v in fast.state_dict().items()
+                           if k.endswith("_l0")})
+    upper.load_state_dict({k.replace("_l1", "_l0"): v for k, v in fast.state_dict().items()
+                           if k.endswith("_l1")})
+    x = torch.randn(3, 9, 5, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(5)
+    got = fast(x)[0]
+    torch.manual_seed(5)
+    want = upper(torch.nn.functional.dropout(lower(x)[0], 0.3, True))[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+OTHER_CASES = {  # what the hand-written path does not take on: nn.RNN's own, to the bit
+    "relu": (dict(nonlinearity="relu"), (3, 9, 5), torch.float64),
+    "no bias": (dict(bias=False), (3, 9, 5), torch.float64),
+    "time first": (dict(batch_first=False), (9, 3, 5), torch.float64),
+    "bidirectional": (dict(bidirectional=True), (3, 9, 5), torch.float64),
+    "unbatched": ({}, (9, 5), torch.float64),
+    "bf16": ({}, (3, 9, 5), torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OTHER_CASES))
+def test_other_rnns_and_inputs_keep_torchs_path(case):
+    settings, shape, dtype = OTHER_CASES[case]
+    settings = {"batch_first": True, **settings}
+    torch.manual_seed(0)
+    plain = nn.RNN(5, 7, 2, **settings).to(dtype)
+    fast = TanhRNN(5, 7, 2, **settings).to(dtype)
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(*shape, dtype=dtype, requires_grad=True)
+    assert torch.equal(fast(x)[0], plain(x)[0])
+
+
+def test_packed_sequences_and_autocast_keep_torchs_path():
+    plain, fast = (m.float() for m in twins(2))
+    x = torch.randn(3, 9, 5, requires_grad=True)
+    packed = nn.utils.rnn.pack_padded_sequence(x, [9, 6, 2], batch_first=True)
+    assert torch.equal(fast(packed)[0].data, plain(packed)[0].data)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(fast(x)[0], plain(x)[0])
+
+
 def test_where_autograd_is_off_it_is_nn_rnn():
     plain, fast = twins(2)
     x = torch.randn(3, 9, 5, dtype=torch.float64)
