@@ -1,7 +1,7 @@
 """The tanh RNN's recurrence with a hand-written backward pass, for training on the CPU.
 
-torch's CPU ``nn.RNN`` records every time step in autograd: for a window of T characters the
-backward pass walks some 4T graph nodes. The recurrence below is one autograd node per layer: the
+torch's CPU ``nn.RNN`` records every time step in autograd, so the backward pass of a window
+walks several graph nodes per character. The recurrence below is one autograd node per layer: the
 forward loop keeps each step's h, and the backward loop runs back-propagation through time
 itself,
 
