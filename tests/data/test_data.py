@@ -323,6 +323,7 @@ def test_encoding_reads_the_code_points_back_one_bounded_chunk_at_a_time(tmp_pat
 
 def test_a_scratch_file_that_cannot_be_made_is_the_error_reported(tmp_path, monkeypatch):
     import builtins
+
     from charlm.data import corpus as data
 
     def refuse(path, *args, **kwargs):
