@@ -48,13 +48,20 @@ def start_server(checkpoint, *args, env=None) -> tuple[subprocess.Popen, str]:
     """``charlm serve`` in its own process on a free port → (process, address)."""
     proc = subprocess.Popen([sys.executable, "-m", "charlm", "serve", str(checkpoint), "--port",
                              "0", *args], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, preexec_fn=_ctrl_c_as_in_a_terminal)
     line = proc.stderr.readline()
     found = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
     if not found:
         proc.kill()
         raise AssertionError(f"charlm serve did not start: {line}{proc.stderr.read()}")
     return proc, found.group(1)
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A suite started in the background (`make test &`) passes SIGINT on ignored, and Python
+    then leaves it ignored: the server would never see Ctrl-C."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def rss_kib(pid: int) -> int:
