@@ -116,7 +116,7 @@ optim_options = options(  # train and compare: the same batches, optimiser and b
     click.option("--seq-len", default=128, show_default=True,
                  help="Characters per window (BPTT length)."),
     click.option("--lr", type=float, default=None,
-                 help="Peak learning rate (AdamW) [default: 6e-3 for train, 4e-3 for compare]."),
+                 help="Peak learning rate (AdamW) [default: 6e-3]."),
     click.option("--weight-decay", type=float, default=None,
                  help="AdamW's decoupled decay on the weight matrices "
                       "[default: 0.1 for train, 0 for compare]."),

@@ -23,16 +23,16 @@ from charlm.cli.common import (
                    "reference [default: rnn,lstm,gru; none when CHECKPOINTS are given].")
 @click.option("--params", default=None, metavar="N[,N...]",
               help="Solve each cell's hidden size for this many parameters, like 250000 or "
-                   "250k; a list (100k,250k,1M) trains a grid of sizes [default: 250k].")
+                   "250k; a list (100k,250k,1M) trains a grid of sizes [default: 500k].")
 @click.option("--hidden-size", type=int, default=None,
               help="The same hidden size for every cell instead.")
 @click.option("--num-layers", default="1", show_default=True, metavar="N[,N...]",
               help="Layers (blocks for the transformer); a list (1,2,3) trains a grid of depths.")
 @model_options
 @optim_options
-@click.option("--batch-size", default=8, show_default=True,
+@click.option("--batch-size", type=int, default=None,
               help="Parallel streams per process, the same for every cell (fixed on purpose, not "
-                   "chosen per machine as train does, so runs compare; 8 suits short budgets).")
+                   "chosen per machine as train does, so runs compare) [default: 32].")
 @click.option("--precision", default="32-true", show_default=True,
               help="Lightning's precision for every run; float32 on purpose, as it keeps the "
                    "gradient-flow figures exact (auto: chosen for this machine, as train).")
@@ -52,19 +52,26 @@ from charlm.cli.common import (
 @click.option("--resume", is_flag=True, help="Continue unfinished runs from their last.ckpt.")
 @click.option("--in-process", is_flag=True,
               help="Train in this process (starts faster; peak memory is then not measured).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Runs trained at once, each in its own process [default: one per CPU core "
+                   "on a CPU, the cores shared out between them; one on a GPU].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @user_errors
 def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size, seeds, out,
-            resume, in_process, probe_k, probe_windows, prompt, as_json, eval_every, **options):
+            resume, in_process, jobs, probe_k, probe_windows, prompt, as_json, eval_every,
+            **options):
     """Compare cells fairly (same data, batches, budget) against an n-gram baseline; or CHECKPOINTS.
 
-    Each run trains for --max-steps or --max-time (default: 4 minutes, so the default 3 cells x
-    2 seeds take about half an hour). Writes OUT/report.md, results.json and the figures, and
-    one folder per run under OUT/runs; a rerun with the same --out reuses the finished runs.
+    Each run trains for --max-steps or --max-time (default: 1200 steps; the default 3 cells x
+    2 seeds take about half an hour on 2 CPU cores). Writes OUT/report.md, results.json and the
+    figures, and one folder per run under OUT/runs; a rerun with the same --out reuses the
+    finished runs.
     """
     from charlm.lab.compare import run_compare
     from charlm.lab.compare_config import (
-        DEFAULT_MINUTES,
+        DEFAULT_BATCH,
+        DEFAULT_LR,
+        DEFAULT_STEPS,
         CompareConfig,
         default_eval_every,
         parse_count,
@@ -76,11 +83,13 @@ def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size,
     from charlm.training.fit import TrainConfig
     names = [c.strip() for c in cells.split(",") if c.strip()] if cells is not None else \
         ([] if checkpoints else ["rnn", "lstm", "gru"])
-    # compare's own optimiser defaults: the same for every cell, and gentle enough for the RNN
-    options["lr"] = 4e-3 if options["lr"] is None else options["lr"]
+    # compare's own defaults: the same for every cell (no weight decay, a fixed batch)
+    options["lr"] = DEFAULT_LR if options["lr"] is None else options["lr"]
     options["weight_decay"] = 0.0 if options["weight_decay"] is None else options["weight_decay"]
+    if options["batch_size"] is None:
+        options["batch_size"] = DEFAULT_BATCH
     if options["max_steps"] is None and options["max_time"] is None:
-        options["max_time"] = DEFAULT_MINUTES
+        options["max_steps"] = DEFAULT_STEPS
     if eval_every is None:
         eval_every = default_eval_every(options["max_steps"])
     depths = parse_layers(num_layers)
@@ -89,7 +98,7 @@ def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size,
     sizes = None if params is None else [parse_count(p) for p in params.split(",") if p.strip()]
     config = CompareConfig(train=train, cells=names, checkpoints=list(checkpoints),
                            params=sizes, layers=depths, hidden_size=hidden_size, seeds=seeds,
-                           out=out, resume=resume, isolate=not in_process,
+                           out=out, resume=resume, isolate=not in_process, jobs=jobs,
                            measure=MeasureSettings(probe_k=probe_k, probe_windows=probe_windows,
                                                    prompt=prompt))
     prepare_process()  # for the runs it trains in this process (--in-process)

@@ -17,12 +17,16 @@ context.
 from __future__ import annotations
 
 import json
+import queue
 import shutil
+import threading
+from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from charlm.atomic import atomic_write_bytes
@@ -38,7 +42,14 @@ from charlm.lab.compare_config import (
     CompareConfig,
     default_eval_every,
 )
-from charlm.lab.compare_runs import MeasureSettings, measure, run_isolated, train_and_measure
+from charlm.lab.compare_runs import (
+    LiveRuns,
+    MeasureSettings,
+    Progress,
+    measure,
+    run_isolated,
+    train_and_measure,
+)
 from charlm.lab.gradient_flow import window_starts
 from charlm.lab.ngram import fit_best_order
 from charlm.model import CharRNN, ModelConfig, hidden_size_for_params
@@ -116,48 +127,118 @@ def _status(run_dir: Path, expected: dict) -> tuple[str, dict | None]:
 
 
 def _train_runs(c: CompareConfig, corpus: Corpus, out: Path, overall: tqdm) -> list[dict]:
-    """Every cell × seed, seed by seed; a finished run is read back, not trained again."""
+    """Every cell × seed, seed by seed, ``c.parallel_runs`` at a time; a finished run is read back,
+    not trained again."""
     sizes = hidden_sizes(c, len(corpus.vocab))
-    budget, _ = c.budget
-    runs: list[dict] = []
+    planned: list[tuple[TrainConfig, Path, dict]] = []
     for seed in range(c.train.seed, c.train.seed + c.seeds):
         for params, layers in c.variants:
             for cell in c.cells:
-                start = len(runs) * budget  # where this run's share of the overall bar begins
                 train = replace(c.train, cell=cell, hidden_size=sizes[cell, params, layers][0],
                                 num_layers=layers, seed=seed, resume=False, progress=False)
-                run_dir = out / "runs" / c.run_name(cell, params, layers, seed)
-                record = _one_run(c, train, run_dir, overall, start)
-                runs.append({**record, "group": c.group(cell, params, layers),
-                             "target_params": params, "num_layers": layers})
-                overall.update(start + budget - overall.n)
-    return runs
+                planned.append((train, out / "runs" / c.run_name(cell, params, layers, seed),
+                                {"group": c.group(cell, params, layers),
+                                 "target_params": params, "num_layers": layers}))
+    jobs = c.parallel_runs(len(planned))
+    threads = c.threads_per_run(jobs)
+    bars, children = _Bars(c, overall, jobs), LiveRuns()
+
+    def one(i: int) -> dict:
+        train, run_dir, labels = planned[i]
+        return {**_one_run(c, train, run_dir, bars, i, threads, children), **labels}
+
+    if jobs == 1:
+        return [one(i) for i in range(len(planned))]
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(one, i) for i in range(len(planned))]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except KeyboardInterrupt:
+            running = bars.running()
+            _stop(futures, children)
+            raise CharlmError(f"interrupted during {', '.join(running)}; run the same command "
+                              f"again to skip the finished runs (with `resume` to continue "
+                              f"unfinished ones from their last checkpoints)") from None
+        failed = next((f for f in futures if f.done() and f.exception()), None)
+        if failed is not None:
+            _stop(futures, children)
+            raise failed.exception()
+        return [f.result() for f in futures]
 
 
-def _one_run(c: CompareConfig, train: TrainConfig, run_dir: Path, overall: tqdm,
-             start: float) -> dict:
+def _stop(futures: list[Future], children: LiveRuns) -> None:
+    """No run starts after this; the ones training are stopped (they save, as on Ctrl-C)."""
+    for f in futures:
+        f.cancel()
+    children.stop()
+
+
+class _Bars:
+    """The overall bar and a bar per run in progress, one line for each of ``jobs`` slots."""
+
+    def __init__(self, c: CompareConfig, overall: tqdm, jobs: int):
+        self.c, self.overall = c, overall
+        self.budget, self.unit = c.budget
+        self.done: dict[int, int] = {}   # run index → budget units done
+        self.names: dict[int, str] = {}  # the runs training now
+        self.slots: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for position in range(1, jobs + 1):
+            self.slots.put(position)
+        self.lock = threading.Lock()
+
+    def running(self) -> list[str]:
+        with self.lock:
+            return [self.names[i] for i in sorted(self.names)]
+
+    def finished(self, index: int) -> None:
+        self._advance(index, self.budget)
+
+    def _advance(self, index: int, done: int) -> None:
+        with self.lock:
+            self.done[index] = done
+            self.overall.update(sum(self.done.values()) - self.overall.n)
+
+    @contextmanager
+    def run(self, index: int, name: str) -> Iterator[Progress]:
+        """A bar for run ``index`` while it trains; yields its ``report(step, elapsed)``."""
+        slot = self.slots.get()
+        with tqdm(total=self.budget, unit=self.unit, desc=name, leave=False, position=slot,
+                  disable=not self.c.progress, bar_format=_bar_format(self.unit)) as bar:
+
+            def report(step: int, elapsed: float) -> None:
+                done = min(step if self.unit == "step" else int(elapsed), self.budget)
+                bar.update(done - bar.n)  # whole seconds of a time budget
+                self._advance(index, done)
+
+            with self.lock:
+                self.names[index] = name
+            try:
+                yield report
+            finally:
+                with self.lock:
+                    del self.names[index]
+                self.slots.put(slot)
+        self.finished(index)
+
+
+def _one_run(c: CompareConfig, train: TrainConfig, run_dir: Path, bars: _Bars, index: int,
+             threads: int, children: LiveRuns) -> dict:
     train = replace(train, out=str(run_dir))
     status, record = _status(run_dir, asdict(train))
     if status == "measured":
+        bars.finished(index)
         return record
     if status == "partial" and not c.resume:
         shutil.rmtree(run_dir)  # an interrupted run, restarted from scratch
     spec = {"label": run_dir.name, "train": asdict(train), "measure": asdict(c.measure),
-            "resume": c.resume, "trained": status == "trained", "threads": torch.get_num_threads()}
+            "resume": c.resume, "trained": status == "trained", "threads": threads}
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run_dir / "spec.json", json.dumps(spec, indent=2).encode())
-    budget, unit = c.budget
-    with tqdm(total=budget, unit=unit, desc=run_dir.name, leave=False, position=1,
-              disable=not c.progress, bar_format=_bar_format(unit)) as bar:
-
-        def report(step: int, elapsed: float) -> None:
-            done = min(step if unit == "step" else int(elapsed), budget)  # whole seconds
-            bar.update(done - bar.n)
-            overall.update(start + done - overall.n)
-
-        execute = run_isolated if c.isolate else train_and_measure
+    with bars.run(index, run_dir.name) as report:
         try:
-            return execute(spec, run_dir, report)
+            if c.isolate:
+                return run_isolated(spec, run_dir, report, children)
+            return train_and_measure(spec, run_dir, report)
         except (KeyboardInterrupt, Interrupted):
             raise CharlmError(f"interrupted during {run_dir.name}; run the same command again to "
                               f"skip the finished runs (with `resume` to continue {run_dir.name} "
@@ -227,6 +308,7 @@ def run_compare(c: CompareConfig) -> dict:
     window_starts(len(val), c.measure.probe_k + 2, 1)  # a val split too short for the probe
     budget, unit = c.budget
     n_train = len(c.cells) * len(c.variants) * c.seeds
+    c = replace(c, jobs=c.parallel_runs(n_train))  # as the report will say
     with tqdm(total=budget * n_train, unit=unit, desc="compare", position=0,
               disable=not c.progress or not n_train, bar_format=_bar_format(unit)) as overall:
         overall.set_postfix_str("n-gram baseline")

@@ -5,17 +5,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from charlm.errors import CharlmError
 from charlm.lab.compare_runs import MeasureSettings
 from charlm.model import cell_names
 from charlm.training.config import TrainConfig
+from charlm.training.precision import on_accelerator
 
-DEFAULT_PARAMS = 250_000
-# With no budget given, each run trains for this many minutes of its clock, the same for every
-# cell: 3 cells x 2 seeds then fit in about half an hour on 2 CPU cores, whatever the machine's
-# speed (a step count would not), and the report ranks the cells at equal steps as well.
-DEFAULT_MINUTES = 4.0
+# The default comparison (docs/results.md, "The default comparison"): at 500k parameters the
+# gated cells already pull away from the RNN, whose larger tanh recurrence trains slowly, and the
+# best cell passes the 7-gram on Tiny Shakespeare. A budget in steps, the same for every cell, so
+# that seed noise is the seeds' and not the machine's: 3 cells x 2 seeds, two runs at a time, take
+# about half an hour on 2 CPU cores. The report ranks the cells at equal wall clock as well.
+DEFAULT_PARAMS = 500_000
+DEFAULT_STEPS = 1200
 DEFAULT_SEEDS = 2
+DEFAULT_BATCH = 32  # at batch 8 a step costs the cells very different times (docs/results.md)
+DEFAULT_LR = 6e-3   # charlm train's; the same for every cell
 # Settings that may differ between an earlier session's run and this one without changing it.
 NOT_COMPARED = ("out", "resume", "progress")
 
@@ -26,7 +33,8 @@ class CompareConfig:
 
     train: TrainConfig = field(  # float32: gradient norms 64 steps back need its range
         default_factory=lambda: TrainConfig(progress=False, precision="32-true",
-                                              batch_size=8, lr=4e-3, weight_decay=0.0))
+                                              batch_size=DEFAULT_BATCH, lr=DEFAULT_LR,
+                                              weight_decay=0.0))
     cells: list[str] = field(default_factory=lambda: ["rnn", "lstm", "gru"])
     checkpoints: list[str] = field(default_factory=list)  # trained elsewhere: evaluated only
     params: int | list[int] | None = None  # match every cell to this many parameters (a list:
@@ -36,6 +44,7 @@ class CompareConfig:
     out: str = "checkpoints/compare"
     resume: bool = False             # continue unfinished runs from last.ckpt (else restart them)
     isolate: bool = True             # each training run in its own process (honest peak memory)
+    jobs: int | None = None          # runs trained at once (None: one per CPU core, see below)
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     ngram_max_order: int = 10
     progress: bool = True
@@ -54,6 +63,8 @@ class CompareConfig:
                 raise CharlmError(f"`{name}` names a value twice")
         self.params = sizes[0] if len(sizes) == 1 else sizes
         self.layers = list(self.layers or [self.train.num_layers])
+        if self.jobs is not None and self.jobs < 1:
+            raise CharlmError(f"`jobs` must be at least 1, not {self.jobs}")
         if self.seeds < 1:
             raise CharlmError(f"`seeds` must be at least 1, not {self.seeds}")
         unknown = [c for c in self.cells if c not in cell_names()]
@@ -64,10 +75,11 @@ class CompareConfig:
             raise CharlmError("`cells` names a cell twice")
         if not self.cells and not self.checkpoints:
             raise CharlmError("nothing to compare: give `cells` or checkpoints")
-        no_budget = self.train.max_steps is None and self.train.max_time is None
+        if self.train.max_steps is None and self.train.max_time is None:
+            self.train = replace(self.train, max_steps=DEFAULT_STEPS,
+                                 eval_every=default_eval_every(DEFAULT_STEPS))
         # the budget is steps or time, the same for every cell
-        self.train = replace(self.train, max_epochs=None,
-                             max_time=DEFAULT_MINUTES if no_budget else self.train.max_time)
+        self.train = replace(self.train, max_epochs=None)
 
     @property
     def grid(self) -> bool:
@@ -93,6 +105,24 @@ class CompareConfig:
     def run_name(self, cell: str, params: int | None, layers: int, seed: int) -> str:
         """The run's folder under OUT/runs."""
         return self.group(cell, params, layers).replace(" ", "-") + f"-s{seed}"
+
+    def parallel_runs(self, runs: int) -> int:
+        """How many of ``runs`` train at once. On a CPU, one per core by default: at compare's
+        small batch a run gains little from a second thread (docs/results.md), so two runs on two
+        cores train nearly twice as many characters as one with both. On a GPU, one. Runs in
+        this process (``isolate`` off) go one by one."""
+        if not self.isolate or runs <= 1:
+            return 1
+        if self.jobs is not None:
+            return min(self.jobs, runs)
+        if on_accelerator(self.train.accelerator):
+            return 1
+        return max(1, min(runs, torch.get_num_threads()))
+
+    @staticmethod
+    def threads_per_run(jobs: int) -> int:
+        """This process's threads shared out between ``jobs`` runs at once."""
+        return max(1, torch.get_num_threads() // jobs)
 
     @property
     def budget(self) -> tuple[int, str]:

@@ -211,6 +211,14 @@ def _budget_words(config: CompareConfig, run: dict) -> str:
     return f"{t.max_steps} steps" if t.max_steps else f"{t.max_time:g} minutes"
 
 
+def _jobs_words(s: dict) -> str:
+    jobs = s.get("jobs", 1)
+    if jobs == 1:
+        return ""
+    return (f" {jobs} runs trained at a time, {counted(s['threads_per_run'], 'thread')} each, so "
+            f"each run's speed is measured beside the others'.")
+
+
 def _settings(config: CompareConfig) -> dict:
     shared = {k: v for k, v in asdict(config.train).items()
               if k not in ("cell", "hidden_size", "seed", "out", "resume", "progress")}
@@ -218,6 +226,7 @@ def _settings(config: CompareConfig) -> dict:
             "params": config.params, "hidden_size": config.hidden_size, "seeds": config.seeds,
             "layers": config.layers, "targets": config.targets, "grid": config.grid,
             "first_seed": config.train.seed, "isolated": config.isolate,
+            "jobs": config.jobs or 1, "threads_per_run": config.threads_per_run(config.jobs or 1),
             "measure": asdict(config.measure), "out": config.out}
 
 
@@ -420,7 +429,7 @@ def report(results: dict, gates_plotted: bool = False) -> str:
         f"{t['grad_clip']}, window {t['window']}, {seeds(s['seeds'])} from {s['first_seed']}. "
         f"Same corpus, splits, vocabulary, batches (in the same order) and optimiser for every "
         f"cell; runs go seed by seed through every cell, so a machine that slows down hurts all "
-        f"cells alike.")
+        f"cells alike." + _jobs_words(s))
     if not s["cells"]:
         settings = data
     if s["checkpoints"]:

@@ -17,6 +17,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,14 +176,45 @@ def train_and_measure(spec: dict, run_dir: Path, report: Progress | None = None)
     return record["compare"]
 
 
-def run_isolated(spec: dict, run_dir: Path, report: Progress | None = None) -> dict:
-    """``train_and_measure`` in a child process; its CharlmError comes back as one."""
+class LiveRuns:
+    """The child processes training now, so that all of them can be stopped at once (from another
+    thread than the ones waiting on them); once stopped, a child that starts is stopped at once."""
+
+    def __init__(self) -> None:
+        self._children: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def add(self, child: subprocess.Popen) -> None:
+        with self._lock:
+            self._children.add(child)
+            if self._stopped:
+                child.terminate()
+
+    def discard(self, child: subprocess.Popen) -> None:
+        with self._lock:
+            self._children.discard(child)
+
+    def stop(self) -> None:
+        """SIGTERM to every child: each saves its step and stops, as on Ctrl-C."""
+        with self._lock:
+            self._stopped = True
+            for child in self._children:
+                child.terminate()
+
+
+def run_isolated(spec: dict, run_dir: Path, report: Progress | None = None,
+                 children: LiveRuns | None = None) -> dict:
+    """``train_and_measure`` in a child process; its CharlmError comes back as one. ``children``
+    holds the child while it runs."""
     atomic_write_bytes(run_dir / "spec.json",
                        json.dumps({**spec, "isolated": True}, indent=2).encode())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    children = children or LiveRuns()
     with open(run_dir / "train.log", "ab") as log:
         child = subprocess.Popen([sys.executable, "-m", "charlm.lab.compare_runs", str(run_dir)],
                                  stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        children.add(child)
         error = None
         try:
             for line in child.stdout:  # one JSON object per line; anything else is ignored
@@ -199,7 +231,9 @@ def run_isolated(spec: dict, run_dir: Path, report: Progress | None = None) -> d
             child.terminate()
             child.wait()
             raise
-        code = child.wait()
+        finally:
+            code = child.wait()
+            children.discard(child)
     if error:
         raise CharlmError(error)
     if code != 0:

@@ -93,6 +93,14 @@ def on_cuda(accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
+def on_accelerator(accelerator: str) -> bool:
+    """Whether ``accelerator`` trains on a device other than the CPU (CUDA, Apple's MPS, ...)."""
+    if accelerator == "auto":
+        mps = getattr(torch.backends, "mps", None)
+        return torch.cuda.is_available() or bool(mps and mps.is_available())
+    return accelerator != "cpu"
+
+
 # [(precision, batch), ...] → training chars/s of each, measured side by side
 Measure = Callable[[list[tuple[str, int]]], list[float]]
 

@@ -17,4 +17,4 @@ def test_a_time_budget_is_whole_seconds():
 
 def test_compare_keeps_its_own_optimiser_defaults():
     t = CompareConfig().train
-    assert (t.lr, t.weight_decay, t.precision, t.batch_size) == (4e-3, 0.0, "32-true", 8)
+    assert (t.lr, t.weight_decay, t.precision, t.batch_size) == (6e-3, 0.0, "32-true", 32)
