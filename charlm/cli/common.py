@@ -120,7 +120,9 @@ optim_options = options(  # train and compare: the same batches, optimiser and b
     click.option("--weight-decay", type=float, default=None,
                  help="AdamW's decoupled decay on the weight matrices "
                       "[default: 0.1 for train, 0 for compare]."),
-    click.option("--warmup-steps", default=0, show_default=True),
+    click.option("--warmup-steps", type=int, default=None,
+                 help="Steps of linear learning-rate warm-up [default: 0 for train; for compare "
+                      "a twentieth of --max-steps, at most 60]."),
     click.option("--grad-clip", default=5.0, show_default=True),
     click.option("--schedule", default="cosine", show_default=True,
                  type=click.Choice(["cosine", "constant"])),
@@ -134,7 +136,8 @@ optim_options = options(  # train and compare: the same batches, optimiser and b
 )
 
 
-UNSET_IS_DEFAULT = ("lr", "weight_decay")  # left out when not given: TrainConfig's default
+# left out when not given: TrainConfig's default
+UNSET_IS_DEFAULT = ("lr", "weight_decay", "warmup_steps")
 
 
 def given_here(name: str) -> bool:

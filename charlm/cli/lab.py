@@ -74,6 +74,7 @@ def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size,
         DEFAULT_STEPS,
         CompareConfig,
         default_eval_every,
+        default_warmup,
         parse_count,
         parse_layers,
     )
@@ -90,6 +91,8 @@ def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size,
         options["batch_size"] = DEFAULT_BATCH
     if options["max_steps"] is None and options["max_time"] is None:
         options["max_steps"] = DEFAULT_STEPS
+    if options["warmup_steps"] is None:
+        options["warmup_steps"] = default_warmup(options["max_steps"])
     if eval_every is None:
         eval_every = default_eval_every(options["max_steps"])
     depths = parse_layers(num_layers)

@@ -23,6 +23,9 @@ DEFAULT_STEPS = 1200
 DEFAULT_SEEDS = 2
 DEFAULT_BATCH = 32  # at batch 8 a step costs the cells very different times (docs/results.md)
 DEFAULT_LR = 6e-3   # charlm train's; the same for every cell
+# Without a warm-up the 500k RNN's first steps at that rate blow up and it never recovers
+# (docs/results.md): a twentieth of a step budget, at most this many steps.
+DEFAULT_WARMUP = 60
 # Settings that may differ between an earlier session's run and this one without changing it.
 NOT_COMPARED = ("out", "resume", "progress")
 
@@ -34,7 +37,7 @@ class CompareConfig:
     train: TrainConfig = field(  # float32: gradient norms 64 steps back need its range
         default_factory=lambda: TrainConfig(progress=False, precision="32-true",
                                               batch_size=DEFAULT_BATCH, lr=DEFAULT_LR,
-                                              weight_decay=0.0))
+                                              weight_decay=0.0, warmup_steps=DEFAULT_WARMUP))
     cells: list[str] = field(default_factory=lambda: ["rnn", "lstm", "gru"])
     checkpoints: list[str] = field(default_factory=list)  # trained elsewhere: evaluated only
     params: int | list[int] | None = None  # match every cell to this many parameters (a list:
@@ -161,6 +164,11 @@ def parse_layers(text: str) -> list[int]:
     if not layers:
         raise CharlmError(f"`num_layers`: {text!r} is not a list of layer counts like 1,2")
     return layers
+
+
+def default_warmup(max_steps: int | None) -> int:
+    """Compare's warm-up: a twentieth of a step budget, at most ``DEFAULT_WARMUP`` steps."""
+    return min(DEFAULT_WARMUP, max_steps // 20) if max_steps else DEFAULT_WARMUP
 
 
 def default_eval_every(max_steps: int | None) -> int:
