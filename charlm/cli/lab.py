@@ -80,6 +80,7 @@ def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size,
     )
     from charlm.lab.compare_report import json_line, summary_table
     from charlm.lab.compare_runs import MeasureSettings
+    from charlm.process import sigterm_as_ctrl_c
     from charlm.training.environment import prepare_process
     from charlm.training.fit import TrainConfig
     names = [c.strip() for c in cells.split(",") if c.strip()] if cells is not None else \
@@ -105,7 +106,8 @@ def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size,
                            measure=MeasureSettings(probe_k=probe_k, probe_windows=probe_windows,
                                                    prompt=prompt))
     prepare_process()  # for the runs it trains in this process (--in-process)
-    results = run_compare(config)
+    with sigterm_as_ctrl_c():  # a `kill` stops the runs' processes too, as Ctrl-C does
+        results = run_compare(config)
     click.echo(summary_table(results))
     click.echo(f"\nreport: {out}/report.md")
     if as_json:

@@ -7,12 +7,12 @@ uvicorn. Needs the serve extra: ``pip install 'charlm[serve]'``.
 from __future__ import annotations
 
 import errno
-import signal
 import socket
 import threading
 from pathlib import Path
 
 from charlm.errors import CharlmError
+from charlm.process import sigterm_as_ctrl_c
 from charlm.serve.api import Limits
 from charlm.serve.app import create_app
 
@@ -65,14 +65,10 @@ def run(app, sock: socket.socket, log_level: str = "warning") -> None:
 
     loop = threading.Thread(target=serve_then_stop_worker, name="charlm-event-loop", daemon=True)
     loop.start()
-    signal.signal(signal.SIGTERM, _interrupt)  # uvicorn cannot take signals outside the main thread
     try:
-        batcher.run()  # returns when the app shuts down (its lifespan closes the batcher)
+        with sigterm_as_ctrl_c():  # uvicorn cannot take signals outside the main thread
+            batcher.run()  # returns when the app shuts down (its lifespan closes the batcher)
     finally:  # Ctrl-C: the worker has ended every stream, so the server stops at once
         batcher.close()
         server.should_exit = True
         loop.join(10)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt

@@ -1,9 +1,12 @@
 """charlm compare trains several runs at once, each in its own process: the scheduler, its stops."""
 
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +150,43 @@ def test_live_runs_stop_every_child_and_any_that_starts_after():
     assert late.wait(timeout=10) != 0
     second.kill()
     second.wait()
+
+
+def run_processes(out) -> list[int]:
+    """The pids of the runs of the comparison in ``out`` still alive (from /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # not a process, or gone
+            continue
+        if b"charlm.lab.compare_runs" in words and any(str(out).encode() in w for w in words):
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the runs in /proc")
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sigterm_stops_the_runs_too(text_file, tmp_path, jobs):
+    out = tmp_path / "cmp"
+    command = [sys.executable, "-m", "charlm", "compare", "--data", str(text_file), "--cells",
+               "rnn,gru", "--seeds", "1", "--max-steps", "1000000", "--hidden-size", "8",
+               "--embedding-dim", "4", "--seq-len", "16", "--batch-size", "2", "--jobs", jobs,
+               "--out", str(out)]
+    parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while len(run_processes(out)) < int(jobs):
+        assert time.monotonic() < deadline and parent.poll() is None, "the runs never started"
+        time.sleep(0.2)
+    try:
+        parent.send_signal(signal.SIGTERM)
+        output, _ = parent.communicate(timeout=60)
+        running = "rnn-s1337, gru-s1337" if jobs == "2" else "rnn-s1337"
+        assert parent.returncode == 1 and f"interrupted during {running}; run the same" in output
+        assert "Traceback" not in output
+        while run_processes(out):  # each run saves its step and stops
+            assert time.monotonic() < deadline + 60, "a run trains on after its comparison stopped"
+            time.sleep(0.2)
+    finally:  # whatever failed, no run is left training
+        for pid in run_processes(out):
+            os.kill(pid, signal.SIGKILL)
