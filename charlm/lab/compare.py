@@ -5,7 +5,8 @@ optimiser, schedule and step or wall-clock budget) and changes only the cell, it
 the seed. With ``stream`` windows the batch of step s does not depend on the seed, so every run
 reads the same batches in the same order (with ``random`` windows, every run of a seed does), and
 seed s starts every cell from the same random state. Runs go seed by seed, each seed through every
-cell, so a machine that slows down part-way hurts all cells alike. A character n-gram model
+cell, so a machine that slows down part-way hurts all cells alike; on a CPU they train side by
+side, one per core with one thread each (``CompareConfig.parallel_runs``). A character n-gram model
 (interpolated modified Kneser–Ney, order picked on val) on the same split gives every number its
 context.
 

@@ -435,8 +435,11 @@ def report(results: dict, gates_plotted: bool = False) -> str:
     if s["checkpoints"]:
         settings += (f" Checkpoints trained elsewhere, evaluated on the same split with their own "
                      f"vocabularies: {md(', '.join(s['checkpoints']))}.")
+    tried = [int(k) for k in ngram.get("val_bpc_by_order") or {}]
+    ceiling = (" (the highest order tried: a higher one may score lower still)"
+               if tried and ngram["order"] == max(tried) else "")
     baseline = (
-        f"Interpolated modified Kneser–Ney, order {ngram['order']} chosen on val: "
+        f"Interpolated modified Kneser–Ney, order {ngram['order']} chosen on val{ceiling}: "
         f"{ngram['val_bpc']:.3f} val bpc. The n-gram scores every val character including the "
         f"first; the neural full pass scores characters 1..N−1 (one character in N, negligible).")
     flow = (

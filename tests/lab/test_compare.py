@@ -366,3 +366,14 @@ def test_report_text_cannot_inject_markup():
     assert md("<script>alert(1)</script> | x") == "&lt;script&gt;alert(1)&lt;/script&gt; \\| x"
     block = fenced("a ``` b ```` c")
     assert block[0] == block[-1] == "`````"  # longer than any backtick run inside
+
+
+def test_the_report_says_when_the_ngram_order_is_the_highest_tried(text_file, tmp_path):
+    results = run_compare(tiny_compare(text_file, tmp_path / "cmp", cells=["rnn"]))
+    ngram = results["ngram"]
+    assert sorted(map(int, ngram["val_bpc_by_order"])) == [1, 2, 3]  # ngram_max_order 3
+    for order, said in ((3, True), (2, False)):
+        results["ngram"] = {**ngram, "order": order}
+        text = compare_report.report(results)
+        assert (f"order {order} chosen on val (the highest order tried" in text) is said
+        assert f"order {order} chosen on val" in text
