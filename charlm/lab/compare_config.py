@@ -110,10 +110,10 @@ class CompareConfig:
         return self.group(cell, params, layers).replace(" ", "-") + f"-s{seed}"
 
     def parallel_runs(self, runs: int) -> int:
-        """How many of ``runs`` train at once. On a CPU, one per core by default: at compare's
-        small batch a run gains little from a second thread (docs/results.md), so two runs on two
-        cores train nearly twice as many characters as one with both. On a GPU, one. Runs in
-        this process (``isolate`` off) go one by one."""
+        """How many of ``runs`` train at once. On a CPU, one per core by default: a recurrent
+        step's threads wait on each other at every time step, so one-thread runs side by side
+        train more characters than one run with every core (docs/results.md). On a GPU, one.
+        Runs in this process (``isolate`` off) go one by one."""
         if not self.isolate or runs <= 1:
             return 1
         if self.jobs is not None:
