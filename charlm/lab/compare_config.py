@@ -14,8 +14,8 @@ from charlm.training.config import TrainConfig
 from charlm.training.precision import on_accelerator
 
 # The default comparison (docs/results.md, "The default comparison"): at 500k parameters the
-# best cell passes the 7-gram on Tiny Shakespeare within the half hour (at 250k the GRU needed
-# 2,100 steps, and the half hour would not hold them).
+# best cell passes the 7-gram on Tiny Shakespeare within the half hour (at 250k the GRU passed
+# it only after 2,100 steps).
 # A budget in steps, the same for every cell, so that seed noise is the seeds' and not the
 # machine's: 3 cells x 2 seeds, two runs at a time, take about half an hour on 2 CPU cores. The
 # report ranks the cells at equal wall clock as well.
