@@ -229,7 +229,6 @@ def run_isolated(spec: dict, run_dir: Path, report: Progress | None = None,
                 error = message.get("error", error)
         except BaseException:  # Ctrl-C or an error here: the child must not train on alone
             child.terminate()
-            child.wait()
             raise
         finally:
             code = child.wait()
