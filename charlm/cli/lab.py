@@ -36,6 +36,10 @@ from charlm.cli.common import (
 @click.option("--precision", default="32-true", show_default=True,
               help="Lightning's precision for every run; float32 on purpose, as it keeps the "
                    "gradient-flow figures exact (auto: chosen for this machine, as train).")
+@click.option("--recipe", "recipes", multiple=True, metavar="CELL:SETTING=VALUE",
+              help="One cell's own optimiser setting (lr, warmup-steps, weight-decay, "
+                   "grad-clip) in place of the shared one, e.g. lstm:lr=1.2e-2 (repeatable). "
+                   "The data, batches, budget and sizes stay the same for every cell.")
 @click.option("--seeds", default=2, show_default=True,
               help="Runs per cell, seeds SEED, SEED+1, ...")
 @click.option("--seed", default=1337, show_default=True, help="The first seed.")
@@ -57,8 +61,8 @@ from charlm.cli.common import (
                    "on a CPU, the cores shared out between them; one on a GPU].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @user_errors
-def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size, seeds, out,
-            resume, in_process, jobs, probe_k, probe_windows, prompt, as_json, eval_every,
+def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size, recipes, seeds,
+            out, resume, in_process, jobs, probe_k, probe_windows, prompt, as_json, eval_every,
             **options):
     """Compare cells fairly (same data, batches, budget) against an n-gram baseline; or CHECKPOINTS.
 
@@ -77,6 +81,7 @@ def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size,
         default_warmup,
         parse_count,
         parse_layers,
+        parse_recipes,
     )
     from charlm.lab.compare_report import json_line, summary_table
     from charlm.lab.compare_runs import MeasureSettings
@@ -102,6 +107,7 @@ def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size,
     sizes = None if params is None else [parse_count(p) for p in params.split(",") if p.strip()]
     config = CompareConfig(train=train, cells=names, checkpoints=list(checkpoints),
                            params=sizes, layers=depths, hidden_size=hidden_size, seeds=seeds,
+                           recipes=parse_recipes(list(recipes)),
                            out=out, resume=resume, isolate=not in_process, jobs=jobs,
                            measure=MeasureSettings(probe_k=probe_k, probe_windows=probe_windows,
                                                    prompt=prompt))

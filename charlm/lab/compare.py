@@ -135,8 +135,9 @@ def _train_runs(c: CompareConfig, corpus: Corpus, out: Path, overall: tqdm) -> l
     for seed in range(c.train.seed, c.train.seed + c.seeds):
         for params, layers in c.variants:
             for cell in c.cells:
-                train = replace(c.train, cell=cell, hidden_size=sizes[cell, params, layers][0],
-                                num_layers=layers, seed=seed, resume=False, progress=False)
+                train = replace(c.train_for(cell), cell=cell, num_layers=layers,
+                                hidden_size=sizes[cell, params, layers][0], seed=seed,
+                                resume=False, progress=False)
                 planned.append((train, out / "runs" / c.run_name(cell, params, layers, seed),
                                 {"group": c.group(cell, params, layers),
                                  "target_params": params, "num_layers": layers}))

@@ -29,6 +29,9 @@ DEFAULT_LR = 6e-3   # charlm train's; the same for every cell
 DEFAULT_WARMUP = 60
 # Settings that may differ between an earlier session's run and this one without changing it.
 NOT_COMPARED = ("out", "resume", "progress")
+# What a per-cell recipe may set (`--recipe lstm:lr=1.2e-2`): the optimiser's settings, which the
+# literature tunes per cell. The data, batches, budget and sizes stay the same for every cell.
+RECIPE_KEYS = {"lr": float, "warmup_steps": int, "weight_decay": float, "grad_clip": float}
 
 
 @dataclass
@@ -45,6 +48,8 @@ class CompareConfig:
     hidden_size: int | None = None   # a grid of sizes)... or give every cell this hidden size
     layers: list[int] | None = None  # depths to train, a grid with params (None: the train's)
     seeds: int = DEFAULT_SEEDS
+    # per cell, optimiser settings that differ from ``train``'s: {"lstm": {"lr": 0.012}}
+    recipes: dict[str, dict[str, float | int]] = field(default_factory=dict)
     out: str = "checkpoints/compare"
     resume: bool = False             # continue unfinished runs from last.ckpt (else restart them)
     isolate: bool = True             # each training run in its own process (honest peak memory)
@@ -79,11 +84,30 @@ class CompareConfig:
             raise CharlmError("`cells` names a cell twice")
         if not self.cells and not self.checkpoints:
             raise CharlmError("nothing to compare: give `cells` or checkpoints")
+        self._check_recipes()
         if self.train.max_steps is None and self.train.max_time is None:
             self.train = replace(self.train, max_steps=DEFAULT_STEPS,
                                  eval_every=default_eval_every(DEFAULT_STEPS))
         # the budget is steps or time, the same for every cell
         self.train = replace(self.train, max_epochs=None)
+
+    def _check_recipes(self) -> None:
+        for cell, recipe in self.recipes.items():
+            if cell not in self.cells:
+                raise CharlmError(f"`recipe` names {cell!r}, which is not among the cells "
+                                  f"compared ({', '.join(self.cells) or 'none'})")
+            unknown = sorted(set(recipe) - set(RECIPE_KEYS))
+            if unknown:
+                raise CharlmError(f"`recipe` for {cell} sets {unknown[0]!r}; a recipe sets "
+                                  f"{', '.join(RECIPE_KEYS)}")
+            try:
+                self.train_for(cell)  # a value TrainConfig refuses (a negative lr) says so now
+            except CharlmError as e:
+                raise CharlmError(f"`recipe` for {cell}: {e.template}") from None
+
+    def train_for(self, cell: str) -> TrainConfig:
+        """The shared training settings with ``cell``'s own recipe applied."""
+        return replace(self.train, **self.recipes.get(cell, {}))
 
     @property
     def grid(self) -> bool:
@@ -165,6 +189,34 @@ def parse_layers(text: str) -> list[int]:
     if not layers:
         raise CharlmError(f"`num_layers`: {text!r} is not a list of layer counts like 1,2")
     return layers
+
+
+def parse_recipe(text: str) -> tuple[str, str, float | int]:
+    """'lstm:lr=1.2e-2' → ('lstm', 'lr', 0.012); 'rnn:warmup-steps=60' → ('rnn', 'warmup_steps',
+    60) (one sentence otherwise)."""
+    cell, _, setting = text.partition(":")
+    key, _, value = setting.partition("=")
+    key = key.strip().replace("-", "_")
+    if not cell.strip() or key not in RECIPE_KEYS or not value.strip():
+        raise CharlmError(f"`recipe`: {text!r} is not CELL:SETTING=VALUE with SETTING one of "
+                          f"{', '.join(k.replace('_', '-') for k in RECIPE_KEYS)} (e.g. "
+                          f"lstm:lr=1.2e-2)")
+    try:
+        return cell.strip(), key, RECIPE_KEYS[key](value.strip())
+    except ValueError:
+        raise CharlmError(f"`recipe`: {value.strip()!r} is not a valid {key.replace('_', '-')} "
+                          f"in {text!r}") from None
+
+
+def parse_recipes(texts: list[str]) -> dict[str, dict[str, float | int]]:
+    """Repeated --recipe values gathered per cell (a setting given twice for a cell refuses)."""
+    recipes: dict[str, dict[str, float | int]] = {}
+    for text in texts:
+        cell, key, value = parse_recipe(text)
+        if key in recipes.setdefault(cell, {}):
+            raise CharlmError(f"`recipe` sets {key.replace('_', '-')} for {cell} twice")
+        recipes[cell][key] = value
+    return recipes
 
 
 def default_warmup(max_steps: int | None) -> int:

@@ -219,12 +219,27 @@ def _jobs_words(s: dict) -> str:
             f"each run's speed is measured beside the others'.")
 
 
+_RECIPE_WORDS = {"lr": "lr", "warmup_steps": "warm-up", "weight_decay": "weight decay",
+                 "grad_clip": "grad clip"}
+
+
+def _recipe_words(recipes: dict) -> str:
+    """The report's sentence on per-cell recipes (empty without any)."""
+    if not recipes:
+        return ""
+    each = "; ".join(f"{md(cell)} " + ", ".join(f"{_RECIPE_WORDS[k]} {v}" for k, v in r.items())
+                     for cell, r in recipes.items())
+    return (f" Per-cell recipes, in place of the settings above for that cell: {each} (the "
+            f"ranking then compares cell and recipe together).")
+
+
 def _settings(config: CompareConfig) -> dict:
     shared = {k: v for k, v in asdict(config.train).items()
               if k not in ("cell", "hidden_size", "seed", "out", "resume", "progress")}
     return {"train": shared, "cells": config.cells, "checkpoints": config.checkpoints,
             "params": config.params, "hidden_size": config.hidden_size, "seeds": config.seeds,
             "layers": config.layers, "targets": config.targets, "grid": config.grid,
+            "recipes": config.recipes,
             "first_seed": config.train.seed, "isolated": config.isolate,
             "jobs": config.jobs or 1, "threads_per_run": config.threads_per_run(config.jobs or 1),
             "measure": asdict(config.measure), "out": config.out}
@@ -426,10 +441,12 @@ def report(results: dict, gates_plotted: bool = False) -> str:
         f"{_depths(s.get('layers') or [t['num_layers']])}, embedding {t['embedding_dim']}, dropout "
         f"{t['dropout']}, impl {t['impl']}. Every run: {budget}, batch {t['batch_size']} × seq "
         f"{t['seq_len']}, lr {t['lr']} ({t['schedule']}, warm-up {t['warmup_steps']}), grad clip "
-        f"{t['grad_clip']}, window {t['window']}, {seeds(s['seeds'])} from {s['first_seed']}. "
-        f"Same corpus, splits, vocabulary, batches (in the same order) and optimiser for every "
-        f"cell; runs go seed by seed through every cell, so a machine that slows down hurts all "
-        f"cells alike." + _jobs_words(s))
+        f"{t['grad_clip']}, window {t['window']}, {seeds(s['seeds'])} from {s['first_seed']}."
+        f"{_recipe_words(s.get('recipes') or {})} Same corpus, splits, vocabulary, batches (in "
+        f"the same order) and {'budget' if s.get('recipes') else 'optimiser'} for every cell; "
+        f"runs go seed by seed through every cell, so a machine that slows down hurts all cells "
+        f"alike."
+        + _jobs_words(s))
     if not s["cells"]:
         settings = data
     if s["checkpoints"]:

@@ -377,3 +377,55 @@ def test_the_report_says_when_the_ngram_order_is_the_highest_tried(text_file, tm
         text = compare_report.report(results)
         assert (f"order {order} chosen on val (the highest order tried" in text) is said
         assert f"order {order} chosen on val" in text
+
+
+def test_a_recipe_gives_one_cell_its_own_optimiser_settings(text_file, tmp_path):
+    out = tmp_path / "cmp"
+    result = run("--data", text_file, "--cells", "rnn,gru", "--hidden-size", 8, "--seeds", 1,
+                 "--out", out, "--recipe", "gru:lr=0.02", "--recipe", "gru:warmup-steps=0",
+                 *CLI_TINY)
+    config = {cell: json.loads((out / "runs" / f"{cell}-s1337" / "run.json").read_text())["config"]
+              for cell in ("rnn", "gru")}
+    assert (config["rnn"]["lr"], config["rnn"]["warmup_steps"]) == (0.01, 5)  # the shared ones
+    assert (config["gru"]["lr"], config["gru"]["warmup_steps"]) == (0.02, 0)
+    assert config["rnn"]["max_steps"] == config["gru"]["max_steps"] == 20  # the budget is shared
+    report = (out / "report.md").read_text()
+    assert "Per-cell recipes, in place of the settings above for that cell: gru lr 0.02, " \
+           "warm-up 0" in report and "batches (in the same order) and budget for every" in report
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["recipes"] == {"gru": {"lr": 0.02, "warmup_steps": 0}}
+    # Another recipe is another comparison: the finished run is not passed off as this one's.
+    result = run("--data", text_file, "--cells", "rnn,gru", "--hidden-size", 8, "--seeds", 1,
+                 "--out", out, "--recipe", "gru:lr=0.03", *CLI_TINY, ok=False)
+    assert result.exit_code == 1 and "gru-s1337 was trained with lr=0.02, not 0.03" in result.stderr
+    # Without a recipe the report keeps its words.
+    plain = run_compare(tiny_compare(text_file, tmp_path / "plain"))
+    text = (tmp_path / "plain" / "report.md").read_text()
+    assert plain["settings"]["recipes"] == {} and "Per-cell" not in text
+    assert "batches (in the same order) and optimiser for every cell" in text
+
+
+@pytest.mark.parametrize("recipe, said", [
+    ("gru:lr=abc", "--recipe: 'abc' is not a valid lr in 'gru:lr=abc'"),
+    ("gru:warmup-steps=2.5", "'2.5' is not a valid warmup-steps"),
+    ("gru:dropout=0.1", "is not CELL:SETTING=VALUE with SETTING one of lr, warmup-steps, "
+                        "weight-decay, grad-clip"),
+    ("gru", "'gru' is not CELL:SETTING=VALUE"),
+    (":lr=1", "':lr=1' is not CELL:SETTING=VALUE"),
+    ("lstm:lr=0.01", "--recipe names 'lstm', which is not among the cells compared (rnn, gru)"),
+    ("gru:lr=-1", "--recipe for gru: --lr must be positive, not -1.0"),
+    ("gru:grad-clip=-1", "--recipe for gru: --grad-clip must be >= 0"),
+])
+def test_a_bad_recipe_is_one_sentence_before_anything_trains(text_file, tmp_path, recipe, said):
+    result = run("--data", text_file, "--cells", "rnn,gru", "--out", tmp_path / "cmp",
+                 "--recipe", recipe, *CLI_TINY, ok=False)
+    assert result.exit_code == 1 and said in result.stderr, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "cmp").exists()
+
+
+def test_a_recipe_setting_given_twice_refuses():
+    from charlm.lab.compare_config import parse_recipes
+    assert parse_recipes(["lstm:lr=1e-2", "lstm:weight-decay=0.1", "rnn:lr=3e-3"]) == \
+        {"lstm": {"lr": 0.01, "weight_decay": 0.1}, "rnn": {"lr": 0.003}}
+    with pytest.raises(CharlmError, match="sets lr for lstm twice"):
+        parse_recipes(["lstm:lr=1e-2", "lstm:lr=2e-2"])
