@@ -38,6 +38,21 @@ def _isolated_caches(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(root / "hf-datasets"))
 
 
+@pytest.fixture(autouse=True)
+def _cells_registered_in_a_test_end_with_it():
+    """A cell a test registers (or replaces) is gone after it, through the public registry."""
+    from charlm.model import cell, cell_names, register_cell, unregister_cell
+    before = {name: cell(name) for name in cell_names()}
+    yield
+    for name in cell_names():
+        if name not in before:
+            unregister_cell(name)
+    for name, c in before.items():
+        if name not in cell_names() or cell(name) is not c:
+            register_cell(name, c.fused, c.explicit, recurrent=c.recurrent,
+                          lstm_gates=c.lstm_gates)
+
+
 @pytest.fixture
 def shakespeare() -> Path:
     if not SHAKESPEARE.exists():

@@ -17,8 +17,16 @@ from charlm.model.charrnn import (
                                    map_state,
                                    state_hidden,
 )
-from charlm.model.registry import Cell, UnknownCell, cell, cell_names, is_recurrent, register_cell
+from charlm.model.registry import (
+    Cell,
+    UnknownCell,
+    cell,
+    cell_names,
+    is_recurrent,
+    register_cell,
+    unregister_cell,
+)
 
 __all__ = ["Cell", "CharRNN", "ModelConfig", "State", "UnknownCell", "build_cell", "cell",
            "cell_names", "detach_state", "hidden_size_for_params", "is_recurrent", "map_state",
-           "register_cell", "state_hidden"]
+           "register_cell", "state_hidden", "unregister_cell"]

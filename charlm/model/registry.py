@@ -55,6 +55,12 @@ def register_cell(name: str, factory: CellFactory | None, explicit: CellFactory 
     _CELLS[name] = Cell(name, factory, explicit, recurrent, lstm_gates)
 
 
+def unregister_cell(name: str) -> None:
+    """Remove the cell ``name`` (a cell registered for a while, as a notebook or a test does)."""
+    cell(name)  # an unknown name is refused with the valid ones
+    del _CELLS[name]
+
+
 def cell(name: str) -> Cell:
     """The registered cell ``name``; an unknown name is refused with the valid ones."""
     if name not in _CELLS:

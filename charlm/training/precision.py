@@ -59,7 +59,7 @@ class Decision:
 
 def cpu_kind(capabilities: dict | None = None) -> dict:
     """The CPU's name and the flags that decide bf16 (for figures that say where they ran)."""
-    caps = capabilities if capabilities is not None else _capabilities()
+    caps = capabilities if capabilities is not None else cpu_capabilities()
     return {"cpu": _cpu_name(), "arch": platform.machine(),
             "amx_bf16": bool(caps.get("amx_bf16")), "avx512_bf16": bool(caps.get("avx512_bf16")),
             "avx512": bool(caps.get("avx512_f")), "torch": torch.__version__,
@@ -150,7 +150,7 @@ def _auto_precision(accelerator: str, measure: Measure | None, capabilities: dic
             cuda_capability = torch.cuda.get_device_capability()
         native, why = cuda_bf16(cuda_capability)
     elif accelerator in ("cpu", "auto"):
-        native, why = cpu_bf16(capabilities if capabilities is not None else _capabilities())
+        native, why = cpu_bf16(capabilities if capabilities is not None else cpu_capabilities())
     else:
         return "32-true", f"float32 is the safe default on {accelerator}"
     if native is None:
@@ -179,7 +179,8 @@ def bf16_failure(model: torch.nn.Module, vocab_size: int) -> str | None:
     return None
 
 
-def _capabilities() -> dict:
+def cpu_capabilities() -> dict:
+    """What torch says this CPU can do (``torch.cpu.get_capabilities()``); {} where it cannot."""
     try:
         return dict(torch.cpu.get_capabilities())
     except (AttributeError, RuntimeError):

@@ -19,7 +19,7 @@ from charlm.lab.inspection import read_text
 from charlm.lab.page import script_json
 from charlm.lab.units import find_units, gate_saturation, text_features, trace_text
 from charlm.lab.visualize import plot_gates, visualize
-from charlm.model import CharRNN, ModelConfig, registry
+from charlm.model import CharRNN, ModelConfig, register_cell
 
 CELLS = ["rnn", "lstm", "gru", "gru-note"]
 PAYLOAD = ('He said "<script>window.__pwned = 1; alert(1)</script>" & left.\n'
@@ -136,7 +136,7 @@ def test_gate_with_huge_bias_is_right_saturated(cell, gate, bias_block):
     assert plot_gates(list(stats.values())).startswith(b"\x89PNG")
 
 
-def test_cell_without_explicit_twin_falls_back_to_top_h(monkeypatch):
+def test_cell_without_explicit_twin_falls_back_to_top_h():
     class Wrapped(nn.Module):  # a plugged-in cell that is not a torch RNN: nothing to trace
         def __init__(self, i, h, layers, dropout):
             super().__init__()
@@ -145,7 +145,7 @@ def test_cell_without_explicit_twin_falls_back_to_top_h(monkeypatch):
         def forward(self, x, state=None):
             return self.inner(x, state)
 
-    monkeypatch.setitem(registry._CELLS, "wrapped", registry.Cell("wrapped", Wrapped))
+    register_cell("wrapped", Wrapped)  # the tests' conftest removes it afterwards
     text = quoted_text(200)
     vocab = CharVocab.from_text(text)
     m = tiny_model(vocab, "wrapped", layers=2)

@@ -12,6 +12,7 @@ from charlm.model import (
     hidden_size_for_params,
     register_cell,
     state_hidden,
+    unregister_cell,
 )
 
 N, T, E, H, V = 2, 3, 4, 5, 6
@@ -170,3 +171,20 @@ def test_a_cells_own_settings_reach_its_factory_and_are_refused_by_one_that_take
     with pytest.raises(SettingError) as e:
         build_cell(ModelConfig(V, "lstm", H, extra={"heads": 2, "context": 8}))
     assert str(e.value).startswith("cell 'lstm' does not take the settings heads, context: ")
+
+
+def test_a_registered_cell_can_be_removed_and_an_unknown_one_is_refused():
+    register_cell("for-a-while", ReluRNN)
+    assert "for-a-while" in cell_names()
+    unregister_cell("for-a-while")
+    assert "for-a-while" not in cell_names()
+    with pytest.raises(ValueError, match="unknown cell 'for-a-while'; choose one of: .*lstm"):
+        unregister_cell("for-a-while")
+    with pytest.raises(ValueError, match="unknown cell 'for-a-while'"):
+        ModelConfig(V, "for-a-while")
+
+
+def test_cells_registered_by_earlier_tests_are_gone():
+    # relu-rnn and fused-only-cell were registered by tests above, in this file's order
+    assert {"relu-rnn", "fused-only-cell", "plain-user-cell"}.isdisjoint(cell_names())
+    assert {"rnn", "lstm", "gru", "gru-note", "lstm-ln", "transformer"} <= set(cell_names())

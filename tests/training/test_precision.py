@@ -107,7 +107,7 @@ def test_a_default_run_says_and_records_what_it_chose(text_file, tmp_path):
     assert (run["config"]["lr"], run["config"]["weight_decay"]) == (6e-3, 0.1)  # train's defaults
     auto, results = run["results"]["auto"], run["results"]
     assert (auto["precision"], auto["batch_size"]) == (results["precision"], results["batch_size"])
-    native, _ = precision.cpu_bf16(precision._capabilities())
+    native, _ = precision.cpu_bf16(precision.cpu_capabilities())
     if native is not None:
         assert results["precision"] == ("bf16-mixed" if native else "32-true")
     assert auto["precision_reason"] and "measured" in auto["batch_reason"]
@@ -149,7 +149,7 @@ def test_a_setting_without_a_kernel_measures_zero(tmp_path):
 def test_bf16_on_a_cpu_without_the_kernel(text_file, tmp_path, monkeypatch, asked):
     """Asked for, it is refused in one sentence; chosen by auto, the run falls back to float32
     and says why."""
-    monkeypatch.setattr(precision, "_capabilities", lambda: CPUS["amx"][0])
+    monkeypatch.setattr(precision, "cpu_capabilities", lambda: CPUS["amx"][0])
     import charlm.training.fit
     monkeypatch.setattr(charlm.training.fit, "bf16_failure",
                         lambda model, vocab: "no bf16 LSTM kernel")
