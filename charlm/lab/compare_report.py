@@ -445,8 +445,7 @@ def report(results: dict, gates_plotted: bool = False) -> str:
         f"{_recipe_words(s.get('recipes') or {})} Same corpus, splits, vocabulary, batches (in "
         f"the same order) and {'budget' if s.get('recipes') else 'optimiser'} for every cell; "
         f"runs go seed by seed through every cell, so a machine that slows down hurts all cells "
-        f"alike."
-        + _jobs_words(s))
+        f"alike." + _jobs_words(s))
     if not s["cells"]:
         settings = data
     if s["checkpoints"]:
