@@ -99,9 +99,11 @@ model_options = options(  # train and compare (each has its own --num-layers)
                  help="Dropout between stacked layers and before the output layer."),
     click.option("--weight-drop", default=0.0, show_default=True,
                  help="DropConnect on the recurrent (hidden-to-hidden) weights while training."),
-    click.option("--init", default="default", show_default=True,
-                 type=click.Choice(["default", "orthogonal"]),
-                 help="Recurrent weights: torch's uniform, or an orthogonal block per gate."),
+    click.option("--init", default=None, type=click.Choice(["default", "orthogonal", "fan-in"]),
+                 help="default: torch's U(±1/√hidden) for every weight; orthogonal: an "
+                      "orthogonal block per gate for the recurrent weights; fan-in: input "
+                      "weights at U(±1/√inputs) [default: default for train, fan-in for "
+                      "compare]."),
     click.option("--heads", type=int, default=None,
                  help="transformer only: attention heads [default: about one per 64 of width]."),
     click.option("--context", type=int, default=None,
@@ -122,7 +124,8 @@ optim_options = options(  # train and compare: the same batches, optimiser and b
                       "[default: 0.1 for train, 0 for compare]."),
     click.option("--warmup-steps", type=int, default=None,
                  help="Steps of linear learning-rate warm-up [default: 0 for train; for compare "
-                      "a twentieth of --max-steps, at most 60]."),
+                      "a twentieth of --max-steps, at most 60, where LSTM and GRU go without; "
+                      "given, it is every cell's]."),
     click.option("--grad-clip", default=5.0, show_default=True),
     click.option("--schedule", default="cosine", show_default=True,
                  type=click.Choice(["cosine", "constant"])),
@@ -137,7 +140,7 @@ optim_options = options(  # train and compare: the same batches, optimiser and b
 
 
 # left out when not given: TrainConfig's default
-UNSET_IS_DEFAULT = ("lr", "weight_decay", "warmup_steps")
+UNSET_IS_DEFAULT = ("lr", "weight_decay", "warmup_steps", "init")
 
 
 def given_here(name: str) -> bool:

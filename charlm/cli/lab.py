@@ -67,17 +67,21 @@ def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size,
     """Compare cells fairly (same data, batches, budget) against an n-gram baseline; or CHECKPOINTS.
 
     Each run trains for --max-steps or --max-time (default: 1200 steps; the default 3 cells x
-    2 seeds take about half an hour on 2 CPU cores). Writes OUT/report.md, results.json and the
-    figures, and one folder per run under OUT/runs; a rerun with the same --out reuses the
-    finished runs.
+    2 seeds take about half an hour on 2 CPU cores). Every cell starts its input weights at
+    their fan-in (--init); the LSTM and GRU skip the learning-rate warm-up that the plain RNN
+    needs (--warmup-steps gives every cell the same one). Writes
+    OUT/report.md, results.json and the figures, and one folder per run under OUT/runs; a
+    rerun with the same --out reuses the finished runs.
     """
     from charlm.lab.compare import run_compare
     from charlm.lab.compare_config import (
         DEFAULT_BATCH,
+        DEFAULT_INIT,
         DEFAULT_LR,
         DEFAULT_STEPS,
         CompareConfig,
         default_eval_every,
+        default_recipes,
         default_warmup,
         parse_count,
         parse_layers,
@@ -97,8 +101,11 @@ def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size,
         options["batch_size"] = DEFAULT_BATCH
     if options["max_steps"] is None and options["max_time"] is None:
         options["max_steps"] = DEFAULT_STEPS
-    if options["warmup_steps"] is None:
+    recipes = parse_recipes(list(recipes))
+    if options["warmup_steps"] is None:  # the plain RNN's warm-up; the gated cells go without
         options["warmup_steps"] = default_warmup(options["max_steps"])
+        recipes = default_recipes(names, recipes, options["warmup_steps"])
+    options["init"] = options["init"] or DEFAULT_INIT
     if eval_every is None:
         eval_every = default_eval_every(options["max_steps"])
     depths = parse_layers(num_layers)
@@ -107,7 +114,7 @@ def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size,
     sizes = None if params is None else [parse_count(p) for p in params.split(",") if p.strip()]
     config = CompareConfig(train=train, cells=names, checkpoints=list(checkpoints),
                            params=sizes, layers=depths, hidden_size=hidden_size, seeds=seeds,
-                           recipes=parse_recipes(list(recipes)),
+                           recipes=recipes,
                            out=out, resume=resume, isolate=not in_process, jobs=jobs,
                            measure=MeasureSettings(probe_k=probe_k, probe_windows=probe_windows,
                                                    prompt=prompt))

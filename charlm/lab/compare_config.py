@@ -27,6 +27,12 @@ DEFAULT_LR = 6e-3   # charlm train's; the same for every cell
 # Without a warm-up the 500k RNN's first steps at that rate blow up and it never recovers
 # (docs/results.md): a twentieth of a step budget, at most this many steps.
 DEFAULT_WARMUP = 60
+# The warm-up is the plain RNN's: the gated cells train stably from their first step, and the
+# LSTM ends a warm-up's run far behind its run without one (docs/results.md). By default these
+# cells go without it, unless a warm-up is given for every cell (`--warmup-steps`).
+UNWARMED_CELLS = ("lstm", "gru")
+# Input weights drawn for their own fan-in, not the hidden size (ModelConfig.init).
+DEFAULT_INIT = "fan-in"
 # Settings that may differ between an earlier session's run and this one without changing it.
 NOT_COMPARED = ("out", "resume", "progress")
 # What a per-cell recipe may set (`--recipe lstm:lr=1.2e-2`): the optimiser's settings, which the
@@ -41,15 +47,17 @@ class CompareConfig:
     train: TrainConfig = field(  # float32: gradient norms 64 steps back need its range
         default_factory=lambda: TrainConfig(progress=False, precision="32-true",
                                               batch_size=DEFAULT_BATCH, lr=DEFAULT_LR,
-                                              weight_decay=0.0, warmup_steps=DEFAULT_WARMUP))
+                                              weight_decay=0.0, warmup_steps=DEFAULT_WARMUP,
+                                              init=DEFAULT_INIT))
     cells: list[str] = field(default_factory=lambda: ["rnn", "lstm", "gru"])
     checkpoints: list[str] = field(default_factory=list)  # trained elsewhere: evaluated only
     params: int | list[int] | None = None  # match every cell to this many parameters (a list:
     hidden_size: int | None = None   # a grid of sizes)... or give every cell this hidden size
     layers: list[int] | None = None  # depths to train, a grid with params (None: the train's)
     seeds: int = DEFAULT_SEEDS
-    # per cell, optimiser settings that differ from ``train``'s: {"lstm": {"lr": 0.012}}
-    recipes: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    # per cell, optimiser settings that differ from ``train``'s: {"lstm": {"lr": 0.012}}; None:
+    # compare's defaults (``default_recipes``), {}: none, every cell on ``train``'s
+    recipes: dict[str, dict[str, float | int]] | None = None
     out: str = "checkpoints/compare"
     resume: bool = False             # continue unfinished runs from last.ckpt (else restart them)
     isolate: bool = True             # each training run in its own process (honest peak memory)
@@ -84,6 +92,8 @@ class CompareConfig:
             raise CharlmError("`cells` names a cell twice")
         if not self.cells and not self.checkpoints:
             raise CharlmError("nothing to compare: give `cells` or checkpoints")
+        if self.recipes is None:
+            self.recipes = default_recipes(self.cells, {}, self.train.warmup_steps)
         self._check_recipes()
         if self.train.max_steps is None and self.train.max_time is None:
             self.train = replace(self.train, max_steps=DEFAULT_STEPS,
@@ -217,6 +227,17 @@ def parse_recipes(texts: list[str]) -> dict[str, dict[str, float | int]]:
             raise CharlmError(f"`recipe` sets {key.replace('_', '-')} for {cell} twice")
         recipes[cell][key] = value
     return recipes
+
+
+def default_recipes(cells: list[str], recipes: dict[str, dict],
+                    warmup_steps: int) -> dict[str, dict]:
+    """``recipes`` over compare's default ones for ``cells`` where the shared settings warm up:
+    the gated cells without the warm-up (``UNWARMED_CELLS``). A cell's own recipe wins where it
+    sets the warm-up too."""
+    out = {c: {"warmup_steps": 0} for c in cells if c in UNWARMED_CELLS and warmup_steps}
+    for c, recipe in recipes.items():
+        out[c] = {**out.get(c, {}), **recipe}
+    return out
 
 
 def default_warmup(max_steps: int | None) -> int:

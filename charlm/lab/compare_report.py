@@ -223,14 +223,17 @@ _RECIPE_WORDS = {"lr": "lr", "warmup_steps": "warm-up", "weight_decay": "weight 
                  "grad_clip": "grad clip"}
 
 
-def _recipe_words(recipes: dict) -> str:
+def _recipe_words(recipes: dict, warmup_steps: int) -> str:
     """The report's sentence on per-cell recipes (empty without any)."""
     if not recipes:
         return ""
     each = "; ".join(f"{md(cell)} " + ", ".join(f"{_RECIPE_WORDS[k]} {v}" for k, v in r.items())
                      for cell, r in recipes.items())
+    why = (" The warm-up is there for the plain RNN, whose first steps at the full rate can blow "
+           "up; the gated cells train stably without one."
+           if warmup_steps and any(r.get("warmup_steps") == 0 for r in recipes.values()) else "")
     return (f" Per-cell recipes, in place of the settings above for that cell: {each} (the "
-            f"ranking then compares cell and recipe together).")
+            f"ranking then compares cell and recipe together).{why}")
 
 
 def _settings(config: CompareConfig) -> dict:
@@ -439,11 +442,13 @@ def report(results: dict, gates_plotted: bool = False) -> str:
     settings = data + (
         f" Cells: {md(', '.join(s['cells']))}; {sizing}; "
         f"{_depths(s.get('layers') or [t['num_layers']])}, embedding {t['embedding_dim']}, dropout "
-        f"{t['dropout']}, impl {t['impl']}. Every run: {budget}, batch {t['batch_size']} × seq "
-        f"{t['seq_len']}, lr {t['lr']} ({t['schedule']}, warm-up {t['warmup_steps']}), grad clip "
-        f"{t['grad_clip']}, window {t['window']}, {seeds(s['seeds'])} from {s['first_seed']}."
-        f"{_recipe_words(s.get('recipes') or {})} Same corpus, splits, vocabulary, batches (in "
-        f"the same order) and {'budget' if s.get('recipes') else 'optimiser'} for every cell; "
+        f"{t['dropout']}, impl {t['impl']}, init {t.get('init', 'default')}. Every run: {budget}, "
+        f"batch {t['batch_size']} × seq {t['seq_len']}, lr {t['lr']} ({t['schedule']}, warm-up "
+        f"{t['warmup_steps']}), grad clip {t['grad_clip']}, window {t['window']}, "
+        f"{seeds(s['seeds'])} from {s['first_seed']}."
+        f"{_recipe_words(s.get('recipes') or {}, t['warmup_steps'])} Same corpus, splits, "
+        f"vocabulary, batches (in the same order) and "
+        f"{'budget' if s.get('recipes') else 'optimiser'} for every cell; "
         f"runs go seed by seed through every cell, so a machine that slows down hurts all cells "
         f"alike." + _jobs_words(s))
     if not s["cells"]:

@@ -399,10 +399,44 @@ def test_a_recipe_gives_one_cell_its_own_optimiser_settings(text_file, tmp_path)
                  "--out", out, "--recipe", "gru:lr=0.03", *CLI_TINY, ok=False)
     assert result.exit_code == 1 and "gru-s1337 was trained with lr=0.02, not 0.03" in result.stderr
     # Without a recipe the report keeps its words.
-    plain = run_compare(tiny_compare(text_file, tmp_path / "plain"))
+    plain = run_compare(tiny_compare(text_file, tmp_path / "plain", recipes={}))
     text = (tmp_path / "plain" / "report.md").read_text()
     assert plain["settings"]["recipes"] == {} and "Per-cell" not in text
     assert "batches (in the same order) and optimiser for every cell" in text
+
+
+def test_by_default_the_gated_cells_go_without_the_rnns_warm_up(text_file, tmp_path):
+    no_warmup = [a for a in CLI_TINY if a not in ("--warmup-steps", "5")]
+
+    def configs(out, *flags):
+        run("--data", text_file, "--cells", "rnn,lstm,gru", "--hidden-size", 8, "--seeds", 1,
+            "--out", out, *flags, *no_warmup)
+        return {cell: json.loads((out / "runs" / f"{cell}-s1337" / "run.json").read_text())
+                ["config"] for cell in ("rnn", "lstm", "gru")}, (out / "report.md").read_text()
+
+    config, report = configs(tmp_path / "default", "--recipe", "gru:lr=0.02")
+    assert [config[c]["warmup_steps"] for c in ("rnn", "lstm", "gru")] == [1, 0, 0]  # 20 steps
+    assert config["gru"]["lr"] == 0.02 and config["lstm"]["lr"] == 0.01  # a recipe adds to it
+    assert {config[c]["init"] for c in config} == {"fan-in"}
+    assert "init fan-in" in report
+    assert "for that cell: lstm warm-up 0; gru warm-up 0, lr 0.02 (the ranking then compares " \
+           "cell and recipe together). The warm-up is there for the plain RNN" in report
+    # A warm-up given is every cell's, and a cell's own recipe wins over the default.
+    config, report = configs(tmp_path / "shared", "--warmup-steps", 3, "--recipe",
+                             "lstm:warmup-steps=2", "--init", "default")
+    assert [config[c]["warmup_steps"] for c in ("rnn", "lstm", "gru")] == [3, 2, 3]
+    assert {config[c]["init"] for c in config} == {"default"}
+    assert "warm-up is there for" not in report  # no cell goes without one
+
+
+def test_compare_config_has_the_same_default_recipes_as_the_cli():
+    warm = TrainConfig(warmup_steps=10)
+    assert CompareConfig(train=warm, cells=["rnn", "lstm", "transformer"]).recipes == \
+        {"lstm": {"warmup_steps": 0}}
+    assert CompareConfig(train=warm, cells=["rnn", "gru"], recipes={}).recipes == {}  # none
+    assert CompareConfig(train=TrainConfig(warmup_steps=0), cells=["lstm"]).recipes == {}
+    assert CompareConfig().train.init == "fan-in" and CompareConfig().recipes == \
+        {"lstm": {"warmup_steps": 0}, "gru": {"warmup_steps": 0}}
 
 
 @pytest.mark.parametrize("recipe, said", [

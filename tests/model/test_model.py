@@ -90,7 +90,7 @@ def test_bad_config_names_the_flag():
             (dict(vocab_size=V, dropout=1.5), "dropout must be in [0, 1), not 1.5"),
             (dict(vocab_size=V, weight_drop=-0.1), "weight_drop must be in [0, 1), not -0.1"),
             (dict(vocab_size=V, init="zeros"),
-             "init must be one of default, orthogonal, not 'zeros'")]:
+             "init must be one of default, orthogonal, fan-in, not 'zeros'")]:
         with pytest.raises(SettingError) as e:
             ModelConfig(cell="lstm", **settings)
         assert str(e.value) == said

@@ -64,6 +64,26 @@ def test_orthogonal_init_makes_each_gate_block_orthogonal(cell, blocks):
         assert torch.all(model.rnn.bias_ih_l0[H:2 * H] == 1)
 
 
+@pytest.mark.parametrize("cell,impl", [("rnn", "fused"), ("lstm", "fused"), ("gru", "fused"),
+                                       ("lstm", "explicit")])
+def test_fan_in_init_scales_input_weights_by_their_inputs_only(cell, impl):
+    E_, H_ = 4, 100  # torch's bound 1/√H = 0.1; fan-in's for the first layer 1/√E = 0.5
+    torch.manual_seed(0)
+    plain = CharRNN(ModelConfig(V, cell, H_, 2, E_, impl=impl))
+    torch.manual_seed(0)
+    fan_in = CharRNN(ModelConfig(V, cell, H_, 2, E_, impl=impl, init="fan-in"))
+    first = fan_in.rnn.weight_ih_l0.detach()
+    assert first.abs().max() <= 0.5 and first.abs().max() > 0.45  # drawn across U(±1/√E)
+    assert abs(first.std().item() - 0.5 / 3 ** 0.5) < 0.03
+    second = fan_in.rnn.weight_ih_l1.detach()  # fed by H units: torch's own bound again
+    assert 0.09 < second.abs().max() <= 0.1
+    for name, p in plain.rnn.named_parameters():  # the rest as torch draws it
+        if not name.startswith("weight_ih"):
+            assert torch.equal(p, dict(fan_in.rnn.named_parameters())[name]), name
+    if cell == "lstm":  # the forget-gate bias of 1 as with any init
+        assert torch.all(fan_in.rnn.bias_ih_l0[H_:2 * H_] == 1)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"weight_drop": 1.0}, "^weight_drop must be in"),
     ({"weight_drop": -0.1}, "^weight_drop must be in"),
