@@ -69,9 +69,9 @@ def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size,
     Each run trains for --max-steps or --max-time (default: 1200 steps; the default 3 cells x
     2 seeds take about half an hour on 2 CPU cores). Every cell starts its input weights at
     their fan-in (--init); the LSTM and GRU skip the learning-rate warm-up that the plain RNN
-    needs (--warmup-steps gives every cell the same one). Writes
-    OUT/report.md, results.json and the figures, and one folder per run under OUT/runs; a
-    rerun with the same --out reuses the finished runs.
+    needs (--warmup-steps gives every cell the same one). Writes OUT/report.md, results.json
+    and the figures, and one folder per run under OUT/runs; a rerun with the same --out reuses
+    the finished runs.
     """
     from charlm.lab.compare import run_compare
     from charlm.lab.compare_config import (

@@ -84,6 +84,13 @@ def test_fan_in_init_scales_input_weights_by_their_inputs_only(cell, impl):
         assert torch.all(fan_in.rnn.bias_ih_l0[H_:2 * H_] == 1)
 
 
+def test_the_init_flag_offers_every_init():
+    from charlm.model.charrnn import INITS
+    for command in ("train", "compare"):
+        help_text = CliRunner().invoke(cli, [command, "--help"]).output
+        assert f"--init [{'|'.join(INITS)}]" in help_text
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"weight_drop": 1.0}, "^weight_drop must be in"),
     ({"weight_drop": -0.1}, "^weight_drop must be in"),
