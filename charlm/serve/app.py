@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import math
 import threading
 import time
 from importlib import resources
@@ -60,38 +61,52 @@ async def _read_json(request: Request):
 class Inbox:
     """One request's pieces, from the worker's thread to the request's coroutine.
 
-    The worker appends each turn's pieces; the coroutine takes what is there when it is ready to
-    send. The event loop is woken only for a coroutine that waits with nothing to take, and, for
-    one that collects a whole completion, only when a choice finishes: 32 streams cost the loop
-    (and the GIL the worker needs) one wake-up per send, not one per character.
+    The worker appends each turn's pieces; the coroutine takes them with ``take(wait)`` once
+    ``wait`` seconds have passed and there is one, or at once when a choice finishes, so a
+    stream's pacing never holds back the end of a completion. The event loop is woken only for a
+    coroutine that waits for what came: 32 streams cost the loop (and the GIL the worker needs)
+    one wake-up per send, not one per character.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, wake_for_every_piece: bool = True):
-        self.loop, self.eager = loop, wake_for_every_piece
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
         self._pieces: list[Piece] = []
+        self._finished = False  # a choice finished since the last take
         self._lock = threading.Lock()
         self._waiter: asyncio.Future | None = None
+        self._any = False  # the waiting coroutine takes any piece (else only a finish wakes it)
 
     def put(self, pieces: list[Piece]) -> None:
         """From the worker's thread: keep ``pieces``; wake the coroutine where it waits for them."""
+        finished = any(p.finish_reason for p in pieces)
         with self._lock:
             self._pieces += pieces
+            self._finished |= finished
             waiter = self._waiter
-            if waiter is None or not (self.eager or any(p.finish_reason for p in pieces)):
+            if waiter is None or not (finished or self._any):
                 return
             self._waiter = None
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
             self.loop.call_soon_threadsafe(_wake, waiter)
 
-    async def take(self) -> list[Piece]:
-        """Every piece kept since the last take (waits for one where there is none)."""
+    async def take(self, wait: float = 0.0) -> list[Piece]:
+        """Every piece kept since the last take, once there is one and ``wait`` seconds have
+        passed, or as soon as a choice finishes (``math.inf``: only then)."""
+        until = self.loop.time() + wait
         while True:
+            late = self.loop.time() >= until
             with self._lock:
-                if self._pieces:
-                    pieces, self._pieces = self._pieces, []
+                if self._pieces and (late or self._finished):
+                    pieces, self._pieces, self._finished = self._pieces, [], False
                     return pieces
                 waiter = self._waiter = self.loop.create_future()
-            await waiter
+                self._any = late
+            timer = None if late or until == math.inf else self.loop.call_at(until, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
 
 def _wake(waiter: asyncio.Future) -> None:
@@ -152,7 +167,7 @@ class Server:
     async def completions(self, request: Request) -> Response:
         self.check_key(request)
         c = api.parse_completion(await _read_json(request), self.name, self.vocab, self.limits)
-        inbox = Inbox(asyncio.get_running_loop(), wake_for_every_piece=c.stream)
+        inbox = Inbox(asyncio.get_running_loop())
         job = Job(c.prompt_ids, c.settings, c.max_tokens, c.n, c.seed, c.stop, c.logprobs,
                   inbox.put)
         try:
@@ -172,7 +187,7 @@ class Server:
         """Wait for every choice to finish → one completion."""
         texts, lps, finish = [""] * c.n, [[] for _ in range(c.n)], [None] * c.n
         while None in finish:
-            for p in await inbox.take():
+            for p in await inbox.take(math.inf):
                 _raise_if_failed(p)
                 texts[p.index] += p.text
                 lps[p.index] += p.logprobs
@@ -186,12 +201,13 @@ class Server:
     async def _stream(self, job: Job, inbox: Inbox, c: Completion):
         """Server-sent events: a chunk per choice per send, holding the characters written since
         the last send (a character or a small group), then [DONE]. The first character goes out
-        as soon as it is written; later ones every ``send_every`` of the streams open."""
-        cid, sent, left = api.completion_id(), [0] * c.n, c.n
+        as soon as it is written, later ones every ``send_every`` of the streams open, and a
+        choice's last ones as soon as it finishes."""
+        cid, sent, left, wait = api.completion_id(), [0] * c.n, c.n, 0.0
         self.streams += 1
         try:
             while left:
-                for index, text, entries, finish in _merge(await inbox.take()):
+                for index, text, entries, finish in _merge(await inbox.take(wait)):
                     if index < 0:
                         yield _sse({"error": {"message": text, "type": "server_error",
                                               "param": None, "code": "internal_error"}})
@@ -201,8 +217,7 @@ class Server:
                     sent[index] += len(text)
                     left -= finish is not None
                     yield _sse(api.envelope(cid, self.name, [api.choice(index, text, lp, finish)]))
-                if left:
-                    await asyncio.sleep(send_every(self.streams))
+                wait = send_every(self.streams)
             if c.include_usage:
                 yield _sse(api.envelope(cid, self.name, [], api.usage(c.prompt, sum(sent))))
             yield "data: [DONE]\n\n"

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import math
 import re
 import threading
 import time
@@ -198,32 +199,66 @@ def test_requests_that_arrive_together_start_in_one_forward(tiny):
 
 def test_an_inbox_wakes_its_reader_only_when_it_waits_for_what_came():
     """A stream's reader is woken by the first piece that arrives while it waits; a collecting
-    reader only by a finish (the worker's puts come from another thread)."""
+    reader (``take(math.inf)``) only by a finish (the worker's puts come from another thread)."""
     from charlm.serve.app import Inbox
     from charlm.serve.batcher import Piece
 
-    def put_from_a_thread(inbox, pieces):
-        t = threading.Thread(target=inbox.put, args=(pieces,))
-        t.start()
-        t.join()
-
     async def scenario():
         loop = asyncio.get_running_loop()
-        eager, collecting = Inbox(loop), Inbox(loop, wake_for_every_piece=False)
-        reading = [asyncio.ensure_future(eager.take()), asyncio.ensure_future(collecting.take())]
+        eager, collecting = Inbox(loop), Inbox(loop)
+        reading = [asyncio.ensure_future(eager.take()),
+                   asyncio.ensure_future(collecting.take(math.inf))]
         await asyncio.sleep(0.05)
         for inbox in (eager, collecting):
-            put_from_a_thread(inbox, [Piece(0, "a")])
+            _put_from_a_thread(inbox, [Piece(0, "a")])
         await asyncio.sleep(0.1)
         assert [t.done() for t in reading] == [True, False]
         assert [p.text for p in reading[0].result()] == ["a"]
-        put_from_a_thread(collecting, [Piece(0, "b", finish_reason="length")])
+        _put_from_a_thread(collecting, [Piece(0, "b", finish_reason="length")])
         got = await asyncio.wait_for(reading[1], 5)
         assert [(p.text, p.finish_reason) for p in got] == [("a", None), ("b", "length")]
-        put_from_a_thread(eager, [Piece(0, "c"), Piece(1, "d")])  # nobody waits: kept
+        _put_from_a_thread(eager, [Piece(0, "c"), Piece(1, "d")])  # nobody waits: kept
         assert [p.text for p in await eager.take()] == ["c", "d"]
 
     asyncio.run(scenario())
+
+
+def test_a_paced_stream_waits_its_turn_but_not_for_its_end():
+    """``take(wait)`` holds pieces back until ``wait`` has passed, except a finish, which is
+    handed over at once: a stream's pacing never delays the end of its completion."""
+    from charlm.serve.app import Inbox
+    from charlm.serve.batcher import Piece
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        inbox = Inbox(loop)
+        t0 = loop.time()
+        reading = asyncio.ensure_future(inbox.take(0.3))
+        _put_from_a_thread(inbox, [Piece(0, "a")])
+        got = await asyncio.wait_for(reading, 5)
+        assert [p.text for p in got] == ["a"] and loop.time() - t0 >= 0.29  # held to its time
+        t0 = loop.time()
+        reading = asyncio.ensure_future(inbox.take(30))
+        await asyncio.sleep(0.05)
+        _put_from_a_thread(inbox, [Piece(0, "b")])
+        await asyncio.sleep(0.1)
+        assert not reading.done()  # a plain piece waits for the stream's next send
+        _put_from_a_thread(inbox, [Piece(0, "c", finish_reason="stop")])
+        got = await asyncio.wait_for(reading, 5)
+        assert [p.text for p in got] == ["b", "c"] and loop.time() - t0 < 5  # not 30 s
+        t0 = loop.time()
+        reading = asyncio.ensure_future(inbox.take(0.05))  # nothing came in time: the first
+        await asyncio.sleep(0.2)                          # piece after it goes at once
+        _put_from_a_thread(inbox, [Piece(0, "d")])
+        assert [p.text for p in await asyncio.wait_for(reading, 5)] == ["d"]
+
+    asyncio.run(scenario())
+
+
+def _put_from_a_thread(inbox, pieces):
+    t = threading.Thread(target=inbox.put, args=(pieces,))
+    t.start()
+    t.join()
 
 
 def test_many_streams_send_less_often():
