@@ -1,6 +1,7 @@
 """charlm serve under load: aggregate characters per second, time to first character, memory.
 
     .venv/bin/python benchmarks/serve_load.py CHECKPOINT [--length 500] [--clients 1,8,32]
+    .venv/bin/python benchmarks/serve_load.py CHECKPOINT --tree /tmp/old --tree .  # two versions
     .venv/bin/python benchmarks/serve_load.py --smoke        # a tiny random model, a few seconds
     .venv/bin/python benchmarks/serve_load.py CHECKPOINT --worker   # no HTTP: the model worker
 
@@ -9,11 +10,18 @@ opens N concurrent streaming completions of ``--length`` characters and measures
 
   chars/s  N x length over the wall time from the first request to the last [DONE], against
            ``charlm sample --num-samples N --json`` (generate() with num_samples=N) of the same
-           length in its own process; the ratio is server / generate. Each side is run twice,
-           interleaved, and its better run kept.
-  ttfc     time to the first character of a short prompt: median and p95 over the N clients
-           (at 1 client: over --ttfc-repeats requests one after another).
-  memory   the server's peak resident memory (VmHWM) after the runs, and its RSS at start.
+           length in its own process; the ratio is server / generate. Each of ``--rounds``
+           rounds runs ``charlm sample`` and then every server once; the ratio reported is the
+           median of the rounds' ratios, with their range (on a shared machine one round says
+           little: the same code moves by a third from one minute to the next).
+  ttfc     time to the first character of a short prompt: median and p95 over the N clients of
+           every round (at 1 client: over --ttfc-repeats requests one after another).
+  memory   each server's peak resident memory (VmHWM) after the runs, and its RSS at start.
+
+``--tree PATH`` (repeatable) serves from the charlm source in PATH instead of the installed one,
+started with PATH as its working directory so that Python imports that copy first (a
+PYTHONPATH would lose to the working directory's own charlm); the script checks which copy
+each server imports. Several trees are measured in the same rounds, so their ratios compare.
 
 The clients run in this process, so they share the CPU with the server; on a shared machine the
 figures move with the other load (the load average is printed with them).
@@ -45,11 +53,18 @@ from charlm.model import CharRNN, ModelConfig
 PROMPT = "ROMEO:\n"
 
 
-def start_server(checkpoint: str, max_batch: int) -> tuple[subprocess.Popen, str]:
-    """``charlm serve`` on a free port → (process, address)."""
+def start_server(checkpoint: str, max_batch: int, tree: str | None = None
+                 ) -> tuple[subprocess.Popen, str]:
+    """``charlm serve`` on a free port, from the charlm in ``tree`` (None: the one this Python
+    imports) → (process, address)."""
+    if tree is not None:
+        found = subprocess.run([sys.executable, "-c", "import charlm; print(charlm.__file__)"],
+                               cwd=tree, capture_output=True, text=True).stdout.strip()
+        if not found.startswith(str(Path(tree).resolve()) + os.sep):
+            sys.exit(f"{tree} does not hold the charlm that Python imports there ({found})")
     proc = subprocess.Popen([sys.executable, "-m", "charlm", "serve", checkpoint, "--port", "0",
                              "--max-batch", str(max_batch), "--max-tokens", "100000"],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, cwd=tree)
     line = proc.stderr.readline()
     found = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
     if not found:
@@ -187,6 +202,10 @@ def main() -> None:
     p.add_argument("--length", type=int, default=500)
     p.add_argument("--clients", default="1,8,32")
     p.add_argument("--ttfc-repeats", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds of charlm sample and every server, alternated (default 5)")
+    p.add_argument("--tree", action="append",
+                   help="serve from the charlm source in this folder (repeat to compare)")
     p.add_argument("--threads", type=int, default=None,
                    help="OMP_NUM_THREADS for the server and charlm sample alike (default: torch's)")
     p.add_argument("--worker", action="store_true",
@@ -198,6 +217,7 @@ def main() -> None:
     if args.smoke:
         args.checkpoint = smoke_checkpoint(Path(tmp.name) / "smoke")
         args.length, args.clients, args.ttfc_repeats = 50, "1", 3  # 1: the ttfc path too
+        args.rounds = 1
     if not args.checkpoint:
         p.error("give a CHECKPOINT (or --smoke)")
     counts = [int(c) for c in args.clients.split(",")]
@@ -214,43 +234,59 @@ def main() -> None:
                   f"{r['own_thread'] / r['generate']:>6.2f}")
         if args.worker:
             return
-    proc, url = start_server(args.checkpoint, max(counts))
+    checkpoint = str(Path(args.checkpoint).resolve())  # the trees' servers start elsewhere
+    trees = args.tree or [None]
+    names = [Path(t).resolve().name if t else "installed" for t in trees]
+    servers = [start_server(checkpoint, max(counts), tree) for tree in trees]
     try:
-        name = json.loads(__import__("urllib.request").request.urlopen(url + "/v1/models")
-                          .read())["data"][0]["id"]
-        start_rss = memory_kib(proc.pid, "VmRSS")
+        name = json.loads(__import__("urllib.request").request.urlopen(servers[0][1] +
+                          "/v1/models").read())["data"][0]["id"]
+        start_rss = [memory_kib(proc.pid, "VmRSS") for proc, _ in servers]
         rows = []
         for n in counts:
-            # interleaved, best of two each: the machine may be shared, so neither side gets
-            # only the quiet moments
-            base = generate_rate(args.checkpoint, n, args.length)
-            served = asyncio.run(run_clients(url, name, n, args.length))
-            base = max(base, generate_rate(args.checkpoint, n, args.length))
-            again = asyncio.run(run_clients(url, name, n, args.length))
-            if again["chars_per_s"] > served["chars_per_s"]:
-                served = again
-            firsts = (asyncio.run(sequential_ttfc(url, name, args.ttfc_repeats)) if n == 1
-                      else served["firsts"])
-            row = {"clients": n, "length": args.length, "server_chars_per_s": served["chars_per_s"],
-                   "generate_chars_per_s": base, "ratio": served["chars_per_s"] / base,
-                   "ttfc_median_ms": 1000 * statistics.median(firsts),
-                   "ttfc_p95_ms": 1000 * pct(firsts, 0.95), "load_avg": os.getloadavg()[0]}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-        peak = memory_kib(proc.pid, "VmHWM")
-        print(json.dumps({"server_start_rss_mib": start_rss / 1024, "server_peak_mib": peak / 1024,
-                          "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "torch default")}))
+            bases, served = [], [[] for _ in servers]
+            for _ in range(args.rounds):
+                # each round: charlm sample, then every server, so that all of them meet the
+                # same minutes of a shared machine
+                bases.append(generate_rate(checkpoint, n, args.length))
+                for k, (_, url) in enumerate(servers):
+                    served[k].append(asyncio.run(run_clients(url, name, n, args.length)))
+            for k, (_, url) in enumerate(servers):
+                ratios = [r["chars_per_s"] / b for r, b in zip(served[k], bases)]
+                firsts = (asyncio.run(sequential_ttfc(url, name, args.ttfc_repeats)) if n == 1
+                          else [f for r in served[k] for f in r["firsts"]])
+                row = {"server": names[k], "clients": n, "length": args.length,
+                       "rounds": args.rounds,
+                       "server_chars_per_s": statistics.median(r["chars_per_s"]
+                                                               for r in served[k]),
+                       "generate_chars_per_s": statistics.median(bases),
+                       "ratio": statistics.median(ratios), "ratio_min": min(ratios),
+                       "ratio_max": max(ratios),
+                       "ttfc_median_ms": 1000 * statistics.median(firsts),
+                       "ttfc_p95_ms": 1000 * pct(firsts, 0.95), "load_avg": os.getloadavg()[0]}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        peaks = [memory_kib(proc.pid, "VmHWM") for proc, _ in servers]
+        for k in range(len(servers)):
+            print(json.dumps({"server": names[k], "server_start_rss_mib": start_rss[k] / 1024,
+                              "server_peak_mib": peaks[k] / 1024,
+                              "omp_num_threads": os.environ.get("OMP_NUM_THREADS",
+                                                                "torch default")}))
     finally:
-        proc.terminate()
-        proc.wait(10)
-    print(f"\n{'clients':>7} {'server ch/s':>12} {'generate ch/s':>14} {'ratio':>6} "
-          f"{'ttfc med ms':>12} {'ttfc p95 ms':>12}")
+        for proc, _ in servers:
+            proc.terminate()
+            proc.wait(10)
+    print(f"\n{'server':>12} {'clients':>7} {'server ch/s':>12} {'generate ch/s':>14} "
+          f"{'ratio':>6} {'range':>10} {'ttfc med ms':>12} {'ttfc p95 ms':>12}")
     for r in rows:
-        print(f"{r['clients']:>7} {r['server_chars_per_s']:>12,.0f} "
+        print(f"{r['server']:>12} {r['clients']:>7} {r['server_chars_per_s']:>12,.0f} "
               f"{r['generate_chars_per_s']:>14,.0f} {r['ratio']:>6.2f} "
-              f"{r['ttfc_median_ms']:>12.1f} {r['ttfc_p95_ms']:>12.1f}")
-    print(f"server memory: {start_rss / 1024:.0f} MiB at start, peak {peak / 1024:.0f} MiB")
-
+              f"{r['ratio_min']:>4.2f}-{r['ratio_max']:<4.2f} {r['ttfc_median_ms']:>12.1f} "
+              f"{r['ttfc_p95_ms']:>12.1f}")
+    for k in range(len(servers)):
+        print(f"{names[k]} memory: {start_rss[k] / 1024:.0f} MiB at start, "
+              f"peak {peaks[k] / 1024:.0f} MiB")
+    print("(chars/s: medians over the rounds; ratio: the median of the rounds' ratios)")
 
 if __name__ == "__main__":
     main()
