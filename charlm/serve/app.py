@@ -32,7 +32,8 @@ MAX_BODY = 1 << 20  # bytes: far above the longest prompt a server allows
 SEND_EVERY = 0.02  # seconds between a stream's sends (50 a second: smooth to a reader's eye)
 # Every send costs the event loop, and so the worker beside it, the GIL and a core: with many
 # streams each one sends less often, about SENDS_PER_SECOND sends in all (and at least every
-# SEND_AT_MOST seconds, still a dozen updates a second to a reader's eye).
+# SEND_AT_MOST seconds, still a dozen updates a second to a reader's eye). Streams send on shared
+# ticks, so the loop wakes once per tick for all of them, not once per stream.
 SENDS_PER_SECOND = 400
 SEND_AT_MOST = 0.08
 
@@ -201,8 +202,8 @@ class Server:
     async def _stream(self, job: Job, inbox: Inbox, c: Completion):
         """Server-sent events: a chunk per choice per send, holding the characters written since
         the last send (a character or a small group), then [DONE]. The first character goes out
-        as soon as it is written, later ones every ``send_every`` of the streams open, and a
-        choice's last ones as soon as it finishes."""
+        as soon as it is written, later ones on the ticks of ``send_every`` (shared by every
+        stream), and a choice's last ones as soon as it finishes."""
         cid, sent, left, wait = api.completion_id(), [0] * c.n, c.n, 0.0
         self.streams += 1
         try:
@@ -217,7 +218,7 @@ class Server:
                     sent[index] += len(text)
                     left -= finish is not None
                     yield _sse(api.envelope(cid, self.name, [api.choice(index, text, lp, finish)]))
-                wait = send_every(self.streams)
+                wait = until_next_send(inbox.loop.time(), self.streams)
             if c.include_usage:
                 yield _sse(api.envelope(cid, self.name, [], api.usage(c.prompt, sum(sent))))
             yield "data: [DONE]\n\n"
@@ -227,8 +228,21 @@ class Server:
 
 
 def send_every(streams: int) -> float:
-    """Seconds between one stream's sends: SEND_EVERY, longer when many streams are open."""
-    return min(max(SEND_EVERY, streams / SENDS_PER_SECOND), SEND_AT_MOST)
+    """Seconds between one stream's sends: SEND_EVERY, doubled while the streams open would
+    send more than SENDS_PER_SECOND in all, up to SEND_AT_MOST. Each value is a multiple of the
+    shorter ones, so streams that chose theirs at different counts still meet on the same ticks."""
+    every = SEND_EVERY
+    while streams / every > SENDS_PER_SECOND and every * 2 <= SEND_AT_MOST:
+        every *= 2
+    return every
+
+
+def until_next_send(now: float, streams: int) -> float:
+    """Seconds from ``now`` (the event loop's clock) to the next tick of ``send_every``: every
+    stream sends on the same ticks, so one wake-up of the loop serves them all (waking it for each
+    stream at its own moment slowed the model's steps beside it: docs/serving.md)."""
+    every = send_every(streams)
+    return every - now % every
 
 
 def _merge(pieces: list[Piece]):

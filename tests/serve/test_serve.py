@@ -261,11 +261,25 @@ def _put_from_a_thread(inbox, pieces):
     t.join()
 
 
-def test_many_streams_send_less_often():
-    from charlm.serve.app import SEND_AT_MOST, SEND_EVERY, send_every
+def test_many_streams_send_less_often_on_shared_ticks():
+    from charlm.serve.app import (
+        SEND_AT_MOST,
+        SEND_EVERY,
+        SENDS_PER_SECOND,
+        send_every,
+        until_next_send,
+    )
     waits = [send_every(streams) for streams in (1, 4, 8, 16, 24, 500)]
-    assert waits[:3] == [SEND_EVERY] * 3 and SEND_EVERY < waits[3] < waits[4] < waits[5]
+    assert waits == [SEND_EVERY] * 3 + [2 * SEND_EVERY, 4 * SEND_EVERY, 4 * SEND_EVERY]
     assert waits[5] == SEND_AT_MOST == 0.08
+    assert all(n / send_every(n) <= SENDS_PER_SECOND for n in range(1, 33))
+    # streams asking at different moments of one tick wait for the same moment: its end
+    for streams in (1, 16, 32):
+        every = send_every(streams)
+        ends = {round(now + until_next_send(now, streams), 9) for now in
+                (100 * every + 1e-6, 100.3 * every, 100.999 * every)}
+        assert ends == {round(101 * every, 9)}, (streams, ends)
+        assert 0 < until_next_send(100.3 * every, streams) <= every
 
 
 # --- stop, logprobs
