@@ -53,15 +53,18 @@ from charlm.model import CharRNN, ModelConfig
 PROMPT = "ROMEO:\n"
 
 
+def check_tree(tree: str) -> None:
+    """Stop unless Python started in ``tree`` imports the charlm in it."""
+    found = subprocess.run([sys.executable, "-c", "import charlm; print(charlm.__file__)"],
+                           cwd=tree, capture_output=True, text=True).stdout.strip()
+    if not found.startswith(str(Path(tree).resolve()) + os.sep):
+        sys.exit(f"{tree} does not hold the charlm that Python imports there ({found})")
+
+
 def start_server(checkpoint: str, max_batch: int, tree: str | None = None
                  ) -> tuple[subprocess.Popen, str]:
     """``charlm serve`` on a free port, from the charlm in ``tree`` (None: the one this Python
-    imports) → (process, address)."""
-    if tree is not None:
-        found = subprocess.run([sys.executable, "-c", "import charlm; print(charlm.__file__)"],
-                               cwd=tree, capture_output=True, text=True).stdout.strip()
-        if not found.startswith(str(Path(tree).resolve()) + os.sep):
-            sys.exit(f"{tree} does not hold the charlm that Python imports there ({found})")
+    imports; see ``check_tree``) → (process, address)."""
     proc = subprocess.Popen([sys.executable, "-m", "charlm", "serve", checkpoint, "--port", "0",
                              "--max-batch", str(max_batch), "--max-tokens", "100000"],
                             stderr=subprocess.PIPE, text=True, cwd=tree)
@@ -237,6 +240,8 @@ def main() -> None:
     checkpoint = str(Path(args.checkpoint).resolve())  # the trees' servers start elsewhere
     trees = args.tree or [None]
     names = [Path(t).resolve().name if t else "installed" for t in trees]
+    for tree in args.tree or []:
+        check_tree(tree)
     servers = [start_server(checkpoint, max(counts), tree) for tree in trees]
     try:
         name = json.loads(__import__("urllib.request").request.urlopen(servers[0][1] +
