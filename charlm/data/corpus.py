@@ -25,7 +25,8 @@ from charlm.errors import CharlmError
 
 CACHE_FORMAT = 1
 IGNORE = -100  # target id that the loss skips (padding, burn-in)
-_CHUNK = 1 << 20  # code points encoded at a time: ~15 MB of working memory, whatever the corpus
+# code points encoded at a time: ~15 MB of working memory, whatever the corpus
+ENCODE_CHUNK = 1 << 20
 
 
 def cache_root() -> Path:
@@ -71,7 +72,8 @@ def _fingerprint(sources: list[src.Source], encoding: str, vocab: CharVocab | No
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _checksum(ids: np.ndarray) -> int:
+def ids_checksum(ids: np.ndarray) -> int:
+    """The crc32 of the ids' bytes, as a cache's meta records it (its ids are checked with it)."""
     return zlib.crc32(memoryview(np.ascontiguousarray(ids)).cast("B"))
 
 
@@ -80,15 +82,15 @@ def _load_cached(entry: Path) -> Corpus | None:
     try:
         meta = json.loads((entry / "meta.json").read_text())
         ids = np.load(entry / "ids.npy", mmap_mode="r")
-        if len(ids) != meta["chars"] or _checksum(ids) != meta["crc32"]:
+        if len(ids) != meta["chars"] or ids_checksum(ids) != meta["crc32"]:
             return None
         return Corpus(ids, CharVocab(meta["vocab"]), meta)
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
         return None
 
 
-def _encode(sources: list[src.Source], vocab: CharVocab | None, encoding: str,
-            entry: Path) -> Corpus:
+def encode_sources(sources: list[src.Source], vocab: CharVocab | None, encoding: str,
+                   entry: Path) -> Corpus:
     """Two passes in chunks, so memory does not grow with the corpus: code points to a scratch
     file (counting them for the vocabulary), then ids into the cache that later runs memory-map."""
     entry.mkdir(parents=True, exist_ok=True)
@@ -123,11 +125,12 @@ def _encode(sources: list[src.Source], vocab: CharVocab | None, encoding: str,
             np.lib.format.write_array_header_1_0(out, {
                 "descr": np.lib.format.dtype_to_descr(vocab.dtype), "fortran_order": False,
                 "shape": (n,)})
-            for _ in tqdm(range(0, total, _CHUNK), desc="encoding", unit="chunk", leave=False):
-                ids = vocab.lookup(np.fromfile(cps_file, dtype=np.uint32, count=_CHUNK))
+            for _ in tqdm(range(0, total, ENCODE_CHUNK), desc="encoding", unit="chunk",
+                          leave=False):
+                ids = vocab.lookup(np.fromfile(cps_file, dtype=np.uint32, count=ENCODE_CHUNK))
                 ids = ids[ids >= 0].astype(vocab.dtype)  # outside a given vocabulary: skipped
                 out.write(ids.tobytes())
-                crc = zlib.crc32(ids, crc)  # the same as _checksum of the whole array
+                crc = zlib.crc32(ids, crc)  # the same as ids_checksum of the whole array
         commit_file(tmp, entry / "ids.npy")
     finally:
         scratch.unlink(missing_ok=True)
@@ -154,7 +157,7 @@ def load_corpus(specs: list[str] | None = None, *, vocab: CharVocab | None = Non
     corpus = _load_cached(entry)
     from_cache = corpus is not None
     if corpus is None:
-        corpus = _encode(sources, vocab, encoding, entry)
+        corpus = encode_sources(sources, vocab, encoding, entry)
     corpus.meta["cache"], corpus.meta["from_cache"] = str(entry / "ids.npy"), from_cache
     return corpus
 

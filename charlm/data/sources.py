@@ -26,7 +26,8 @@ from charlm.errors import CharlmError
 STDLIB = "stdlib"
 HF_PREFIX = "hf:"
 _SKIP_PARTS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
-_CHUNK = 1 << 20  # characters handed on at a time, so a huge document never sits in memory twice
+# characters handed on at a time, so a huge document never sits in memory twice
+CHUNK_CHARS = 1 << 20
 
 
 @dataclass
@@ -116,7 +117,7 @@ def _decode_error(path: Path, encoding: str) -> CharlmError:
     decoder, offset = codecs.getincrementaldecoder(encoding)(), 0
     with open(path, "rb") as f:
         while True:
-            block = f.read(_CHUNK)
+            block = f.read(CHUNK_CHARS)
             pending = len(decoder.getstate()[0])  # bytes of a character cut by the last block
             try:
                 decoder.decode(block, final=not block)
@@ -132,10 +133,10 @@ def _decode_error(path: Path, encoding: str) -> CharlmError:
 
 
 def _file_chunks(path: Path, encoding: str) -> Iterator[str]:
-    """One text file in chunks of at most _CHUNK characters (universal newlines)."""
+    """One text file in chunks of at most CHUNK_CHARS characters (universal newlines)."""
     try:
         with open(path, encoding=encoding, newline=None) as f:
-            while chunk := f.read(_CHUNK):
+            while chunk := f.read(CHUNK_CHARS):
                 yield chunk
     except UnicodeDecodeError:
         raise _decode_error(path, encoding) from None
@@ -200,8 +201,8 @@ def read_chunks(sources: list[Source], encoding: str = "utf-8") -> Iterator[str]
                 if first and not ends_line:
                     yield "\n"
                 first = False
-                for i in range(0, len(piece), _CHUNK):
-                    yield piece[i:i + _CHUNK]
+                for i in range(0, len(piece), CHUNK_CHARS):
+                    yield piece[i:i + CHUNK_CHARS]
                 ends_line = piece.endswith("\n")
 
 

@@ -114,7 +114,7 @@ class ReportProgress(Callback):
         self.report(trainer.global_step, pl_module.tick())
 
 
-def _proc_status_mb(field: str) -> float | None:
+def proc_status_mb(field: str) -> float | None:
     """A memory line of /proc/self/status (Linux) in MiB, None where there is none."""
     try:
         with open("/proc/self/status") as f:
@@ -133,7 +133,7 @@ def _peak_rss_mb() -> float:
     started by fork/vfork + exec inherits in ru_maxrss the parent's RSS at exec time, so every run
     would report the (larger) parent's memory.
     """
-    hwm = _proc_status_mb("VmHWM")
+    hwm = proc_status_mb("VmHWM")
     if hwm is not None:
         return hwm
     scale = 1 / 1024 ** 2 if sys.platform == "darwin" else 1 / 1024  # bytes on macOS, else KiB
@@ -149,7 +149,7 @@ def train_and_measure(spec: dict, run_dir: Path, report: Progress | None = None)
         resume = spec.get("resume", False) and (run_dir / "last.ckpt").exists()
         config.resume = resume
         if spec.get("isolated"):
-            memory["rss_before_train_mb"] = _proc_status_mb("VmRSS")  # python, torch, lightning
+            memory["rss_before_train_mb"] = proc_status_mb("VmRSS")  # python, torch, lightning
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         fit(config, callbacks=[ReportProgress(report)] if report else None)

@@ -126,7 +126,7 @@ class CharLM(L.LightningModule):
         loss_sum, count, state = self._shared_step(x, y, self.carried)
         self.carried = detach_state(state)
         loss = loss_sum / count
-        if self._logs_this_step():
+        if self.logs_this_step():
             self.log("train_loss", loss)
             self.log("bpc", loss / metrics.LN2)
             self.shown["train_loss"] = loss.detach()
@@ -135,7 +135,7 @@ class CharLM(L.LightningModule):
     def on_before_backward(self, loss: Tensor) -> None:
         self.watch_loss(loss, self.global_step + 1)  # the step this one becomes
 
-    def _logs_this_step(self) -> bool:
+    def logs_this_step(self) -> bool:
         """Whether the loggers write this step (Lightning's rule: every log_every_n_steps-th
         step). Only then is self.log worth its cost, which is a noticeable share of a small
         model's step.

@@ -64,7 +64,7 @@ class RunLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                held = _try_flock(fd)
+                held = try_flock(fd)
                 holder = _holder(fd)
                 if held is False or (held is None and holder and _alive(holder)):
                     raise CharlmError(f"another charlm run ({_describe(holder)}) is training in "
@@ -99,7 +99,7 @@ class RunLock:
                 pass
 
 
-def _try_flock(fd: int) -> bool | None:
+def try_flock(fd: int) -> bool | None:
     """True: we hold the lock; False: another process does; None: no flock here."""
     if fcntl is None:  # pragma: no cover
         return None

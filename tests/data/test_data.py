@@ -46,7 +46,7 @@ def test_save_to_disk_dataset(tmp_path):
 def test_second_load_comes_from_the_cache(text_file, monkeypatch):
     first = load_corpus([str(text_file)])
     import charlm.data.corpus as data
-    monkeypatch.setattr(data, "_encode", lambda *a, **k: pytest.fail("encoded twice"))
+    monkeypatch.setattr(data, "encode_sources", lambda *a, **k: pytest.fail("encoded twice"))
     second = load_corpus([str(text_file)])
     assert isinstance(second.ids, np.memmap) and second.ids.mode == "r"  # mapped, not read
     assert Path(second.ids.filename) == Path(second.meta["cache"])
@@ -249,9 +249,9 @@ def test_a_fresh_and_a_cached_load_say_the_same_about_themselves(text_file):
 def test_a_corpus_longer_than_one_encoding_chunk_is_read_from_the_cache_next_time(tmp_path):
     from charlm.data import corpus as data
     p = tmp_path / "long.txt"
-    p.write_text(("abcdefghij\n" * (data._CHUNK // 11 + 1000)), encoding="utf-8")
+    p.write_text(("abcdefghij\n" * (data.ENCODE_CHUNK // 11 + 1000)), encoding="utf-8")
     first = load_corpus([str(p)])
-    assert len(first.ids) > data._CHUNK and first.meta["from_cache"] is False
+    assert len(first.ids) > data.ENCODE_CHUNK and first.meta["from_cache"] is False
     assert load_corpus([str(p)]).meta["from_cache"] is True  # its checksum covers every chunk
 
 
@@ -312,7 +312,7 @@ def test_encoding_reads_the_code_points_back_one_bounded_chunk_at_a_time(tmp_pat
         calls.append(kwargs.get("count", -1))
         return fromfile(*args, **kwargs)
 
-    monkeypatch.setattr(data, "_CHUNK", 333)
+    monkeypatch.setattr(data, "ENCODE_CHUNK", 333)
     monkeypatch.setattr(np, "fromfile", spy)
     text = "".join(chr(32 + (i * 7) % 90) for i in range(5000)) + "\n"
     (tmp_path / "t.txt").write_text(text)

@@ -16,7 +16,7 @@ from charlm.errors import CharlmError
 # --- text files in chunks ------------------------------------------------------------------------
 
 def test_files_are_read_in_bounded_chunks_with_universal_newlines(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "_CHUNK", 5)  # so \r\n pairs straddle chunk boundaries
+    monkeypatch.setattr(sources, "CHUNK_CHARS", 5)  # so \r\n pairs straddle chunk boundaries
     (tmp_path / "a.txt").write_bytes(b"ab\r\ncd\r\n" * 10 + b"no newline")
     (tmp_path / "b.txt").write_bytes(b"second\rfile")  # old Mac line ending
     pieces = list(read_chunks([resolve(str(tmp_path / "a.txt")), resolve(str(tmp_path / "b.txt"))]))
@@ -25,7 +25,7 @@ def test_files_are_read_in_bounded_chunks_with_universal_newlines(tmp_path, monk
 
 
 def test_decode_error_names_the_byte_offset_beyond_the_first_chunk(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "_CHUNK", 4)
+    monkeypatch.setattr(sources, "CHUNK_CHARS", 4)
     p = tmp_path / "late.txt"
     p.write_bytes("é".encode() * 9 + b"ok\xff")  # 18 bytes of 2-byte characters, cut by the chunks
     with pytest.raises(CharlmError, match="byte 0xff at offset 20"):
@@ -35,11 +35,11 @@ def test_decode_error_names_the_byte_offset_beyond_the_first_chunk(tmp_path, mon
 def test_encoding_in_small_chunks_gives_the_same_cache(tmp_path, monkeypatch):
     text = "".join(chr(32 + (i * 7) % 90) for i in range(5000)) + "\n"
     (tmp_path / "t.txt").write_text(text)
-    monkeypatch.setattr(data, "_CHUNK", 333)
-    monkeypatch.setattr(sources, "_CHUNK", 100)
+    monkeypatch.setattr(data, "ENCODE_CHUNK", 333)
+    monkeypatch.setattr(sources, "CHUNK_CHARS", 100)
     corpus = load_corpus([str(tmp_path / "t.txt")])
     assert corpus.vocab.decode(corpus.ids) == text
-    assert corpus.meta["crc32"] == data._checksum(corpus.ids)  # chained crc32 of the chunks
+    assert corpus.meta["crc32"] == data.ids_checksum(corpus.ids)  # chained crc32 of the chunks
 
 
 def test_a_cached_corpus_opens_none_of_its_files(tmp_path, monkeypatch):

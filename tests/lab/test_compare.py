@@ -15,7 +15,7 @@ from charlm.lab import compare as compare_module
 from charlm.lab import compare_report
 from charlm.lab.compare import hidden_sizes, ngram_baseline, run_compare
 from charlm.lab.compare_config import CompareConfig
-from charlm.lab.compare_runs import MeasureSettings, _proc_status_mb
+from charlm.lab.compare_runs import MeasureSettings, proc_status_mb
 from charlm.lab.gradient_flow import decay_k, gradient_flow, steps_per_decade
 from charlm.model import CharRNN, ModelConfig
 from charlm.training.fit import TrainConfig, fit
@@ -197,7 +197,7 @@ def test_isolated_run_reports_its_own_peak_memory(text_file, tmp_path):
     results = run_compare(tiny_compare(text_file, tmp_path / "cmp", cells=["rnn"], isolate=True))
     (r,) = results["runs"]
     assert r["peak_rss_mb"] >= r["rss_before_train_mb"] > 10
-    here = _proc_status_mb("VmRSS")
+    here = proc_status_mb("VmRSS")
     if here is not None:  # Linux: a child exec'ed from this process must not report its memory
         assert here > len(ballast) / 2**20 and r["peak_rss_mb"] < here - 300
     assert "peak RSS MB" in compare_report.summary_table(results)

@@ -396,7 +396,7 @@ def test_a_stale_lock_from_a_dead_run_is_taken_over(text_file, tmp_path):
 
 def test_without_flock_the_pid_in_the_lock_decides(tmp_path, monkeypatch):
     from charlm.training import runlock
-    monkeypatch.setattr(runlock, "_try_flock", lambda fd: None)  # a file system without locks
+    monkeypatch.setattr(runlock, "try_flock", lambda fd: None)  # a file system without locks
     out = tmp_path / "run"
     out.mkdir()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
