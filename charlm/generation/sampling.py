@@ -41,11 +41,13 @@ class SampleSettings:
 
 
 def pick(logits: Tensor, s: SampleSettings,
-         generators: Sequence[torch.Generator] | torch.Generator | None) -> Tensor:
+         generators: Sequence[torch.Generator] | Sequence[RowDraws] | torch.Generator | None
+         ) -> Tensor:
     """Choose the next id of every row from logits (B, V) → ids (B,).
 
     ``generators`` has one generator per row (row i's draws depend on its own generator only,
-    not on the rows beside it), or is one generator (or None) for the whole batch.
+    not on the rows beside it; ``row_draws`` makes them cheaper to draw from, step after step),
+    or is one generator (or None) for the whole batch.
     """
     if s.greedy or s.temperature < torch.finfo(torch.float32).tiny:
         return logits.argmax(dim=-1)  # a smaller temperature is 0 in float32: greedy
@@ -81,8 +83,41 @@ def _uniform(rows: int, generators, like: Tensor) -> Tensor:
         return torch.rand(rows, 1, generator=generators, device=like.device, dtype=like.dtype)
     if len(generators) != rows:
         raise ValueError(f"{len(generators)} generators for {rows} rows")
+    if isinstance(generators[0], RowDraws):  # float32 numbers, which is what pick draws against
+        return torch.tensor([[row.next()] for row in generators], device=like.device,
+                            dtype=like.dtype)
     return torch.cat([torch.rand(1, 1, generator=g, device=like.device, dtype=like.dtype)
                       for g in generators])
+
+
+class RowDraws:
+    """One row's uniform numbers from its own CPU generator, drawn a block at a time.
+
+    torch's CPU generator fills a block one number after another, so these are the numbers, in
+    the same order, that one ``torch.rand`` per step would give: a row's text does not change,
+    and a step of B rows pops B numbers from lists instead of making B torch calls.
+    """
+
+    block, dtype = 64, torch.float32  # float32: what ``pick`` draws against
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+        self._left: list[float] = []
+
+    def next(self) -> float:
+        if not self._left:
+            self._left = torch.rand(self.block, generator=self.generator,
+                                    dtype=self.dtype).tolist()[::-1]
+        return self._left.pop()
+
+
+def row_draws(generators: list[torch.Generator]) -> list[RowDraws] | list[torch.Generator]:
+    """``generators`` ready for ``pick``, one per row: CPU generators drawn a block at a time
+    (``RowDraws``); a GPU's as they are (its generator fills a block differently from single
+    draws, and a draw there is no dearer than a list pop)."""
+    if generators and generators[0].device.type == "cpu":
+        return [RowDraws(g) for g in generators]
+    return generators
 
 
 def stepping_cell(model: CharRNN) -> ExplicitCell | None:
@@ -213,7 +248,7 @@ def generate_ids(model: CharRNN, vocab: CharVocab, prompt: str = "", length: int
     check_length(length, num_samples)
     model.eval()
     device = next(model.parameters()).device
-    generators = sample_generators(seed, num_samples, device)
+    generators = row_draws(sample_generators(seed, num_samples, device))
     logits, state = prime(model, vocab, prompt_ids(vocab, prompt), num_samples)
     steps = Stepper(model)
     layers = steps.unpack(state)

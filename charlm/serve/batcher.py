@@ -22,7 +22,15 @@ import torch
 from torch import Tensor
 
 from charlm.data.vocab import CharVocab
-from charlm.generation.sampling import SampleSettings, Stepper, pick, prime_rows, sample_generators
+from charlm.generation.sampling import (
+    RowDraws,
+    SampleSettings,
+    Stepper,
+    pick,
+    prime_rows,
+    row_draws,
+    sample_generators,
+)
 from charlm.model import CharRNN
 from charlm.serve.stops import StopText
 
@@ -59,7 +67,7 @@ class Job:
 class _Row:
     """One choice of one job: its generator, its count and its stop rule."""
 
-    def __init__(self, job: Job, index: int, generator: torch.Generator):
+    def __init__(self, job: Job, index: int, generator: RowDraws | torch.Generator):
         self.job, self.index, self.generator = job, index, generator
         self.written, self.stop = 0, StopText(job.stop)
         self.key = (job.settings.temperature, job.settings.top_k, job.settings.top_p,
@@ -225,7 +233,7 @@ class Batcher:
                                    [job.prompt_ids for job in jobs for _ in range(job.n)])
         layers = self.stepper.unpack(state)
         self._rows += [_Row(job, i, g) for job in jobs
-                       for i, g in enumerate(sample_generators(job.seed, job.n))]
+                       for i, g in enumerate(row_draws(sample_generators(job.seed, job.n)))]
         if self._logits is None:
             self._logits, self._layers = logits.contiguous(), layers
         else:

@@ -178,6 +178,19 @@ def test_one_generator_for_the_batch_or_one_per_row():
         pick(logits, s, [torch.Generator(), torch.Generator()])
 
 
+def test_drawing_a_block_at_a_time_picks_what_one_draw_per_step_picks(float64):
+    """``row_draws`` hands ``pick`` the numbers that a ``torch.rand`` per row and step would
+    draw, across its block boundaries and whatever the default dtype, so texts do not change."""
+    from charlm.generation.sampling import RowDraws, row_draws
+    torch.set_default_dtype(torch.float64)  # restored by the fixture: blocks stay float32
+    s = SampleSettings(temperature=0.9, top_k=6)
+    one_by_one, blocks = sample_generators(3, 4), row_draws(sample_generators(3, 4))
+    assert all(isinstance(b, RowDraws) for b in blocks)
+    for step in range(3 * RowDraws.block + 5):
+        logits = torch.randn(4, len(VOCAB))
+        assert torch.equal(pick(logits, s, one_by_one), pick(logits, s, blocks)), step
+
+
 def test_a_seeded_text_does_not_depend_on_the_default_dtype(float64):
     model = model_for("lstm").float()
     torch.set_default_dtype(torch.float32)
