@@ -113,8 +113,8 @@ class RowDraws:
 
 def row_draws(generators: list[torch.Generator]) -> list[RowDraws] | list[torch.Generator]:
     """``generators`` ready for ``pick``, one per row: CPU generators drawn a block at a time
-    (``RowDraws``); a GPU's as they are (its generator fills a block differently from single
-    draws, and a draw there is no dearer than a list pop)."""
+    (``RowDraws``); a GPU's as they are (that its generator fills a block with the numbers single
+    draws give is not checked, and texts drawn there must not change)."""
     if generators and generators[0].device.type == "cpu":
         return [RowDraws(g) for g in generators]
     return generators
