@@ -231,8 +231,7 @@ def prime_rows(model: CharRNN, vocab: CharVocab, rows: list[list[int]]) -> tuple
     device = next(model.parameters()).device
     start = [vocab.index.get("\n", 0)]
     x = torch.tensor([ids or start for ids in rows], device=device)  # (B, P)
-    logits, state = model(x, None)  # (B, P, V)
-    return logits[:, -1], state
+    return model.next_logits(x, None)
 
 
 @torch.inference_mode()

@@ -147,12 +147,20 @@ class CharRNN(nn.Module):
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) → logits (B, T, V) and the state after the last step."""
+        out, state = self._recur(ids, state)
+        return self.head(self.drop(out)), state  # (B, T, V)
+
+    def next_logits(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """ids (B, T) → the logits of the character after the last one (B, V) and the state:
+        what generation needs from a prompt, without the head's work on every earlier position."""
+        out, state = self._recur(ids, state)
+        return self.head(self.drop(out[:, -1])), state  # (B, V)
+
+    def _recur(self, ids: Tensor, state: State | None) -> tuple[Tensor, State]:
         x = self.embedding(ids)                 # (B, T, E)
         if self.training and self.config.weight_drop > 0:
-            out, state = torch.func.functional_call(self.rnn, self._dropped_weights(), (x, state))
-        else:
-            out, state = self.rnn(x, state)     # (B, T, H)
-        return self.head(self.drop(out)), state  # (B, T, V)
+            return torch.func.functional_call(self.rnn, self._dropped_weights(), (x, state))
+        return self.rnn(x, state)               # (B, T, H)
 
     def _dropped_weights(self) -> dict[str, Tensor]:
         """The recurrent stack's parameters with a fresh dropout mask on each W_hh."""

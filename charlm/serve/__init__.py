@@ -7,6 +7,7 @@ uvicorn. Needs the serve extra: ``pip install 'charlm[serve]'``.
 from __future__ import annotations
 
 import errno
+import gc
 import socket
 import threading
 from pathlib import Path
@@ -52,6 +53,11 @@ def run(app, sock: socket.socket, log_level: str = "warning") -> None:
     import uvicorn
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
+    # Everything loaded so far (torch, the model, the web stack) lives as long as the server:
+    # frozen, the collector's full passes skip it, and each pass stops the model's steps
+    # (holding the GIL) for a fraction of the time (docs/serving.md)
+    gc.collect()
+    gc.freeze()
     batcher = app.state.server.batcher
     if batcher.has_thread:
         server.run(sockets=[sock])

@@ -3,7 +3,8 @@
 A worker thread owns the model, so generation never blocks the event loop (``charlm serve`` runs
 the worker in the process's main thread and the event loop in a second one). Each turn it
 (1) admits waiting requests while rows are free, priming each with one forward of its prompt
-(``sampling.prime``, as ``charlm sample`` does), (2) picks every row's next character with that
+(``sampling.prime_rows``, as ``charlm sample`` does; a prompt read recently is copied, not read
+again: ``PromptStates``), (2) picks every row's next character with that
 row's own settings and generator (``sampling.pick``, grouped by settings), (3) hands the characters
 to the requests' streams, and (4) drops finished or abandoned rows and steps the rest as one batch.
 
@@ -14,7 +15,7 @@ to the requests' streams, and (4) drops finished or abandoned rows and steps the
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ from charlm.generation.sampling import (
     row_draws,
     sample_generators,
 )
-from charlm.model import CharRNN
+from charlm.model import CharRNN, State
 from charlm.serve.stops import StopText
 
 
@@ -104,6 +105,44 @@ def _tree(fn, *trees):
     return type(trees[0])(_tree(fn, *parts) for parts in zip(*trees))
 
 
+class PromptStates:
+    """The logits and state after each recently primed prompt, so that a prompt is read once.
+
+    Priming a row reads its whole prompt through the model, which costs more than many steps,
+    and clients often send the same prompt (a page's default, the n choices of one request, a
+    batch of requests for one text): those rows copy the primed prompt's logits and state
+    instead. The model's weights never change while it serves, so a copy is what a new
+    forward would give. The states are kept in the model's layout, one row each (batch is
+    dimension 1), for the ``size`` most recently used prompts.
+    """
+
+    def __init__(self, model: CharRNN, vocab: CharVocab, size: int = 256):
+        self.model, self.vocab, self.size = model, vocab, size
+        self._primed: OrderedDict[tuple[int, ...], tuple[Tensor, State]] = OrderedDict()
+        self.primed_rows = 0  # rows read through the model (the rest were copies)
+
+    def rows(self, prompts: list[list[int]]) -> tuple[Tensor, State]:
+        """The next-character logits (B, V) and the model-layout state of one row per prompt,
+        priming the prompts not kept (one forward for those of each length)."""
+        keys = [tuple(ids) for ids in prompts]
+        new: dict[int, list[tuple[int, ...]]] = {}
+        for key in dict.fromkeys(k for k in keys if k not in self._primed):
+            new.setdefault(max(1, len(key)), []).append(key)
+        for group in new.values():
+            logits, state = prime_rows(self.model, self.vocab, [list(k) for k in group])
+            self.primed_rows += len(group)
+            for i, key in enumerate(group):  # clones: a kept row must not hold its whole batch
+                self._primed[key] = (logits[i:i + 1].clone(),
+                                     _tree(lambda t, i=i: t[:, i:i + 1].clone(), state))
+        kept = [self._primed[k] for k in keys]
+        for key in keys:
+            self._primed.move_to_end(key)
+        while len(self._primed) > self.size:
+            self._primed.popitem(last=False)
+        logits = torch.cat([k[0] for k in kept])
+        return logits, _tree(lambda *ts: torch.cat(ts, 1), *[k[1] for k in kept])
+
+
 class Batcher:
     """Serves jobs from a worker thread, every active row a row of one batch."""
 
@@ -115,6 +154,7 @@ class Batcher:
         self.model, self.vocab = model.eval(), vocab
         self.max_batch, self.max_queue = max_batch, max_queue
         self.stepper = Stepper(self.model)
+        self.prompts = PromptStates(self.model, vocab)
         # unpacked explicit states are per-layer (B, H) tensors; a module's own are (L, B, H)
         self._dim = 0 if self.stepper.cell is not None else 1
         self._rows: list[_Row] = []
@@ -229,8 +269,7 @@ class Batcher:
         jobs = [job for job in jobs if job.max_tokens > 0]
         if not jobs:
             return
-        logits, state = prime_rows(self.model, self.vocab,
-                                   [job.prompt_ids for job in jobs for _ in range(job.n)])
+        logits, state = self.prompts.rows([job.prompt_ids for job in jobs for _ in range(job.n)])
         layers = self.stepper.unpack(state)
         self._rows += [_Row(job, i, g) for job in jobs
                        for i, g in enumerate(row_draws(sample_generators(job.seed, job.n)))]

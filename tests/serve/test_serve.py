@@ -23,7 +23,7 @@ from charlm.generation.checkpoint import ExportedModel  # noqa: E402
 from charlm.generation.sampling import SampleSettings, generate  # noqa: E402
 from charlm.model import CharRNN, ModelConfig  # noqa: E402
 from charlm.serve import Limits, bind, create_app  # noqa: E402
-from charlm.serve.batcher import Batcher, Job  # noqa: E402
+from charlm.serve.batcher import Batcher, Job, PromptStates  # noqa: E402
 from charlm.serve.stops import StopText  # noqa: E402
 
 TEXT = "the cat sat on the mat and ran away home.\nA dog, quickly!\n"
@@ -169,15 +169,16 @@ def test_rows_sharing_steps_do_not_change_each_other(tiny):
 
 
 def test_requests_that_arrive_together_start_in_one_forward(tiny):
-    """Requests admitted in the same turn are primed together, one forward per prompt length,
-    and each still gets exactly the text it gets alone."""
+    """Requests admitted in the same turn are primed together, one forward per prompt length
+    reading each distinct prompt once, and each still gets exactly the text it gets alone."""
     model, vocab = tiny
     asks = [("the ", SampleSettings(0.9), 40, 2, 1),
             ("cat ", SampleSettings(0.7, top_k=5), 30, 1, 2),
             ("a dog", SampleSettings(1.1), 20, 1, 3),
             ("mat!", SampleSettings(greedy=True), 25, 1, 4)]
     forwards, release, texts = [], threading.Event(), Texts()
-    hook = model.register_forward_hook(lambda module, args, out: forwards.append(args[0].shape))
+    hook = model.rnn.register_forward_hook(
+        lambda module, args, out: forwards.append(args[0].shape[:2]))
     batcher = Batcher(model, vocab, max_batch=16)
     try:
         batcher.submit(Job([0], SampleSettings(), 3, sink=lambda pieces: release.wait(20)))
@@ -191,10 +192,49 @@ def test_requests_that_arrive_together_start_in_one_forward(tiny):
     finally:
         batcher.close()
         hook.remove()
-    assert sorted(tuple(f) for f in forwards) == [(1, 5), (4, 4)]  # "a dog"; the three others
+    # "a dog"; "the " (two rows, read once), "cat " and "mat!"
+    assert sorted(tuple(f) for f in forwards) == [(1, 5), (3, 4)]
     for k, (prompt, s, length, n, seed) in enumerate(asks):
         alone = [t[len(prompt):] for t in generate(model, vocab, prompt, length, s, n, seed)]
         assert texts[k] == alone, k
+
+
+def test_a_prompt_read_once_is_copied_for_later_requests_and_gives_their_own_texts(tiny):
+    """A prompt primed in an earlier turn is not read again: later requests for it copy its
+    state and still get exactly the text they get alone; the kept prompts stay within their
+    bound, most recently used kept."""
+    model, vocab = tiny
+    forwards, texts = [], Texts()
+    hook = model.rnn.register_forward_hook(
+        lambda module, args, out: forwards.append(args[0].shape[:2]))
+    batcher = Batcher(model, vocab, max_batch=16)
+    asks = [("the ", SampleSettings(0.9), 30, 3, 1), ("the ", SampleSettings(0.5), 20, 2, 2),
+            ("a cat", SampleSettings(1.2), 25, 1, 3), ("the ", SampleSettings(1.0), 10, 1, 4)]
+    try:
+        for k, (prompt, s, length, n, seed) in enumerate(asks):  # one after another
+            batcher.submit(Job(vocab.encode(prompt).tolist(), s, length, n, seed,
+                               sink=texts.sink(k, n)))
+            assert texts.wait(1)
+    finally:
+        batcher.close()
+        hook.remove()
+    assert [tuple(f) for f in forwards] == [(1, 4), (1, 5)]  # "the " once, "a cat" once
+    assert batcher.prompts.primed_rows == 2
+    for k, (prompt, s, length, n, seed) in enumerate(asks):
+        alone = [t[len(prompt):] for t in generate(model, vocab, prompt, length, s, n, seed)]
+        assert texts[k] == alone, k
+
+    kept = PromptStates(model, vocab, size=2)
+    with torch.inference_mode():
+        for ids in ([1], [2], [1], [3], [1], [2]):
+            kept.rows([ids])
+    assert kept.primed_rows == 4  # [1], [2], [3], then [2] again: [1] was used after [2]
+    with torch.inference_mode():
+        logits, (h, c) = kept.rows([[2], [5, 6], [2]])
+        fresh_logits, (fresh_h, fresh_c) = model.next_logits(torch.tensor([[2]]))
+    assert logits.shape == (3, len(vocab)) and h.shape == (2, 3, 32)
+    assert torch.allclose(logits[2], fresh_logits[0]) and torch.equal(h[:, 0], h[:, 2])
+    assert torch.allclose(c[:, 2], fresh_c[:, 0])
 
 
 def test_an_inbox_wakes_its_reader_only_when_it_waits_for_what_came():
