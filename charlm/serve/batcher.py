@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -40,13 +41,14 @@ class QueueFull(Exception):
     """Every row is busy and the waiting line is full."""
 
 
-@dataclass
-class Piece:
-    """What one choice wrote in one turn: text (stop strings held back), logprobs, finish."""
+class Piece(NamedTuple):
+    """What one choice wrote in one turn: text (stop strings held back), logprobs, finish.
+
+    A tuple, not a dataclass: every row makes one every turn, so its cost is per character."""
 
     index: int
     text: str
-    logprobs: list[tuple[str, float, dict[str, float]]] = field(default_factory=list)
+    logprobs: Sequence[tuple[str, float, dict[str, float]]] = ()
     finish_reason: str | None = None
 
 
@@ -79,7 +81,7 @@ class _Row:
         self.written += 1
         if not self.stop.stops:  # the common case, kept cheap: it runs for every row every turn
             done = self.written >= self.job.max_tokens
-            return Piece(self.index, ch, [lp] if lp else [], "length" if done else None)
+            return Piece(self.index, ch, (lp,) if lp else (), "length" if done else None)
         text, entries, stopped = self.stop.feed(ch, lp)
         if stopped:
             return Piece(self.index, text, entries, "stop")
