@@ -291,14 +291,19 @@ class Batcher:
                 return
         ids = self._pick()  # (B,)
         lps = self._logprobs(ids)
-        chars, pieces, keep = self.vocab.chars, {}, []
+        chars, keep, job, pieces = self.vocab.chars, [], None, []
+        # a job's rows lie side by side (joined together, dropped in order): one hand-over each
         for i, (row, c) in enumerate(zip(self._rows, ids.tolist())):
-            piece = row.feed(chars[c], lps.get(i))
-            pieces.setdefault(row.job, []).append(piece)
+            if row.job is not job:
+                if pieces:
+                    job.sink(pieces)
+                job, pieces = row.job, []
+            piece = row.feed(chars[c], lps.get(i) if lps else None)
+            pieces.append(piece)
             if piece.finish_reason is None:
                 keep.append(i)
-        for job, job_pieces in pieces.items():
-            job.sink(job_pieces)
+        if pieces:
+            job.sink(pieces)
         self._keep(keep)
         if self._rows:
             self._logits, self._layers = self.stepper.step(ids[keep] if len(keep) < len(ids)
