@@ -34,6 +34,23 @@ def test_forward_backward_and_carried_state(cell, layers):
     assert torch.allclose(whole[:, T:], second, atol=1e-6)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "transformer"])
+def test_next_logits_are_the_last_positions_logits_with_the_same_state(cell):
+    """What a prompt gives generation: the logits after its last character and the state after
+    it, as the full forward gives them (with a carried state too)."""
+    model = CharRNN(ModelConfig(V, cell, 8, 2, E)).eval()
+    ids, more = torch.randint(0, V, (N, T)), torch.randint(0, V, (N, 2))
+    with torch.no_grad():
+        logits, state = model(ids)
+        last, last_state = model.next_logits(ids)
+        assert last.shape == (N, V)
+        assert torch.allclose(last, logits[:, -1], atol=1e-6)
+        for a, b in zip(*(s if isinstance(s, tuple) else (s,) for s in (state, last_state))):
+            assert torch.equal(a, b)
+        assert torch.allclose(model.next_logits(more, state)[0], model(more, state)[0][:, -1],
+                              atol=1e-6)
+
+
 def test_unknown_cell_lists_valid_names():
     with pytest.raises(ValueError, match="choose one of: .*gru.*lstm.*rnn"):
         ModelConfig(V, "mamba")
