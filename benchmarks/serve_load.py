@@ -144,6 +144,7 @@ def worker_rates(checkpoint: str, clients: int, length: int, repeats: int) -> di
 
     from charlm.generation.checkpoint import load
     from charlm.generation.sampling import SampleSettings, generate
+    from charlm.serve.app import SEND_EVERY
     from charlm.serve.batcher import Batcher, Job
     model, vocab, _ = load(checkpoint)
     prompt_ids = vocab.encode(PROMPT).tolist()
@@ -158,7 +159,8 @@ def worker_rates(checkpoint: str, clients: int, length: int, repeats: int) -> di
                     done.set()
                     if not own_thread:
                         b.close()  # run() returns after this turn
-        b = Batcher(model, vocab, max_batch=max(64, clients), thread=own_thread)
+        b = Batcher(model, vocab, max_batch=max(64, clients), thread=own_thread,
+                    hand_every=SEND_EVERY)  # as the server hands over
         t0 = time.perf_counter()
         for i in range(clients):
             b.submit(Job(prompt_ids, SampleSettings(0.8), length, 1, i, sink=sink))

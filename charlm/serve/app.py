@@ -121,7 +121,11 @@ class Server:
     def __init__(self, model: CharRNN, vocab: CharVocab, name: str, limits: Limits,
                  api_key: str | None = None, worker_thread: bool = True):
         self.vocab, self.name, self.limits, self.api_key = vocab, name, limits, api_key or None
-        self.batcher = Batcher(model, vocab, limits.max_batch, limits.max_queue, worker_thread)
+        # rows hand their characters over on the streams' shortest tick, not every turn: no
+        # stream sends more often, and a hand-over per row and turn was Python work on the
+        # model's thread, which the steps wait for (docs/serving.md)
+        self.batcher = Batcher(model, vocab, limits.max_batch, limits.max_queue, worker_thread,
+                               hand_every=SEND_EVERY)
         self.created = int(time.time())
         self.streams = 0  # streams open now (each one sends less often when there are many)
 

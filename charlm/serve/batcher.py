@@ -10,11 +10,16 @@ to the requests' streams, and (4) drops finished or abandoned rows and steps the
 
     rows:  [ A/0 | A/1 | A/2 | B/0 | C/0 ]   one request's n choices are n rows
     turn:  admit → pick (per settings group) → sinks → drop done rows → Stepper.step (B,) → (B, V)
+
+The server hands characters over on its streams' ticks (``hand_every``), not every turn: between
+hand-overs, rows without stop strings or logprobs keep only the turns' id tensors, read into text
+in one go, so a turn's Python costs about what ``generate``'s step does however many rows share it.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +40,8 @@ from charlm.generation.sampling import (
 )
 from charlm.model import CharRNN, State
 from charlm.serve.stops import StopText
+
+_NEVER = float("inf")  # turns until a plain row's end, where there is none
 
 
 class QueueFull(Exception):
@@ -68,27 +75,59 @@ class Job:
 
 
 class _Row:
-    """One choice of one job: its generator, its count and its stop rule."""
+    """One choice of one job: its generator, its count, its stop rule, and what it wrote since
+    its last hand-over."""
 
     def __init__(self, job: Job, index: int, generator: RowDraws | torch.Generator):
         self.job, self.index, self.generator = job, index, generator
         self.written, self.stop = 0, StopText(job.stop)
         self.key = (job.settings.temperature, job.settings.top_k, job.settings.top_p,
                     job.settings.greedy)
+        self.text: list[str] = []  # to send: released characters since the last hand-over
+        self.entries: list = []    # their logprobs entries, where the job asked
+        self.finish: str | None = None
+        # no stop strings and no logprobs: the row's characters are read in blocks (``write``),
+        # not one by one each turn (``feed``)
+        self.plain = not self.stop.stops and job.logprobs is None
 
-    def feed(self, ch: str, lp) -> Piece:
-        """Take the row's next character; the piece says what to send and whether it finished."""
-        self.written += 1
-        if not self.stop.stops:  # the common case, kept cheap: it runs for every row every turn
-            done = self.written >= self.job.max_tokens
-            return Piece(self.index, ch, (lp,) if lp else (), "length" if done else None)
-        text, entries, stopped = self.stop.feed(ch, lp)
-        if stopped:
-            return Piece(self.index, text, entries, "stop")
+    def write(self, text: str) -> bool:
+        """A plain row's next characters (never past ``max_tokens``); True once it finished."""
+        self.text.append(text)
+        self.written += len(text)
         if self.written >= self.job.max_tokens:
+            self.finish = "length"
+        return self.finish is not None
+
+    def feed(self, ch: str, lp) -> bool:
+        """Take the row's next character (kept until ``take``); True once the row finished."""
+        self.written += 1
+        if not self.stop.stops:
+            self.text.append(ch)
+            if lp:
+                self.entries.append(lp)
+            if self.written >= self.job.max_tokens:
+                self.finish = "length"
+            return self.finish is not None
+        text, entries, stopped = self.stop.feed(ch, lp)
+        self.text.append(text)
+        self.entries += entries
+        if stopped:
+            self.finish = "stop"
+        elif self.written >= self.job.max_tokens:
             more, more_lp = self.stop.flush()
-            return Piece(self.index, text + more, entries + more_lp, "length")
-        return Piece(self.index, text, entries)
+            self.text.append(more)
+            self.entries += more_lp
+            self.finish = "length"
+        return self.finish is not None
+
+    def take(self) -> Piece | None:
+        """What the row wrote since the last take, as one piece (None: nothing to send)."""
+        text = "".join(self.text)
+        if not text and not self.entries and self.finish is None:
+            return None  # stop strings hold back every character so far
+        piece = Piece(self.index, text, self.entries, self.finish)
+        self.text, self.entries = [], []
+        return piece
 
 
 def _same_prompt_length(jobs: list[Job]) -> list[list[Job]]:
@@ -149,12 +188,19 @@ class Batcher:
     """Serves jobs from a worker thread, every active row a row of one batch."""
 
     def __init__(self, model: CharRNN, vocab: CharVocab, max_batch: int = 64, max_queue: int = 256,
-                 thread: bool = True):
+                 thread: bool = True, hand_every: float = 0.0):
         """With ``thread=False`` no worker thread starts: the caller runs the worker with
         ``run()`` in a thread of its choosing (``charlm serve`` uses the main thread, where
-        torch's steps run faster), until ``close()``."""
+        torch's steps run faster), until ``close()``.
+
+        ``hand_every``: seconds between hand-overs of a running job's characters (0: every
+        turn). A job's first characters and a finished choice are handed over in their own turn
+        whatever it says; in between, rows keep what they write, and every job is handed its
+        characters at the first turn past each multiple of ``hand_every`` on the monotonic
+        clock (the event loop's clock, on which the streams send)."""
         self.model, self.vocab = model.eval(), vocab
         self.max_batch, self.max_queue = max_batch, max_queue
+        self.hand_every, self._next_hand = hand_every, 0.0
         self.stepper = Stepper(self.model)
         self.prompts = PromptStates(self.model, vocab)
         # unpacked explicit states are per-layer (B, H) tensors; a module's own are (L, B, H)
@@ -164,6 +210,11 @@ class Batcher:
         self._layers = None                 # the rows' carried state, as Stepper carries it
         self._groups: list[tuple] = []  # (settings, row indices or None for all, generators)
         self._asked: list[int] = []  # rows that want logprobs
+        self._jobs: dict[Job, list[_Row]] = {}  # the active jobs' rows
+        self._fed: list[int] = []  # rows that take each character in its turn (not plain)
+        self._picked: list[Tensor] = []  # each turn's ids (B,) since the plain rows last read
+        self._until_end = _NEVER  # turns until the first plain row's last character
+        self._new: list[Job] = []  # jobs joined since the last turn
         self._cancels = False  # a job was cancelled since the last turn: look for its rows
         self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -226,7 +277,7 @@ class Batcher:
                 self._closed = True
                 jobs = list(dict.fromkeys([r.job for r in self._rows] + list(self._waiting)))
                 self._waiting.clear()
-            self._rows, self._logits, self._layers = [], None, None
+            self._rows, self._logits, self._layers, self._picked = [], None, None, []
             for job in jobs:
                 job.sink([Piece(-1, "the server is stopping", [], "error")])
 
@@ -273,6 +324,8 @@ class Batcher:
             return
         logits, state = self.prompts.rows([job.prompt_ids for job in jobs for _ in range(job.n)])
         layers = self.stepper.unpack(state)
+        self._read()  # the rows change: what the present ones picked is read first
+        self._new += jobs
         self._rows += [_Row(job, i, g) for job in jobs
                        for i, g in enumerate(row_draws(sample_generators(job.seed, job.n)))]
         if self._logits is None:
@@ -283,39 +336,82 @@ class Batcher:
         self._changed()
 
     def _turn(self) -> None:
-        """One character for every row, then one batched step for the rows still going."""
+        """One character for every row, then one batched step for the rows still going.
+
+        A plain row's characters wait, as the turns' id tensors, until something reads them
+        (``_read``): a hand-over, a row's last character, or a change of rows. So a turn of
+        plain rows costs Python the same few calls whatever the batch (as ``generate``'s step);
+        rows with stop strings or logprobs take their character every turn."""
         if self._cancels:
             self._cancels = False
             self._keep([i for i, r in enumerate(self._rows) if not r.job.cancelled])
             if not self._rows:
                 return
         ids = self._pick()  # (B,)
-        lps = self._logprobs(ids)
-        chars, keep, job, pieces = self.vocab.chars, [], None, []
-        # a job's rows lie side by side (joined together, dropped in order): one hand-over each
-        for i, (row, c) in enumerate(zip(self._rows, ids.tolist())):
-            if row.job is not job:
-                if pieces:
-                    job.sink(pieces)
-                job, pieces = row.job, []
-            piece = row.feed(chars[c], lps.get(i) if lps else None)
-            pieces.append(piece)
-            if piece.finish_reason is None:
-                keep.append(i)
-        if pieces:
-            job.sink(pieces)
-        self._keep(keep)
+        self._picked.append(ids)
+        due, self._new = self._new, []  # a job's first characters go out at once
+        if self._fed:
+            lps, chars, picked = self._logprobs(ids), self.vocab.chars, ids.tolist()
+            for i in self._fed:
+                row = self._rows[i]
+                if row.feed(chars[picked[i]], lps.get(i)):
+                    due.append(row.job)
+        if len(self._picked) >= self._until_end:  # a plain row wrote its last character
+            due += self._read()
+        self._hand_over(due)
+        keep = [i for i, r in enumerate(self._rows) if r.finish is None] if due else None
+        if keep is not None and len(keep) < len(self._rows):
+            self._keep(keep)
+            ids = ids[keep]
         if self._rows:
-            self._logits, self._layers = self.stepper.step(ids[keep] if len(keep) < len(ids)
-                                                           else ids, self._layers)
+            self._logits, self._layers = self.stepper.step(ids, self._layers)
         self.steps += 1
+
+    def _read(self) -> list[Job]:
+        """The characters picked since the last read → the plain rows' text; the jobs whose
+        plain rows finished."""
+        if not self._picked:
+            return []
+        block = torch.stack(self._picked, 1).tolist()  # (B, turns)
+        self._picked = []
+        chars, ended, left = self.vocab.chars, [], None
+        for row, picked in zip(self._rows, block):
+            if row.plain:
+                if row.write("".join([chars[c] for c in picked])):
+                    ended.append(row.job)
+                elif left is None or row.job.max_tokens - row.written < left:
+                    left = row.job.max_tokens - row.written
+        self._until_end = _NEVER if left is None else left
+        return ended
+
+    def _hand_over(self, due: list[Job]) -> None:
+        """Hand every job its rows' new pieces, once per ``hand_every``; in between only the
+        ``due`` jobs (first characters, a finished choice). One call of a job's sink each."""
+        tick = self.hand_every <= 0
+        if not tick:
+            now = time.monotonic()
+            if now >= self._next_hand:
+                self._next_hand = (now // self.hand_every + 1) * self.hand_every
+                tick = True
+            elif not due:
+                return
+        due += self._read()
+        for job in self._jobs if tick else dict.fromkeys(due):
+            pieces = [p for p in (row.take() for row in self._jobs[job]) if p is not None]
+            if pieces:
+                job.sink(pieces)
 
     def _changed(self) -> None:
         """The rows changed: regroup them by settings, and find the ones that want logprobs
         (kept until the rows change again, not redone every turn)."""
         groups: dict[tuple, list[int]] = {}
+        self._jobs = {}  # each job's rows (side by side: joined together, dropped in order)
         for i, row in enumerate(self._rows):
             groups.setdefault(row.key, []).append(i)
+            self._jobs.setdefault(row.job, []).append(row)
+        self._fed = [i for i, r in enumerate(self._rows) if not r.plain]
+        ends = [r.job.max_tokens - r.written for r in self._rows if r.plain]
+        self._until_end = min(ends, default=_NEVER)  # nothing waits to be read here
         self._groups = [(self._rows[rows[0]].job.settings,
                          None if len(groups) == 1 else torch.tensor(rows),
                          [self._rows[i].generator for i in rows]) for rows in groups.values()]
@@ -354,6 +450,7 @@ class Batcher:
         """Drop every row not in ``keep`` (row indices) from the batch."""
         if len(keep) == len(self._rows):
             return
+        self._read()  # the rows change: what they picked is read first
         self._rows = [self._rows[i] for i in keep]
         self._changed()
         if not keep:
@@ -366,7 +463,7 @@ class Batcher:
     def _fail_all(self, error: Exception) -> None:
         """Finish every active row with an error (the worker goes on with new jobs)."""
         jobs = {r.job for r in self._rows}
-        self._rows, self._logits, self._layers = [], None, None
+        self._rows, self._logits, self._layers, self._picked = [], None, None, []
         self._changed()
         for job in jobs:
             job.sink([_error_piece(error)])

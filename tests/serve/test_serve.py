@@ -168,6 +168,67 @@ def test_rows_sharing_steps_do_not_change_each_other(tiny):
         assert texts[k] == alone, k
 
 
+def test_rows_read_in_blocks_hand_over_first_characters_finishes_and_ticks(tiny):
+    """With ``hand_every``, plain rows keep their characters as each turn's ids until a read: a
+    job's first characters go out in their own turn and a finished choice at once, the rest on
+    the ticks. Rows joining, stopping, asking for logprobs and leaving between reads still get
+    exactly their own texts, each row its own column."""
+    model, vocab = tiny
+    asks = {"plain": ("the ", SampleSettings(0.9), 150, 2, 1, None),
+            "later": ("a dog", SampleSettings(0.7, top_k=4), 90, 1, 2, None),
+            "stop": ("cat", SampleSettings(1.1), 120, 1, 3, None),
+            "logprobs": ("the ", SampleSettings(1.0), 60, 1, 4, 2),
+            "leaves": ("mat", SampleSettings(1.0), 10 ** 6, 1, 5, None),
+            "short": ("", SampleSettings(greedy=True), 3, 1, 6, None)}
+    alone = {key: [t[len(prompt):] for t in generate(model, vocab, prompt, length, s, n, seed)]
+             for key, (prompt, s, length, n, seed, _) in asks.items() if key != "leaves"}
+    stop = alone["stop"][0][40:43]  # occurs in the text: the choice ends before it
+    alone["stop"] = [alone["stop"][0][:alone["stop"][0].index(stop)]]
+    calls, texts, jobs = {key: [] for key in asks}, Texts(), {}
+
+    def sink(key, n):
+        collect = texts.sink(key, n)
+
+        def both(pieces):
+            calls[key].append(pieces)
+            collect(pieces)
+        return both
+    batcher = Batcher(model, vocab, max_batch=16, hand_every=10 ** 6)  # one tick: the first turn
+    try:
+        for key, (prompt, s, length, n, seed, logprobs) in asks.items():
+            jobs[key] = Job(vocab.encode(prompt).tolist(), s, length, n, seed,
+                            [stop] if key == "stop" else [], logprobs, sink=sink(key, n))
+            batcher.submit(jobs[key])
+            time.sleep(0.01)  # later jobs join rows that hold unread characters
+        time.sleep(0.02)
+        batcher.cancel(jobs["leaves"])
+        assert texts.wait(len(asks) - 1)
+    finally:
+        batcher.close()
+    for key in alone:
+        assert texts[key] == alone[key], key
+    for key in ("plain", "later", "logprobs", "short"):
+        first, last = calls[key]  # first characters, then the rest with the finish
+        assert [len(p.text) for p in first] == [1] * asks[key][3], key
+        assert all(p.finish_reason == "length" for p in last), key
+    assert [len(p.logprobs) for p in calls["logprobs"][0]] == [1]
+    assert calls["stop"][-1][-1].finish_reason == "stop" and len(calls["stop"]) <= 2
+    assert calls["leaves"] and not any(p.finish_reason for c in calls["leaves"] for p in c)
+
+    # on short ticks a long choice is handed its characters between its first and its last
+    batcher, texts, ticked = Batcher(model, vocab, hand_every=0.005), Texts(), []
+    collect = texts.sink("long", 1)
+    try:
+        batcher.submit(Job([1], SampleSettings(), 3000, seed=7,
+                           sink=lambda pieces: (ticked.append(pieces), collect(pieces))))
+        assert texts.wait(1)
+    finally:
+        batcher.close()
+    assert texts["long"] == [t[1:] for t in generate(model, vocab, vocab.chars[1], 3000,
+                                                     SampleSettings(), 1, 7)]
+    assert len(ticked) > 3 and all(len(p) == 1 for p in ticked)
+
+
 def test_requests_that_arrive_together_start_in_one_forward(tiny):
     """Requests admitted in the same turn are primed together, one forward per prompt length
     reading each distinct prompt once, and each still gets exactly the text it gets alone."""
