@@ -130,12 +130,14 @@ def _prompt(body: dict, vocab: CharVocab, limits: Limits) -> tuple[str, list[int
     if len(prompt) > limits.max_prompt:
         raise _bad("prompt", f"prompt is {len(prompt)} characters; this server's limit is "
                              f"{limits.max_prompt}", "prompt_too_long")
-    missing = vocab.unknown_chars(prompt)
-    if missing:
+    # a dict per character: a prompt is short, and the vectorised encode's fixed cost is not
+    ids = list(map(vocab.index.get, prompt))
+    if None in ids:
+        missing = sorted({c for c in prompt if c not in vocab.index})
         names = ", ".join(repr(c) for c in missing[:10])
         raise _bad("prompt", f"the prompt has characters the model never saw: {names}",
                    "unknown_characters")
-    return prompt, vocab.encode(prompt).tolist()
+    return prompt, ids
 
 
 def _stop(body: dict) -> list[str]:
