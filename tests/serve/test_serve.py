@@ -385,6 +385,12 @@ def test_many_streams_send_less_often_on_shared_ticks():
 
 # --- stop, logprobs
 
+def test_completion_ids_are_distinct_and_shaped_as_openai_s():
+    from charlm.serve import api
+    ids = {api.completion_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(re.fullmatch(r"cmpl-[0-9a-f]{24}", i) for i in ids)
+
+
 def test_stop_text_holds_back_what_could_become_a_stop_string():
     stop = StopText(["cat", "mat!"])
     sent = [stop.feed(c)[0] for c in "the ma"]
