@@ -42,6 +42,7 @@ from charlm.model import CharRNN, State
 from charlm.serve.stops import StopText
 
 _NEVER = float("inf")  # turns until a plain row's end, where there is none
+_UNREAD_AT_MOST = 1024  # turns of ids kept unread, however long the ticks (bounded memory)
 
 
 class QueueFull(Exception):
@@ -356,7 +357,7 @@ class Batcher:
                 row = self._rows[i]
                 if row.feed(chars[picked[i]], lps.get(i)):
                     due.append(row.job)
-        if len(self._picked) >= self._until_end:  # a plain row wrote its last character
+        if len(self._picked) >= min(self._until_end, _UNREAD_AT_MOST):  # a row's last, or many
             due += self._read()
         self._hand_over(due)
         keep = [i for i, r in enumerate(self._rows) if r.finish is None] if due else None
@@ -397,7 +398,8 @@ class Batcher:
                 return
         due += self._read()
         for job in self._jobs if tick else dict.fromkeys(due):
-            pieces = [p for p in (row.take() for row in self._jobs[job]) if p is not None]
+            # a job cancelled since it joined has no rows left: nothing to hand it
+            pieces = [p for p in (row.take() for row in self._jobs.get(job, ())) if p is not None]
             if pieces:
                 job.sink(pieces)
 

@@ -229,6 +229,29 @@ def test_rows_read_in_blocks_hand_over_first_characters_finishes_and_ticks(tiny)
     assert len(ticked) > 3 and all(len(p) == 1 for p in ticked)
 
 
+def test_a_job_cancelled_between_joining_and_its_first_turn_leaves_the_others_alone(tiny):
+    """A client that leaves while its rows are being primed: its rows go at the next turn, and
+    the rows beside them keep their texts (no error for anyone)."""
+    model, vocab = tiny
+    texts, left = Texts(), []
+    batcher = Batcher(model, vocab, max_batch=16, hand_every=10 ** 6)
+    leaving = Job(vocab.encode("the cat").tolist(), SampleSettings(), 50, sink=left.append)
+    hook = model.rnn.register_forward_hook(  # cancelled while its prompt is read
+        lambda module, args, out: batcher.cancel(leaving) if args[0].shape[1] == 7 else None)
+    try:
+        batcher.submit(Job(vocab.encode("the ").tolist(), SampleSettings(0.9), 200, 1, 1,
+                           sink=texts.sink("stays", 1)))
+        time.sleep(0.05)
+        batcher.submit(leaving)
+        assert texts.wait(1)
+    finally:
+        batcher.close()
+        hook.remove()
+    assert leaving.cancelled and not left
+    assert texts["stays"] == [t[4:] for t in generate(model, vocab, "the ", 200,
+                                                       SampleSettings(0.9), 1, 1)]
+
+
 def test_requests_that_arrive_together_start_in_one_forward(tiny):
     """Requests admitted in the same turn are primed together, one forward per prompt length
     reading each distinct prompt once, and each still gets exactly the text it gets alone."""
