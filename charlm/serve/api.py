@@ -134,8 +134,7 @@ def _prompt(body: dict, vocab: CharVocab, limits: Limits) -> tuple[str, list[int
     # a dict per character: a prompt is short, and the vectorised encode's fixed cost is not
     ids = list(map(vocab.index.get, prompt))
     if None in ids:
-        missing = sorted({c for c in prompt if c not in vocab.index})
-        names = ", ".join(repr(c) for c in missing[:10])
+        names = ", ".join(repr(c) for c in vocab.unknown_chars(prompt)[:10])
         raise _bad("prompt", f"the prompt has characters the model never saw: {names}",
                    "unknown_characters")
     return prompt, ids

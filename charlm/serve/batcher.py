@@ -101,14 +101,11 @@ class _Row:
 
     def feed(self, ch: str, lp) -> bool:
         """Take the row's next character (kept until ``take``); True once the row finished."""
-        self.written += 1
         if not self.stop.stops:
-            self.text.append(ch)
             if lp:
                 self.entries.append(lp)
-            if self.written >= self.job.max_tokens:
-                self.finish = "length"
-            return self.finish is not None
+            return self.write(ch)
+        self.written += 1
         text, entries, stopped = self.stop.feed(ch, lp)
         self.text.append(text)
         self.entries += entries
@@ -375,15 +372,17 @@ class Batcher:
             return []
         block = torch.stack(self._picked, 1).tolist()  # (B, turns)
         self._picked = []
-        chars, ended, left = self.vocab.chars, [], None
-        for row, picked in zip(self._rows, block):
-            if row.plain:
-                if row.write("".join([chars[c] for c in picked])):
-                    ended.append(row.job)
-                elif left is None or row.job.max_tokens - row.written < left:
-                    left = row.job.max_tokens - row.written
-        self._until_end = _NEVER if left is None else left
+        chars = self.vocab.chars
+        ended = [row.job for row, picked in zip(self._rows, block)
+                 if row.plain and row.write("".join([chars[c] for c in picked]))]
+        self._until_end = self._turns_to_end()
         return ended
+
+    def _turns_to_end(self) -> float:
+        """Turns until the first plain row still going writes its last character (counted from
+        the last read)."""
+        return min((r.job.max_tokens - r.written for r in self._rows
+                    if r.plain and r.finish is None), default=_NEVER)
 
     def _hand_over(self, due: list[Job]) -> None:
         """Hand every job its rows' new pieces, once per ``hand_every``; in between only the
@@ -412,8 +411,7 @@ class Batcher:
             groups.setdefault(row.key, []).append(i)
             self._jobs.setdefault(row.job, []).append(row)
         self._fed = [i for i, r in enumerate(self._rows) if not r.plain]
-        ends = [r.job.max_tokens - r.written for r in self._rows if r.plain]
-        self._until_end = min(ends, default=_NEVER)  # nothing waits to be read here
+        self._until_end = self._turns_to_end()  # nothing waits to be read here
         self._groups = [(self._rows[rows[0]].job.settings,
                          None if len(groups) == 1 else torch.tensor(rows),
                          [self._rows[i].generator for i in rows]) for rows in groups.values()]
