@@ -594,6 +594,14 @@ def test_page_streams_shades_and_stops(keyed, browser):
     WebDriverWait(browser, 10).until(lambda d: d.execute_script(tip_text))
     tip = browser.execute_script(tip_text)
     assert tip.startswith("#0 ") and tip.count("%") == 6  # the character and 5 alternatives
+    # a newline has no width of its own; the page gives it a mark, so its tip can be reached too
+    browser.execute_script("addChars({tokens: ['\\n'], token_logprobs: [-0.5],"
+                           " top_logprobs: [{'\\n': -0.5, 'a': -1.5}]})")
+    newline = browser.find_elements(By.CSS_SELECTOR, "#out span.c")[-1]
+    assert newline.rect["width"] > 0
+    ActionChains(browser).move_to_element(newline).perform()
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script(tip_text).startswith(
+        f"#{stopped_at} \\n"))
     assert browser.execute_script("return document.querySelector('#out .prompt').textContent") \
         == "the cat"
     deadline = time.monotonic() + 5
