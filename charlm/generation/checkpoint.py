@@ -101,8 +101,8 @@ def _check_vocab(path: Path, model: CharRNN, vocab: CharVocab, saved: list) -> N
 
 def _from_export(path: Path) -> tuple[CharRNN, CharVocab, dict]:
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise CharlmError(f"{path} is a directory but not a charlm export "
-                          f"(it needs config.json and model.safetensors)")
+        raise CharlmError(f"{path} is a directory but neither a charlm export (config.json and "
+                          f"model.safetensors) nor a run folder (best.ckpt or last.ckpt)")
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the mixin prints where it loads from
             exported = ExportedModel.from_pretrained(str(path))
@@ -121,11 +121,18 @@ def _from_export(path: Path) -> tuple[CharRNN, CharVocab, dict]:
 
 
 def load(path: str | Path) -> tuple[CharRNN, CharVocab, dict]:
-    """A checkpoint or export → (model on CPU in eval mode, vocab, info)."""
+    """A checkpoint, export or run folder (its best.ckpt, else its last.ckpt) → (model on CPU in
+    eval mode, vocab, info)."""
     path = Path(path)
     if not path.exists():
         raise CharlmError(f"no such checkpoint: {path}")
-    return _from_export(path) if path.is_dir() else _from_ckpt(path)
+    if not path.is_dir():
+        return _from_ckpt(path)
+    if not (path / "config.json").exists():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (path / name).is_file():
+                return _from_ckpt(path / name)
+    return _from_export(path)
 
 
 def export(checkpoint: str | Path, out_dir: str | Path) -> Path:

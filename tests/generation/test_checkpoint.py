@@ -7,6 +7,7 @@ The checkpoints are made from the 0.1.0 fixture, changed one thing at a time.
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -134,8 +135,24 @@ def test_a_folder_needs_both_files_of_an_export(exported, keep):
     for f in exported.iterdir():
         if f.name != keep:
             f.unlink()
-    assert refusal(exported) == (f"{exported} is a directory but not a charlm export (it needs "
-                                 f"config.json and model.safetensors)")
+    assert refusal(exported) == (f"{exported} is a directory but neither a charlm export "
+                                 f"(config.json and model.safetensors) nor a run folder (best.ckpt "
+                                 f"or last.ckpt)")
+
+
+def test_a_run_folder_loads_its_best_checkpoint_else_its_last(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(FIXTURE, run / "last.ckpt")
+    assert load(run)[2]["path"] == str(run / "last.ckpt")
+    best = changed(tmp_path, lambda c: c["state_dict"][next(iter(c["state_dict"]))].mul_(2))
+    shutil.copy(best, run / "best.ckpt")
+    model, _, info = load(run)
+    assert info["path"] == str(run / "best.ckpt")
+    expected = load(best)[0].state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    (run / "config.json").write_text("{}")  # an export's file: the folder is read as an export
+    assert "neither a charlm export" in refusal(run)
 
 
 def test_an_export_whose_config_is_not_json_is_refused_with_the_parsers_reason(exported):

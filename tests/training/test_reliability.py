@@ -612,7 +612,7 @@ def bad_checkpoints(checkpoint, tmp_path):
         (damaged(checkpoint, tmp_path, "vocab.ckpt", drop_a_char),
          "outputs but the vocabulary"),
         (damaged(checkpoint, tmp_path, "unsorted.ckpt", unsort), "damaged vocabulary"),
-        (tmp_path / "notes", "is a directory but not a charlm export"),
+        (tmp_path / "notes", "is a directory but neither a charlm export"),
     ]
 
 
