@@ -40,7 +40,8 @@ from charlm.errors import CharlmError
 @user_errors
 def sample(checkpoint, prompt, length, temperature, top_k, top_p, greedy, num_samples, seed,
            stats, as_json, max_kept_chars):
-    """Generate text from a checkpoint or an exported folder, streamed as it is written."""
+    """Generate text from a checkpoint, run folder (its best.ckpt) or exported folder, streamed
+    as it is written."""
     from charlm.generation.checkpoint import load
     from charlm.generation.sampling import SampleSettings, check_length, generate, prompt_ids
     settings = SampleSettings(temperature, top_k, top_p, greedy)
