@@ -238,17 +238,22 @@ def test_a_job_cancelled_between_joining_and_its_first_turn_leaves_the_others_al
     leaving = Job(vocab.encode("the cat").tolist(), SampleSettings(), 50, sink=left.append)
     hook = model.rnn.register_forward_hook(  # cancelled while its prompt is read
         lambda module, args, out: batcher.cancel(leaving) if args[0].shape[1] == 7 else None)
-    try:
-        batcher.submit(Job(vocab.encode("the ").tolist(), SampleSettings(0.9), 200, 1, 1,
-                           sink=texts.sink("stays", 1)))
-        time.sleep(0.05)
+    started, stays = threading.Event(), texts.sink("stays", 1)
+
+    def sink(pieces):
+        started.set()
+        stays(pieces)
+    try:  # long enough to be running still when the other job joins, on any machine
+        batcher.submit(Job(vocab.encode("the ").tolist(), SampleSettings(0.9), 3000, 1, 1,
+                           sink=sink))
+        assert started.wait(30)
         batcher.submit(leaving)
         assert texts.wait(1)
     finally:
         batcher.close()
         hook.remove()
     assert leaving.cancelled and not left
-    assert texts["stays"] == [t[4:] for t in generate(model, vocab, "the ", 200,
+    assert texts["stays"] == [t[4:] for t in generate(model, vocab, "the ", 3000,
                                                        SampleSettings(0.9), 1, 1)]
 
 
