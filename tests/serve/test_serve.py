@@ -265,13 +265,14 @@ def test_requests_that_arrive_together_start_in_one_forward(tiny):
             ("cat ", SampleSettings(0.7, top_k=5), 30, 1, 2),
             ("a dog", SampleSettings(1.1), 20, 1, 3),
             ("mat!", SampleSettings(greedy=True), 25, 1, 4)]
-    forwards, release, texts = [], threading.Event(), Texts()
+    forwards, held, release, texts = [], threading.Event(), threading.Event(), Texts()
     hook = model.rnn.register_forward_hook(
         lambda module, args, out: forwards.append(args[0].shape[:2]))
     batcher = Batcher(model, vocab, max_batch=16)
     try:
-        batcher.submit(Job([0], SampleSettings(), 3, sink=lambda pieces: release.wait(20)))
-        time.sleep(0.2)  # the worker is held inside the first job's first turn
+        batcher.submit(Job([0], SampleSettings(), 3,
+                           sink=lambda pieces: (held.set(), release.wait(20))))
+        assert held.wait(20)  # the worker is held inside the first job's first turn
         forwards.clear()
         for k, (prompt, s, length, n, seed) in enumerate(asks):
             batcher.submit(Job(vocab.encode(prompt).tolist(), s, length, n, seed,
@@ -481,12 +482,12 @@ def test_bad_requests_get_an_error_naming_the_field(tiny):
 def test_full_queue_answers_503_at_once(tiny):
     model, vocab = tiny
     app = create_app(model, vocab, "tiny", Limits(max_batch=1, max_queue=1))
-    release = threading.Event()
+    held, release = threading.Event(), threading.Event()
     with TestClient(app) as client:
         batcher = app.state.server.batcher
-        holding = Job([0], SampleSettings(), 5, sink=lambda pieces: release.wait(20))
+        holding = Job([0], SampleSettings(), 5, sink=lambda pieces: (held.set(), release.wait(20)))
         batcher.submit(holding)  # its first piece blocks the worker: the row stays taken
-        time.sleep(0.2)
+        assert held.wait(20)
         batcher.submit(Job([0], SampleSettings(), 5))  # waits: the queue is now full
         t0 = time.monotonic()
         r = post(client, prompt="the", max_tokens=5)
