@@ -397,8 +397,7 @@ class Batcher:
                 return
         due += self._read()
         for job in self._jobs if tick else dict.fromkeys(due):
-            # a job cancelled since it joined has no rows left: nothing to hand it
-            pieces = [p for p in (row.take() for row in self._jobs.get(job, ())) if p is not None]
+            pieces = [p for p in (row.take() for row in self._jobs[job]) if p is not None]
             if pieces:
                 job.sink(pieces)
 
@@ -410,6 +409,8 @@ class Batcher:
         for i, row in enumerate(self._rows):
             groups.setdefault(row.key, []).append(i)
             self._jobs.setdefault(row.job, []).append(row)
+        # a job cancelled since it joined has no rows left: no first characters are due to it
+        self._new = [job for job in self._new if job in self._jobs]
         self._fed = [i for i, r in enumerate(self._rows) if not r.plain]
         self._until_end = self._turns_to_end()  # nothing waits to be read here
         self._groups = [(self._rows[rows[0]].job.settings,
