@@ -51,6 +51,9 @@ def _os_error(e: OSError) -> str:
     where = f" ({e.filename})" if e.filename else ""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left on the device{where.replace(' (', ' while writing ').rstrip(')')}"
+    if e.errno in (errno.EEXIST, errno.ENOTDIR) and e.filename:
+        # making a folder where a file is: "file exists" would not say which of them is wrong
+        return f"{e.filename} (or a folder above it) is a file where a folder is needed"
     return f"{(e.strerror or str(e) or type(e).__name__).rstrip('.').lower()}{where}"
 
 

@@ -490,6 +490,15 @@ def test_a_full_disk_while_caching_data_is_one_sentence(text_file, monkeypatch):
               "meta.json")
 
 
+def test_a_run_folder_that_is_a_file_is_one_sentence(text_file, tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me")
+    for out in (taken, taken / "run"):
+        one_error(run("train", "--data", text_file, "--out", out, "--max-steps", "1", *ARGS),
+                  f"{out} (or a folder above it) is a file where a folder is needed")
+    assert taken.read_text() == "keep me"
+
+
 # --- resuming with other options, a corrupt data cache, stale temporaries -------------------------
 
 def test_resume_with_other_model_options_is_refused_clearly(text_file, tmp_path):
