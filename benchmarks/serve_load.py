@@ -23,6 +23,12 @@ started with PATH as its working directory so that Python imports that copy firs
 PYTHONPATH would lose to the working directory's own charlm); the script checks which copy
 each server imports. Several trees are measured in the same rounds, so their ratios compare.
 
+Each client either opens a new connection for its request (``Connection: close``: the
+connections' setup falls in the measured window) or sends it on a connection it already holds, as
+a pooling client such as OpenAI's keeps one open between requests (``kept``: the connections are
+opened, untimed, just before the round; HTTP/1.1 keep-alive). ``--connections both`` (the
+default) measures both ways in every round.
+
 The clients run in this process, so they share the CPU with the server; on a shared machine the
 figures move with the other load (the load average is printed with them).
 
@@ -80,25 +86,37 @@ def memory_kib(pid: int, field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
 
 
-async def stream_one(url: str, name: str, length: int, seed: int) -> tuple[float, int]:
-    """One streamed completion → (seconds to its first character, characters received).
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+LAST_CHUNK = b"\r\n0\r\n\r\n"  # the end of a chunked response, after the stream's [DONE] event
+
+
+def host_port(url: str) -> tuple[str, int]:
+    host, port = url.rsplit("/", 1)[1].split(":")
+    return host, int(port)
+
+
+async def stream_one(url: str, name: str, length: int, seed: int,
+                     kept: Connection | None = None) -> tuple[float, int]:
+    """One streamed completion → (seconds to its first character, characters received), on a
+    new connection that the server closes at the end, or on ``kept``, which stays open.
 
     A bare HTTP/1.1 client on asyncio streams: the request goes out in one write (a client that
     writes headers and body apart can wait 40 ms on Nagle's algorithm, which would be measured as
     the server's), and reading costs little CPU beside the server's."""
-    host, port = url.rsplit("/", 1)[1].split(":")
+    host, port = host_port(url)
     body = json.dumps({"model": name, "prompt": PROMPT, "max_tokens": length, "temperature": 0.8,
                        "seed": seed, "stream": True}).encode()
-    t0, first, got = time.perf_counter(), None, 0
-    reader, writer = await asyncio.open_connection(host, int(port))
+    t0, first, got, done = time.perf_counter(), None, 0, False
+    reader, writer = kept or await asyncio.open_connection(host, port)
     writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                 % (host.encode(), len(body), body))
+                 b"Content-Length: %d\r\n%s\r\n%s"
+                 % (host.encode(), len(body), b"" if kept else b"Connection: close\r\n", body))
     status = await reader.readline()
     assert b" 200 " in status, status
-    # Read in large blocks and parse only the SSE "data: {...}" lines: the clients share the
+    # Read in large blocks and parse only the SSE "data: ..." lines: the clients share the
     # server's two cores, so what they spend on reading is taken from the server being measured.
-    rest = b""
+    # A new connection ends when the server closes it, a kept one with the response's last chunk.
+    rest = tail = b""
     while block := await reader.read(1 << 16):
         lines = (rest + block).split(b"\n")
         rest = lines.pop()
@@ -108,23 +126,42 @@ async def stream_one(url: str, name: str, length: int, seed: int) -> tuple[float
                 if n and first is None:
                     first = time.perf_counter() - t0
                 got += n
-    writer.close()
+            done = done or line.startswith(b"data: [DONE]")
+        tail = (tail + block)[-len(LAST_CHUNK):]
+        if kept and done and tail == LAST_CHUNK:
+            break
+    if not kept:
+        writer.close()
     return first, got
 
 
-async def run_clients(url: str, name: str, clients: int, length: int) -> dict:
-    """N concurrent streams → aggregate chars/s and the time-to-first-character of each."""
-    await stream_one(url, name, 10, 0)  # warm: the first forward
-    t0 = time.perf_counter()
-    results = await asyncio.gather(*[stream_one(url, name, length, i) for i in range(clients)])
-    wall = time.perf_counter() - t0
+async def run_clients(url: str, name: str, clients: int, length: int, kept: bool = False) -> dict:
+    """N concurrent streams → aggregate chars/s and the time-to-first-character of each;
+    ``kept``: each on a connection opened (untimed) before the round."""
+    conns = ([await asyncio.open_connection(*host_port(url)) for _ in range(clients)] if kept
+             else [None] * clients)
+    try:
+        await stream_one(url, name, 10, 0, conns[0])  # warm: the first forward
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*[stream_one(url, name, length, i, conn)
+                                         for i, conn in enumerate(conns)])
+        wall = time.perf_counter() - t0
+    finally:
+        for conn in conns:
+            if conn:
+                conn[1].close()
     firsts, chars = [r[0] for r in results], sum(r[1] for r in results)
     assert chars == clients * length, (chars, clients * length)
     return {"chars_per_s": chars / wall, "firsts": firsts}
 
 
-async def sequential_ttfc(url: str, name: str, repeats: int) -> list[float]:
-    return [(await stream_one(url, name, 5, i))[0] for i in range(repeats)]
+async def sequential_ttfc(url: str, name: str, repeats: int, kept: bool) -> list[float]:
+    conn = await asyncio.open_connection(*host_port(url)) if kept else None
+    try:
+        return [(await stream_one(url, name, 5, i, conn))[0] for i in range(repeats)]
+    finally:
+        if conn:
+            conn[1].close()
 
 
 def generate_rate(checkpoint: str, clients: int, length: int) -> float:
@@ -211,6 +248,9 @@ def main() -> None:
                    help="rounds of charlm sample and every server, alternated (default 5)")
     p.add_argument("--tree", action="append",
                    help="serve from the charlm source in this folder (repeat to compare)")
+    p.add_argument("--connections", choices=["new", "kept", "both"], default="both",
+                   help="a new connection per request, one kept open from before the round "
+                        "(as a pooling client keeps it), or both in every round (default)")
     p.add_argument("--threads", type=int, default=None,
                    help="OMP_NUM_THREADS for the server and charlm sample alike (default: torch's)")
     p.add_argument("--worker", action="store_true",
@@ -242,6 +282,7 @@ def main() -> None:
     checkpoint = str(Path(args.checkpoint).resolve())  # the trees' servers start elsewhere
     trees = args.tree or [None]
     names = [Path(t).resolve().name if t else "installed" for t in trees]
+    modes = ["new", "kept"] if args.connections == "both" else [args.connections]
     for tree in args.tree or []:
         check_tree(tree)
     servers = [start_server(checkpoint, max(counts), tree) for tree in trees]
@@ -250,25 +291,30 @@ def main() -> None:
                           "/v1/models").read())["data"][0]["id"]
         start_rss = [memory_kib(proc.pid, "VmRSS") for proc, _ in servers]
         rows = []
+        runs = [(k, mode) for k in range(len(servers)) for mode in modes]
         for n in counts:
-            bases, served = [], [[] for _ in servers]
-            for _ in range(args.rounds):
-                # each round: charlm sample, then every server, so that all of them meet the
-                # same minutes of a shared machine
+            bases, served = [], {run: [] for run in runs}
+            for i in range(args.rounds):
+                # each round: charlm sample, then every server each way, so that all of them
+                # meet the same minutes of a shared machine; every other round in reverse, so
+                # that none is always first after charlm sample
                 bases.append(generate_rate(checkpoint, n, args.length))
-                for k, (_, url) in enumerate(servers):
-                    served[k].append(asyncio.run(run_clients(url, name, n, args.length)))
-            for k, (_, url) in enumerate(servers):
-                ratios = [r["chars_per_s"] / b for r, b in zip(served[k], bases)]
-                firsts = (asyncio.run(sequential_ttfc(url, name, args.ttfc_repeats)) if n == 1
-                          else [f for r in served[k] for f in r["firsts"]])
-                row = {"server": names[k], "clients": n, "length": args.length,
-                       "rounds": args.rounds,
+                for k, mode in runs[::-1] if i % 2 else runs:
+                    served[k, mode].append(asyncio.run(
+                        run_clients(servers[k][1], name, n, args.length, mode == "kept")))
+            for k, mode in runs:
+                url = servers[k][1]
+                ratios = [r["chars_per_s"] / b for r, b in zip(served[k, mode], bases)]
+                firsts = (asyncio.run(sequential_ttfc(url, name, args.ttfc_repeats,
+                                                      mode == "kept")) if n == 1
+                          else [f for r in served[k, mode] for f in r["firsts"]])
+                row = {"server": names[k], "connections": mode, "clients": n,
+                       "length": args.length, "rounds": args.rounds,
                        "server_chars_per_s": statistics.median(r["chars_per_s"]
-                                                               for r in served[k]),
+                                                               for r in served[k, mode]),
                        "generate_chars_per_s": statistics.median(bases),
                        "ratio": statistics.median(ratios), "ratio_min": min(ratios),
-                       "ratio_max": max(ratios),
+                       "ratio_max": max(ratios), "ratios": [round(r, 3) for r in ratios],
                        "ttfc_median_ms": 1000 * statistics.median(firsts),
                        "ttfc_p95_ms": 1000 * pct(firsts, 0.95), "load_avg": os.getloadavg()[0]}
                 rows.append(row)
@@ -283,10 +329,11 @@ def main() -> None:
         for proc, _ in servers:
             proc.terminate()
             proc.wait(10)
-    print(f"\n{'server':>12} {'clients':>7} {'server ch/s':>12} {'generate ch/s':>14} "
+    print(f"\n{'server':>12} {'conn':>5} {'clients':>7} {'server ch/s':>12} {'generate ch/s':>14} "
           f"{'ratio':>6} {'range':>10} {'ttfc med ms':>12} {'ttfc p95 ms':>12}")
     for r in rows:
-        print(f"{r['server']:>12} {r['clients']:>7} {r['server_chars_per_s']:>12,.0f} "
+        print(f"{r['server']:>12} {r['connections']:>5} {r['clients']:>7} "
+              f"{r['server_chars_per_s']:>12,.0f} "
               f"{r['generate_chars_per_s']:>14,.0f} {r['ratio']:>6.2f} "
               f"{r['ratio_min']:>4.2f}-{r['ratio_max']:<4.2f} {r['ttfc_median_ms']:>12.1f} "
               f"{r['ttfc_p95_ms']:>12.1f}")
