@@ -110,7 +110,7 @@ def compare(checkpoints, data, hf_split, cells, params, num_layers, hidden_size,
         eval_every = default_eval_every(options["max_steps"])
     depths = parse_layers(num_layers)
     train = TrainConfig(data=list(data), split=hf_split, eval_every=eval_every, devices=1,
-                        num_layers=depths[0], progress=False, **options)
+                        num_layers=depths[0], progress=False, restart_every=0, **options)
     sizes = None if params is None else [parse_count(p) for p in params.split(",") if p.strip()]
     config = CompareConfig(train=train, cells=names, checkpoints=list(checkpoints),
                            params=sizes, layers=depths, hidden_size=hidden_size, seeds=seeds,

@@ -30,6 +30,10 @@ from charlm.training.presets import apply as apply_preset
 @model_options
 @optim_options
 @click.option("--max-epochs", type=int, default=None)
+@click.option("--restart-every", default=8, show_default=True,
+              help="Each stream's carried state starts again from zero every N windows, the "
+                   "streams in turn (0: only at each epoch's start), so that even a short run "
+                   "learns to write from the zero state that sampling starts from.")
 @click.option("--seed", default=1337, show_default=True)
 @click.option("--out", default="checkpoints/run", show_default=True, help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.ckpt.")

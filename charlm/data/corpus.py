@@ -173,15 +173,21 @@ def load_corpus(specs: list[str] | None = None, *, vocab: CharVocab | None = Non
 #
 # Window k+1 of a row continues window k, so the hidden state carried out of step k is the
 # right context for step k+1. Each row's last partial window is the documented tail.
+#
+# With ``restart_every`` R, stream b's state also starts again from zero at every R-th window,
+# the streams staggered (b's turn comes at windows where (k + b*R // streams) % R == 0), so that
+# some rows start cold every few steps. Otherwise a model sees a zero state only at each epoch's
+# first window, and a short run never learns to write from one, which is where sampling starts.
 class TrainStreams:
     """Batch ``step`` of training, as a pure function of the step (so resuming is exact)."""
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, window: str = "stream",
-                 seed: int = 0, rank: int = 0, world: int = 1):
+                 seed: int = 0, rank: int = 0, world: int = 1, restart_every: int = 0):
         if window not in ("stream", "random"):
             raise CharlmError(f"`window` must be stream or random, not {window!r}")
         self.ids, self.batch_size, self.seq_len, self.window = ids, batch_size, seq_len, window
         self.seed, self.rank, self.world = seed, rank, world
+        self.restart_every = restart_every
         streams = batch_size * world
         self.stream_len = (len(ids) - 1) // streams
         self.windows_per_epoch = self.stream_len // seq_len
@@ -203,20 +209,30 @@ class TrainStreams:
         used = self.batch_size * self.world * self.windows_per_epoch * self.seq_len
         return len(self.ids) - used
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """(x (B, T), y (B, T), reset): reset says the carried state must start from zero."""
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """(x (B, T), y (B, T), restart): the rows (of this batch) whose carried state starts
+        from zero; all of them at an epoch's first window and with random windows."""
         rows = np.arange(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        every = tuple(range(self.batch_size))
         if self.window == "stream":
             k = step % self.windows_per_epoch
             starts = rows * self.stream_len + k * self.seq_len
-            reset = k == 0
+            restart = every if k == 0 else self.restarting(k, rows)
         else:  # nanoGPT-style random windows; the generator is keyed by the step, not carried
             rng = np.random.default_rng([self.seed, step])
             starts = rng.integers(0, len(self.ids) - self.seq_len,
                                   size=self.batch_size * self.world)[rows]
-            reset = True
+            restart = every
         chunk = torch.from_numpy(self.ids[starts[:, None] + self._offsets].astype(np.int64))
-        return chunk[:, :-1], chunk[:, 1:], reset  # (B, T), (B, T)
+        return chunk[:, :-1], chunk[:, 1:], restart  # (B, T), (B, T)
+
+    def restarting(self, k: int, rows: np.ndarray) -> tuple[int, ...]:
+        """Which of ``rows`` (streams, numbered across processes) start cold at window k."""
+        every = self.restart_every
+        if not every:
+            return ()
+        due = (k + rows * every // (self.batch_size * self.world)) % every == 0
+        return tuple(int(i) for i in np.flatnonzero(due))
 
 
 class StepBatches(torch.utils.data.IterableDataset):
@@ -231,7 +247,7 @@ class StepBatches(torch.utils.data.IterableDataset):
     def __init__(self, streams: TrainStreams, start: int, stop: int | None):
         self.streams, self.start, self.stop = streams, start, stop
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]]:
         step = self.start
         while self.stop is None or step < self.stop:
             yield self.streams.batch(step)

@@ -15,6 +15,7 @@ from charlm.model.charrnn import (
                                    detach_state,
                                    hidden_size_for_params,
                                    map_state,
+                                   restart_rows,
                                    state_hidden,
 )
 from charlm.model.registry import (
@@ -29,4 +30,4 @@ from charlm.model.registry import (
 
 __all__ = ["Cell", "CharRNN", "ModelConfig", "State", "UnknownCell", "build_cell", "cell",
            "cell_names", "detach_state", "hidden_size_for_params", "is_recurrent", "map_state",
-           "register_cell", "state_hidden", "unregister_cell"]
+           "register_cell", "restart_rows", "state_hidden", "unregister_cell"]

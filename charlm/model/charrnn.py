@@ -7,7 +7,7 @@ every place that touches one goes through ``map_state``, so no caller branches o
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -31,6 +31,15 @@ def map_state(fn: Callable[[Tensor], Tensor], state: State | None) -> State | No
 def detach_state(state: State | None) -> State | None:
     """Cut the graph behind a carried state (truncated BPTT)."""
     return map_state(Tensor.detach, state)
+
+
+def restart_rows(state: State | None, rows: Sequence[int]) -> State | None:
+    """``state`` with the given batch rows set to zero: those rows start again as at the first
+    window. Every state keeps its batch in dimension 1 (a recurrent cell's (L, B, H))."""
+    if state is None or not rows:
+        return state
+    index = torch.tensor(list(rows), device=state_hidden(state).device)
+    return map_state(lambda t: t.index_fill(1, index, 0), state)
 
 
 def state_hidden(state: State) -> Tensor:

@@ -46,6 +46,10 @@ class TrainConfig:
     eval_every: int = 500
     sample_every: int = 0
     window: str = "stream"
+    # each stream's carried state starts again from zero every this many windows (staggered;
+    # 0: only at an epoch's start), so a short run also learns to write from the zero state
+    # that sampling starts from (docs/results.md, "Starting cold")
+    restart_every: int = 8
     accelerator: str = "auto"
     devices: str = "auto"
     strategy: str = "auto"
@@ -69,7 +73,8 @@ class TrainConfig:
         if self.lr <= 0:
             raise CharlmError(f"`lr` must be positive, not {self.lr}")
         for flag, value in (("`weight_decay`", self.weight_decay), ("`grad_clip`", self.grad_clip),
-                            ("`warmup_steps`", self.warmup_steps)):
+                            ("`warmup_steps`", self.warmup_steps),
+                            ("`restart_every`", self.restart_every)):
             if value < 0:
                 raise CharlmError(f"{flag} must be >= 0, not {value}")
         for flag, value in (("`seq_len`", self.seq_len), ("`batch_size`", self.batch_size),

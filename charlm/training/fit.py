@@ -198,6 +198,7 @@ def _data_module(config: TrainConfig) -> CharDataModule:
                         seq_len=config.seq_len,
                         val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                         window=config.window, seed=config.seed,
+                        restart_every=config.restart_every,
                         corpus_options={"encoding": config.encoding, "split": config.split,
                                         "text_column": config.text_column,
                                         "streaming": config.streaming})
@@ -228,7 +229,7 @@ def _lightning_module(config: TrainConfig, model_config: ModelConfig, dm: CharDa
                         "fingerprint": corpus.meta.get("fingerprint"),
                         "val_fraction": config.val_fraction,
                         "test_fraction": config.test_fraction, "seq_len": config.seq_len,
-                        "batch_size": dm.batch_size})
+                        "batch_size": dm.batch_size, "restart_every": config.restart_every})
 
 
 def _trainer(config: TrainConfig, decision: Decision, callbacks: list[Callback]) -> L.Trainer:

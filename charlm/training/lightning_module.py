@@ -23,7 +23,14 @@ from charlm.data.vocab import CharVocab
 from charlm.errors import CharlmError
 from charlm.generation import metrics
 from charlm.generation.checkpoint import CHECKPOINT_FORMAT
-from charlm.model import CharRNN, ModelConfig, State, detach_state, map_state
+from charlm.model import (
+    CharRNN,
+    ModelConfig,
+    State,
+    detach_state,
+    map_state,
+    restart_rows,
+)
 from charlm.version import __version__
 
 
@@ -120,9 +127,8 @@ class CharLM(L.LightningModule):
         return metrics.sequence_loss(self.model, x, y, state)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        x, y, reset = batch
-        if reset:
-            self.carried = None
+        x, y, restart = batch  # restart: rows whose state starts from zero (all: none carried)
+        self.carried = None if len(restart) == len(x) else restart_rows(self.carried, restart)
         loss_sum, count, state = self._shared_step(x, y, self.carried)
         self.carried = detach_state(state)
         loss = loss_sum / count
@@ -259,8 +265,9 @@ class CharDataModule(L.LightningDataModule):
     def __init__(self, sources: list[str] | None, *, batch_size: int, seq_len: int,
                  val_fraction: float = 0.1, test_fraction: float = 0.0, window: str = "stream",
                  seed: int = 0, eval_seq_len: int = 256, corpus_options: dict | None = None,
-                 max_steps: int | None = None):
+                 max_steps: int | None = None, restart_every: int = 0):
         super().__init__()
+        self.restart_every = restart_every
         self.sources, self.batch_size, self.seq_len = sources, batch_size, seq_len
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.window, self.seed, self.eval_seq_len = window, seed, eval_seq_len
@@ -279,7 +286,7 @@ class CharDataModule(L.LightningDataModule):
     def make_streams(self, rank: int = 0, world: int = 1) -> TrainStreams:
         self.load()
         return TrainStreams(self.splits["train"], self.batch_size, self.seq_len, self.window,
-                            self.seed, rank, world)
+                            self.seed, rank, world, self.restart_every)
 
     def setup(self, stage: str) -> None:
         self.load()

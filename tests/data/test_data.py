@@ -97,12 +97,30 @@ def test_window_k_plus_1_continues_window_k():
     s = TrainStreams(ids.astype(np.int64), batch_size=4, seq_len=10)
     x0, y0, reset0 = s.batch(0)
     x1, y1, reset1 = s.batch(1)
-    assert reset0 and not reset1
+    assert reset0 == (0, 1, 2, 3) and reset1 == ()   # every row starts cold, then none
     assert x0.shape == (4, 10)
     assert (y0[:, :-1] == x0[:, 1:]).all()           # targets are the next characters
     assert (x1[:, 0] == y0[:, -1]).all()             # the next window picks up where it ended
     assert (x0[1, 0] - x0[0, 0]) % 251 == s.stream_len % 251  # rows are far-apart streams
-    assert s.batch(s.windows_per_epoch)[2]           # a new epoch resets the state
+    assert s.batch(s.windows_per_epoch)[2] == reset0  # a new epoch resets the state
+
+
+def test_with_restart_every_r_each_stream_starts_cold_once_in_r_windows_in_turn():
+    ids = np.arange(10_000, dtype=np.int64)
+    s = TrainStreams(ids, batch_size=4, seq_len=10, restart_every=8)
+    cold = {k: s.batch(k)[2] for k in range(1, 17)}
+    for row in range(4):  # once in every 8 windows, 8 windows apart
+        at = [k for k, rows in cold.items() if row in rows]
+        assert len(at) == 2 and at[1] - at[0] == 8, (row, at)
+    assert max(len(rows) for rows in cold.values()) == 1  # in turn: never two at once here
+    assert s.batch(0)[2] == (0, 1, 2, 3)  # an epoch's first window: all of them
+    # under DDP each process restarts its own streams when one process would have
+    split = [TrainStreams(ids, batch_size=2, seq_len=10, restart_every=8, rank=r, world=2)
+             for r in range(2)]
+    for k in range(1, 17):
+        together = [2 * r + i for r in range(2) for i in split[r].batch(k)[2]]
+        assert together == list(cold[k]), k
+    assert TrainStreams(ids, 4, 10, restart_every=0).batch(5)[2] == ()
 
 
 def test_stream_batching_never_duplicates_and_reports_tail():

@@ -103,7 +103,8 @@ def test_stream_batches_feed_every_character_once_but_the_tail(n, batch_size, se
         streams = TrainStreams(ids, batch_size, seq_len, rank=rank, world=world)
         rows = [streams.batch(k) for k in range(streams.windows_per_epoch)]
         for k, (x, y, reset) in enumerate(rows):
-            assert x.shape == y.shape == (batch_size, seq_len) and reset == (k == 0)
+            assert x.shape == y.shape == (batch_size, seq_len)
+            assert reset == (tuple(range(batch_size)) if k == 0 else ())  # every row, then none
             assert torch.equal(y, x + 1)  # the target is always the next character
             fed.append(x.flatten().numpy())
         for row in torch.cat([x for x, _, _ in rows], dim=1):  # each row: one contiguous stream
@@ -120,7 +121,8 @@ def test_random_windows_stay_inside_and_predict_the_next_character(n, batch_size
     assume((n - 1) // batch_size >= seq_len)
     streams = TrainStreams(np.arange(n), batch_size, seq_len, window="random", seed=7)
     x, y, reset = streams.batch(step)
-    assert reset and torch.equal(y, x + 1) and int(x.min()) >= 0 and int(y.max()) < n
+    assert reset == tuple(range(batch_size))  # no window continues another: every row cold
+    assert torch.equal(y, x + 1) and int(x.min()) >= 0 and int(y.max()) < n
     assert torch.equal(streams.batch(step)[0], x)  # a pure function of the step
 
 
