@@ -282,30 +282,6 @@ def test_resuming_a_finished_run_with_the_same_step_count_changes_nothing(text_f
     assert (tmp_path / "r" / "best.ckpt").read_bytes() == before
 
 
-def test_a_training_step_restarts_only_the_rows_it_is_told_from_zero(monkeypatch):
-    from charlm.model import ModelConfig
-    from charlm.training import lightning_module
-    module = lightning_module.CharLM(ModelConfig(vocab_size=5, hidden_size=4).to_dict(), {},
-                                     list("abcde"))
-    module.logs_this_step = lambda: False
-    given = []
-
-    def loss(model, x, y, state):  # records the state each step starts from; carries ones
-        given.append(state)
-        return torch.tensor(1.0), 1, (torch.ones(1, 3, 4), torch.ones(1, 3, 4))
-
-    monkeypatch.setattr(lightning_module.metrics, "sequence_loss", loss)
-    x = torch.zeros(3, 2, dtype=torch.long)
-    for step, restart in enumerate([(0, 1, 2), (1,), (), (0, 2)]):
-        module.training_step((x, x, restart), step)
-    assert given[0] is None  # every row: nothing carried
-    for h in given[1]:  # (h, c): row 1 from zero, rows 0 and 2 carried
-        assert h[:, 1].eq(0).all() and h[:, [0, 2]].eq(1).all()
-    assert all(t.eq(1).all() for t in given[2])
-    for h in given[3]:
-        assert h[:, [0, 2]].eq(0).all() and h[:, 1].eq(1).all()
-
-
 def test_restart_every_below_zero_is_refused():
     with pytest.raises(CharlmError, match="restart_every must be >= 0, not -1"):
         TrainConfig(restart_every=-1)
