@@ -227,7 +227,8 @@ class TrainStreams:
         return chunk[:, :-1], chunk[:, 1:], restart  # (B, T), (B, T)
 
     def restarting(self, k: int, rows: np.ndarray) -> tuple[int, ...]:
-        """Which of ``rows`` (streams, numbered across processes) start cold at window k."""
+        """The positions in this batch of the ``rows`` (streams, numbered across processes)
+        that start cold at window k."""
         every = self.restart_every
         if not every:
             return ()
