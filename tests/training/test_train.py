@@ -285,3 +285,15 @@ def test_resuming_a_finished_run_with_the_same_step_count_changes_nothing(text_f
 def test_restart_every_below_zero_is_refused():
     with pytest.raises(CharlmError, match="restart_every must be >= 0, not -1"):
         TrainConfig(restart_every=-1)
+
+
+def test_restart_every_reaches_the_training_streams(text_file, tmp_path):
+    # every window from zero (1) trains differently from state carried all epoch (0), and the
+    # setting is recorded with the run
+    losses = {}
+    for every in (0, 1):
+        out = tmp_path / str(every)
+        losses[every] = fit(TrainConfig(data=[str(text_file)], max_steps=12, eval_every=0,
+                                        out=str(out), restart_every=every, **TINY))["val_loss"]
+        assert json.loads((out / "run.json").read_text())["data"]["restart_every"] == every
+    assert losses[0] != losses[1], losses
