@@ -110,6 +110,7 @@ def test_preset_fills_what_the_user_did_not_give():
     assert out["lr"] == 4e-3  # given on the command line: the user's value wins
     assert out["precision"] == "auto"  # resolved by fit() for the machine it runs on
     assert presets.apply(options, None, set()) == options
+    assert presets.apply(options, "quick", set())["restart_every"] == 8  # pinned, as measured
     with pytest.raises(presets.CharlmError, match="unknown preset 'nope'; choose one of"):
         presets.preset("nope")
 
@@ -128,6 +129,7 @@ def test_preset_through_the_cli(text_file, tmp_path):
     assert run["model"]["dropout"] == recipe["dropout"]
     assert run["config"]["weight_decay"] == recipe["weight_decay"] > 0
     assert run["config"]["batch_size"] == 4 and run["config"]["lr"] == recipe["lr"]
+    assert run["config"]["restart_every"] == 0  # the recipe as measured, not train's default
     bad = CliRunner().invoke(cli, ["train", "--preset", "nope", "--data", str(text_file)])
     assert bad.exit_code != 0 and "Invalid value for '--preset'" in bad.output
     bad = CliRunner().invoke(cli, ["train", "--weight-drop", "1.5", "--data", str(text_file),
