@@ -17,10 +17,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
+# Temperature 1 and a prompt: a model this young, sampled colder or from a bare newline, often
+# loops on indentation into lines of spaces (docs/results.md, "The demo's samples").
 demo: install
 	rm -rf checkpoints/demo
 	$(BIN)/charlm train --max-time 1.5 --out checkpoints/demo
-	$(BIN)/charlm sample checkpoints/demo/best.ckpt --num-samples 3 --length 300 --temperature 0.8 --seed 1
+	$(BIN)/charlm sample checkpoints/demo/best.ckpt --prompt 'def ' --num-samples 3 --length 300 --temperature 1.0 --seed 1
 
 test: install
 	$(BIN)/ruff check charlm tests benchmarks
