@@ -30,7 +30,8 @@ from charlm.errors import CharlmError
 @click.option("--seed", type=int, default=None,
               help="Same seed, same text; sample i is the same whatever --num-samples.")
 @click.option("--stats", is_flag=True,
-              help="Also report known words, distinct-n and novelty against the training text.")
+              help="Also report known words, distinct-n, novelty and loops (one character "
+                   "40 times in a row) against the training text.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object with every sample: the one output that keeps the text in "
                    "memory (so does --stats); otherwise text is written as it is drawn.")
@@ -73,7 +74,8 @@ def sample(checkpoint, prompt, length, temperature, top_k, top_p, greedy, num_sa
         click.echo(text if num_samples == 1 else f"--- sample {i + 1} ---\n{text}")
     s = result["stats"]
     click.echo(f"known words {s['known_words']:.1%}, distinct-1 {s['distinct_1']:.2f}, "
-               f"distinct-2 {s['distinct_2']:.2f}, novel 8-grams {s['novelty_8']:.1%} "
+               f"distinct-2 {s['distinct_2']:.2f}, novel 8-grams {s['novelty_8']:.1%}, "
+               f"loops {s['loops']:.1%} (training text {s['loops_training']:.1%}) "
                f"({s['words']} words)", err=True)
 
 

@@ -130,5 +130,9 @@ def test_sample_stats_against_training_text(trained):
     result = last_json(run("sample", out / "best.ckpt", "--length", 200, "--seed", 2, "--stats",
                            "--json"))
     stats = result["stats"]
-    assert set(stats) >= {"known_words", "distinct_1", "distinct_2", "novelty_8"}
-    assert all(0.0 <= stats[k] <= 1.0 for k in ("known_words", "novelty_8"))
+    assert set(stats) >= {"known_words", "distinct_1", "distinct_2", "novelty_8", "loops",
+                          "loops_training"}
+    assert all(0.0 <= stats[k] <= 1.0 for k in ("known_words", "novelty_8", "loops"))
+    # without --json the same figures go to stderr, one line
+    said = run("sample", out / "best.ckpt", "--length", 200, "--seed", 2, "--stats").stderr
+    assert f"loops {stats['loops']:.1%} (training text {stats['loops_training']:.1%})" in said
