@@ -13,7 +13,7 @@ from charlm.cli.common import (
     optim_options,
     user_errors,
 )
-from charlm.training.presets import PRESETS
+from charlm.training.presets import PRESETS, recipe_line, trains_in_float32
 from charlm.training.presets import apply as apply_preset
 
 
@@ -51,7 +51,8 @@ from charlm.training.presets import apply as apply_preset
                    "not say), else 32-true. The run prints what it chose and why.")
 @click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)),
               help="Measured settings for a job; flags you give override them. " + " ".join(
-                  f"{p.name}: {p.summary}." for p in PRESETS.values()))
+                  f"{p.name}: {p.summary}{'; ' + p.float32_summary if p.float32 else ''}."
+                  for p in PRESETS.values()))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @user_errors
 def train(data, hf_split, as_json, preset, **options):
@@ -62,7 +63,13 @@ def train(data, hf_split, as_json, preset, **options):
     from charlm.training.interrupt import Interrupted
     from charlm.training.runlock import is_rank_zero
     given = {k for k in options if given_here(k)}
-    options = apply_preset(options, preset, given)
+    if preset is not None:
+        precision = options["precision"] if "precision" in given else \
+            PRESETS[preset].options.get("precision", options["precision"])
+        float32 = trains_in_float32(precision, options["accelerator"])
+        options = apply_preset(options, preset, given, float32)
+        if not as_json:
+            click.echo(recipe_line(preset, float32), err=True)
     options = {k: v for k, v in options.items() if v is not None or k not in UNSET_IS_DEFAULT}
     if options["devices"].isdigit():
         options["devices"] = int(options["devices"])

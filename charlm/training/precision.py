@@ -141,18 +141,24 @@ def decide(precision: str, batch_size: int | None, accelerator: str, *,
     return Decision(precision, batch, reason, why)
 
 
-def _auto_precision(accelerator: str, measure: Measure | None, capabilities: dict | None,
-                    cuda_capability: tuple[int, int] | None) -> tuple[str, str]:
+def reported_bf16(accelerator: str, capabilities: dict | None = None,
+                  cuda_capability: tuple[int, int] | None = None) -> tuple[bool | None, str]:
+    """Whether the hardware ``accelerator`` trains on says it computes bf16 natively, and why;
+    None where it does not say (``auto`` then measures). Nothing is measured here."""
     if on_cuda(accelerator):
         if cuda_capability is None:
             if not torch.cuda.is_available():
-                return "32-true", "no CUDA device is available"
+                return False, "no CUDA device is available"
             cuda_capability = torch.cuda.get_device_capability()
-        native, why = cuda_bf16(cuda_capability)
-    elif accelerator in ("cpu", "auto"):
-        native, why = cpu_bf16(capabilities if capabilities is not None else cpu_capabilities())
-    else:
-        return "32-true", f"float32 is the safe default on {accelerator}"
+        return cuda_bf16(cuda_capability)
+    if accelerator in ("cpu", "auto"):
+        return cpu_bf16(capabilities if capabilities is not None else cpu_capabilities())
+    return False, f"float32 is the safe default on {accelerator}"
+
+
+def _auto_precision(accelerator: str, measure: Measure | None, capabilities: dict | None,
+                    cuda_capability: tuple[int, int] | None) -> tuple[str, str]:
+    native, why = reported_bf16(accelerator, capabilities, cuda_capability)
     if native is None:
         if measure is None:
             return "32-true", f"{why}, and was not measured"

@@ -111,6 +111,36 @@ def test_preset_fills_what_the_user_did_not_give():
     assert out["precision"] == "auto"  # resolved by fit() for the machine it runs on
     assert presets.apply(options, None, set()) == options
     assert presets.apply(options, "quick", set())["restart_every"] == 8  # pinned, as measured
+    f32 = presets.apply(options, "shakespeare", given={"lr", "dropout"}, float32=True)
+    assert (f32["hidden_size"], f32["batch_size"], f32["weight_drop"]) == (384, 16, 0.2)
+    assert f32["dropout"] == 0.0 and f32["lr"] == 4e-3  # given: the user's values still win
+    assert f32["num_layers"] == recipe["num_layers"] == 2  # the rest is the main recipe
+    assert presets.apply(options, "quick", set(), float32=True) == \
+        presets.apply(options, "quick", set())  # no float32 recipe: the same settings
+
+
+AMX = {"amx_bf16": True, "avx512_bf16": True, "avx512_f": True, "architecture": "x86_64"}
+AVX512_BF16 = {"avx512_bf16": True, "avx512_f": True, "architecture": "x86_64"}
+AVX512 = {"avx512_f": True, "avx2": True, "architecture": "x86_64"}
+AVX2 = {"avx2": True, "architecture": "x86_64"}
+SILENT = {"architecture": "aarch64"}  # reports nothing: auto would measure
+
+
+@pytest.mark.parametrize("precision, accelerator, caps, cuda, float32", [
+    ("auto", "cpu", AMX, None, False),
+    ("auto", "cpu", AVX512_BF16, None, False),
+    ("auto", "cpu", AVX512, None, True),
+    ("auto", "auto", AVX2, None, True),
+    ("auto", "cpu", SILENT, None, False),  # unknown: the main recipe, measured where it is
+    ("auto", "gpu", AVX2, (8, 0), False),  # an Ampere GPU: the CPU's flags do not matter
+    ("auto", "gpu", AMX, (7, 5), True),
+    ("32-true", "cpu", AMX, None, True),  # asked for: float32 whatever the hardware
+    ("bf16-mixed", "cpu", AVX2, None, False),
+    ("16-mixed", "gpu", AVX2, (7, 5), False),
+])
+def test_the_float32_recipe_follows_the_precision_the_run_will_train_in(
+        precision, accelerator, caps, cuda, float32):
+    assert presets.trains_in_float32(precision, accelerator, caps, cuda) is float32
     with pytest.raises(presets.CharlmError, match="unknown preset 'nope'; choose one of"):
         presets.preset("nope")
 
@@ -120,16 +150,19 @@ def test_preset_through_the_cli(text_file, tmp_path):
     result = CliRunner().invoke(cli, [
         "train", "--preset", "shakespeare", "--data", str(text_file), "--hidden-size", "16",
         "--num-layers", "1", "--batch-size", "4", "--seq-len", "16", "--max-steps", "3",
-        "--max-time", "5", "--precision", "32-true", "--out", str(out), "--json"])
+        "--max-time", "5", "--precision", "32-true", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert "preset shakespeare: in float32 (where bf16 is not native)" in result.stderr
     run = json.loads((out / "run.json").read_text())
-    recipe = presets.PRESETS["shakespeare"].options
+    shakespeare = presets.PRESETS["shakespeare"]
+    recipe = {**shakespeare.options, **shakespeare.float32}  # float32 was asked for
     assert run["config"]["hidden_size"] == 16 and run["config"]["max_steps"] == 3  # given
     assert run["model"]["weight_drop"] == recipe["weight_drop"]  # from the preset
     assert run["model"]["dropout"] == recipe["dropout"]
     assert run["config"]["weight_decay"] == recipe["weight_decay"] > 0
     assert run["config"]["batch_size"] == 4 and run["config"]["lr"] == recipe["lr"]
     assert run["config"]["restart_every"] == 0  # the recipe as measured, not train's default
+    assert run["model"]["dropout"] == 0.2 != shakespeare.options["dropout"]
     bad = CliRunner().invoke(cli, ["train", "--preset", "nope", "--data", str(text_file)])
     assert bad.exit_code != 0 and "Invalid value for '--preset'" in bad.output
     bad = CliRunner().invoke(cli, ["train", "--weight-drop", "1.5", "--data", str(text_file),
@@ -188,10 +221,11 @@ def test_layer_norm_lstm_checkpoint_round_trip(text_file, tmp_path):
     assert sample.exit_code == 0 and len(json.loads(sample.output)["samples"][0]) == 30
 
 
+@pytest.mark.parametrize("float32", [False, True])
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))
-def test_every_preset_is_a_valid_training_configuration(name):
+def test_every_preset_is_a_valid_training_configuration(name, float32):
     from charlm.training.fit import TrainConfig
-    options = presets.apply({"accelerator": "cpu"}, name, given=set())
+    options = presets.apply({"accelerator": "cpu"}, name, given=set(), float32=float32)
     config = TrainConfig(data=["x.txt"], **options)
     assert config.model_config(65).cell == options["cell"]
     assert config.precision == "auto" and config.max_time > 0
