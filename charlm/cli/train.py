@@ -64,9 +64,8 @@ def train(data, hf_split, as_json, preset, **options):
     from charlm.training.runlock import is_rank_zero
     given = {k for k in options if given_here(k)}
     if preset is not None:
-        precision = options["precision"] if "precision" in given else \
-            PRESETS[preset].options.get("precision", options["precision"])
-        float32 = trains_in_float32(precision, options["accelerator"])
+        merged = apply_preset(options, preset, given)  # the precision the run will ask for
+        float32 = trains_in_float32(merged["precision"], merged["accelerator"])
         options = apply_preset(options, preset, given, float32)
         if not as_json:
             click.echo(recipe_line(preset, float32), err=True)
