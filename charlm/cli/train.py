@@ -24,6 +24,9 @@ from charlm.training.presets import apply as apply_preset
                    "transformer: a small causal transformer, the reference to beat.")
 @click.option("--hidden-size", default=384, show_default=True)
 @click.option("--num-layers", default=1, show_default=True)
+@click.option("--head-size", default=0, show_default=True,
+              help="A hidden layer this wide (GELU) between the recurrent stack and the output "
+                   "(0: a linear output layer).")
 @click.option("--batch-size", type=int, default=None,
               help="Parallel streams per process [default: 8 or 16, whichever trains faster "
                    "on this machine, measured once and cached].")

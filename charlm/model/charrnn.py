@@ -1,4 +1,4 @@
-"""The character model: embedding → a registered cell's stack → dropout → linear head.
+"""The character model: embedding → a registered cell's stack → dropout → head.
 
 A state is what the stack carries between windows (``charlm.model.registry`` has its shapes);
 every place that touches one goes through ``map_state``, so no caller branches on the cell.
@@ -65,6 +65,10 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)  # room for a plugged-in cell's own settings
     weight_drop: float = 0.0  # DropConnect on the recurrent weights while training
     init: str = "default"     # or "orthogonal" recurrent weights, or "fan-in" input weights
+    # 0: a linear head over the vocabulary; N: a hidden layer N wide (GELU) before it, a "deep
+    # output" (Pascanu et al. 2014). It works on every position at once, outside the recurrence,
+    # so it adds capacity at a matrix product's full speed.
+    head_size: int = 0
 
     def __post_init__(self) -> None:
         entry = cell(self.cell)  # raises with the list of valid names
@@ -83,6 +87,8 @@ class ModelConfig:
                             ("`vocab_size`", self.vocab_size)):
             if value < 1:
                 raise SettingError(f"{flag} must be at least 1, not {value}")
+        if self.head_size < 0:
+            raise SettingError(f"`head_size` must be >= 0 (0: a linear head), not {self.head_size}")
         for flag, value in (("`dropout`", self.dropout), ("`weight_drop`", self.weight_drop)):
             if not 0.0 <= value < 1.0:
                 raise SettingError(f"{flag} must be in [0, 1), not {value}")
@@ -108,7 +114,8 @@ def build_cell(config: ModelConfig, impl: str | None = None) -> nn.Module:
 
 
 class CharRNN(nn.Module):
-    """Embedding → recurrent stack → dropout → linear head over the vocabulary.
+    """Embedding → recurrent stack → dropout → head over the vocabulary (linear, or with one
+    hidden layer: ``head_size``).
 
     Regularisers, all off by default: ``dropout`` between stacked layers and before the head;
     ``weight_drop``, DropConnect on every hidden-to-hidden matrix (Merity et al. 2017, AWD-LSTM):
@@ -121,7 +128,9 @@ class CharRNN(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
         self.rnn = build_cell(config)
         self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size) if not config.head_size \
+            else nn.Sequential(nn.Linear(config.hidden_size, config.head_size), nn.GELU(),
+                               nn.Linear(config.head_size, config.vocab_size))
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -22,6 +22,7 @@ class TrainConfig:
     hidden_size: int = 384
     num_layers: int = 1
     embedding_dim: int = 64
+    head_size: int = 0  # 0: a linear head; N: an N-wide hidden layer before it
     dropout: float = 0.0
     weight_drop: float = 0.0
     init: str = "default"
@@ -102,7 +103,8 @@ class TrainConfig:
         try:
             config = ModelConfig(vocab_size, self.cell, self.hidden_size, self.num_layers,
                                  self.embedding_dim, self.dropout, self.impl, extra=extra,
-                                 weight_drop=self.weight_drop, init=self.init)
+                                 weight_drop=self.weight_drop, init=self.init,
+                                 head_size=self.head_size)
             with torch.device("meta"):
                 build_cell(config)
             return config

@@ -184,7 +184,9 @@ def _resume_info(config: TrainConfig, last: Path) -> dict | None:
 def _check_same_model(resumed: dict | None, model_config: ModelConfig, last: Path) -> None:
     if resumed is None:
         return
-    differ = {k: v for k, v in resumed["model"].items()
+    # read through ModelConfig, so a setting newer than the checkpoint counts at its default
+    recorded = ModelConfig(**resumed["model"]).to_dict()
+    differ = {k: v for k, v in recorded.items()
               if k != "impl" and model_config.to_dict().get(k) != v}
     if differ:
         raise CharlmError(f"`resume`: {last} was trained with "
