@@ -46,3 +46,15 @@ def test_the_old_run_resumes(tmp_path):
                          "--eval-every", "2", "--out", folder, "--resume", "--json")
                      .stdout.splitlines()[-1])
     assert out["steps"] == 6 and out["batch_size"] == 2
+
+
+def test_the_old_run_counts_a_setting_it_predates_at_its_default(tmp_path):
+    """The 0.1.0 checkpoint has no head_size (it had a linear head): resuming it with another
+    head is one sentence, not a state dict that fails to load."""
+    folder = tmp_path / "run"
+    shutil.copytree(RUN, folder)
+    result = CliRunner().invoke(cli, list(map(str, [
+        "train", "--data", CORPUS, *FLAGS, "--head-size", "8", "--max-steps", "6",
+        "--out", folder, "--resume"])))
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "was trained with head_size=0; pass the options" in result.output

@@ -51,6 +51,27 @@ def test_next_logits_are_the_last_positions_logits_with_the_same_state(cell):
                               atol=1e-6)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "transformer"])
+def test_a_head_size_puts_one_hidden_layer_between_the_stack_and_the_vocabulary(cell):
+    """head_size N: hidden → N (GELU) → vocabulary on every position; 0 keeps the one linear
+    layer. The hidden layer is a real non-linearity (not two linear maps that fold into one),
+    and next_logits goes through it as forward does."""
+    linear, deep = (CharRNN(ModelConfig(V, cell, 8, 1, E, head_size=k)) for k in (0, 12))
+    assert isinstance(linear.head, torch.nn.Linear)
+    assert deep.num_params() - linear.num_params() == 8 * 12 + 12 + 12 * V + V - (8 * V + V)
+    assert [type(m) for m in deep.head] == [torch.nn.Linear, torch.nn.GELU, torch.nn.Linear]
+    first, _, last = deep.head
+    assert (first.in_features, first.out_features, last.out_features) == (8, 12, V)
+    ids = torch.randint(0, V, (N, T))
+    deep.eval()
+    with torch.no_grad():
+        logits, _ = deep(ids)
+        assert torch.allclose(deep.next_logits(ids)[0], logits[:, -1], atol=1e-6)
+        h = torch.randn(4, 8)
+        assert not torch.allclose(deep.head(2 * h) - deep.head(torch.zeros(4, 8)),
+                                  2 * (deep.head(h) - deep.head(torch.zeros(4, 8))), atol=1e-4)
+
+
 def test_unknown_cell_lists_valid_names():
     with pytest.raises(ValueError, match="choose one of: .*gru.*lstm.*rnn"):
         ModelConfig(V, "mamba")
@@ -107,7 +128,9 @@ def test_bad_config_names_the_flag():
             (dict(vocab_size=V, dropout=1.5), "dropout must be in [0, 1), not 1.5"),
             (dict(vocab_size=V, weight_drop=-0.1), "weight_drop must be in [0, 1), not -0.1"),
             (dict(vocab_size=V, init="zeros"),
-             "init must be one of default, orthogonal, fan-in, not 'zeros'")]:
+             "init must be one of default, orthogonal, fan-in, not 'zeros'"),
+            (dict(vocab_size=V, head_size=-1),
+             "head_size must be >= 0 (0: a linear head), not -1")]:
         with pytest.raises(SettingError) as e:
             ModelConfig(cell="lstm", **settings)
         assert str(e.value) == said
