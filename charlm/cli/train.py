@@ -89,6 +89,7 @@ def train(data, hf_split, as_json, preset, **options):
         emit_json({k: v for k, v in results.items() if k != "history"})
     else:
         click.echo(f"best val loss {results['val_loss']:.4f} nats ({results['val_bpc']:.4f} bpc) "
-                   f"at step {results['best_step']}; {results['steps']} steps, "
+                   f"at step {results['best_step']}; {results['steps']} steps "
+                   f"({results['epochs']:.2f} epochs), "
                    f"{results['train_chars_per_s']:,.0f} train chars/s; "
                    f"checkpoints in {config.out}")

@@ -122,6 +122,9 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     if run.stop.stopped_at is not None:
         raise Interrupted(run.stop.stopped_at)
     results = _results(run.validation, trainer, module, decision, out, time.time() - t0)
+    # where in its epoch a streamed run ends moves its final figure (docs/results.md), so a
+    # comparison of timed runs needs it
+    results["epochs"] = round(trainer.global_step / streams.windows_per_epoch, 3)
     if config.test_fraction and trainer.is_global_zero:
         results.update(_test_metrics(out / "best.ckpt", dm))
     if trainer.is_global_zero:

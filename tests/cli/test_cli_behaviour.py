@@ -172,12 +172,14 @@ def test_max_epochs_runs_exactly_that_many_epochs(text_file, tmp_path):
     info = last_json(run("train", "--data", text_file, "--out", tmp_path / "r", "--max-epochs", 2,
                          "--eval-every", 0, "--json", *ARGS))
     assert info["steps"] == 2 * steps_per_epoch(len(text_file.read_text()))
+    assert info["epochs"] == 2.0
 
 
 def test_max_time_stops_the_run_on_the_clock(text_file, tmp_path):
     info = last_json(run("train", "--data", text_file, "--out", tmp_path / "r", "--max-time", 0.02,
                          "--eval-every", 0, "--json", *ARGS))  # 1.2 s, and no step budget
     assert 0 < info["steps"] < 10 * steps_per_epoch(len(text_file.read_text()))
+    assert info["epochs"] == round(info["steps"] / steps_per_epoch(len(text_file.read_text())), 3)
     assert 1.2 <= info["elapsed_s"] < 1.2 + 10
 
 
