@@ -48,8 +48,7 @@ class CompareConfig:
         default_factory=lambda: TrainConfig(progress=False, precision="32-true",
                                               batch_size=DEFAULT_BATCH, lr=DEFAULT_LR,
                                               weight_decay=0.0, warmup_steps=DEFAULT_WARMUP,
-                                              init=DEFAULT_INIT, restart_every=0,
-                                              head_size=0))
+                                              init=DEFAULT_INIT, restart_every=0))
     cells: list[str] = field(default_factory=lambda: ["rnn", "lstm", "gru"])
     checkpoints: list[str] = field(default_factory=list)  # trained elsewhere: evaluated only
     params: int | list[int] | None = None  # match every cell to this many parameters (a list:
