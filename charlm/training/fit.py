@@ -121,10 +121,8 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
     _train(trainer, module, dm, config, resumed)
     if run.stop.stopped_at is not None:
         raise Interrupted(run.stop.stopped_at)
-    results = _results(run.validation, trainer, module, decision, out, time.time() - t0)
-    # where in its epoch a streamed run ends moves its final figure (docs/results.md), so a
-    # comparison of timed runs needs it
-    results["epochs"] = round(trainer.global_step / streams.windows_per_epoch, 3)
+    results = _results(run.validation, trainer, module, decision, out, time.time() - t0,
+                       streams.windows_per_epoch)
     if config.test_fraction and trainer.is_global_zero:
         results.update(_test_metrics(out / "best.ckpt", dm))
     if trainer.is_global_zero:
@@ -150,11 +148,14 @@ class RunCallbacks:
 
 
 def _results(validation: Validation, trainer: L.Trainer, module: CharLM, decision: Decision,
-             out: Path, wall_s: float) -> dict:
+             out: Path, wall_s: float, windows_per_epoch: int) -> dict:
     return {
         "checkpoint": str(out / "last.ckpt"), "best_checkpoint": str(out / "best.ckpt"),
         "val_loss": validation.best_val_loss, "val_bpc": validation.best_val_loss / LN2,
         "best_step": validation.best_step, "steps": trainer.global_step,
+        # where in its epoch a streamed run ends moves its final figure (docs/results.md), so a
+        # comparison of timed runs needs it
+        "epochs": round(trainer.global_step / windows_per_epoch, 3),
         "params": module.model.num_params(), "precision": decision.precision,
         "batch_size": decision.batch_size, "auto": decision.to_dict(), "machine": cpu_kind(),
         "train_chars_per_s": module.train_chars / module.train_s if module.train_s else 0.0,
