@@ -112,7 +112,8 @@ def test_preset_fills_what_the_user_did_not_give():
     assert presets.apply(options, None, set()) == options
     assert presets.apply(options, "quick", set())["restart_every"] == 8  # pinned, as measured
     f32 = presets.apply(options, "shakespeare", given={"lr", "dropout"}, float32=True)
-    assert (f32["hidden_size"], f32["batch_size"], f32["weight_drop"]) == (384, 16, 0.2)
+    assert (f32["hidden_size"], f32["batch_size"], f32["weight_drop"], f32["weight_decay"]) == \
+        (384, 16, 0.2, 0.3)
     assert f32["dropout"] == 0.0 and f32["lr"] == 4e-3  # given: the user's values still win
     assert f32["num_layers"] == recipe["num_layers"] == 2  # the rest is the main recipe
     assert presets.apply(options, "quick", set(), float32=True) == \
