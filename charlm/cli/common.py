@@ -131,7 +131,9 @@ optim_options = options(  # train and compare: the same batches, optimiser and b
                       "given, it is every cell's]."),
     click.option("--grad-clip", default=5.0, show_default=True),
     click.option("--schedule", default="cosine", show_default=True,
-                 type=click.Choice(["cosine", "constant"])),
+                 type=click.Choice(["cosine", "linear", "constant"]),
+                 help="How the learning rate falls from --lr to zero over the budget "
+                      "(constant: it stays)."),
     click.option("--max-steps", type=int, default=None),
     click.option("--max-time", type=float, default=None, help="Wall-clock budget in minutes."),
     click.option("--val-fraction", default=0.1, show_default=True),

@@ -70,6 +70,9 @@ class LossWatch:
             _refuse_non_finite(float(self._bad[1]), int(self._bad[0]))
 
 
+SCHEDULES = ("cosine", "linear", "constant")
+
+
 @dataclass
 class OptimConfig:
     """Optimiser and schedule; the budget decides how far along the schedule a step is."""
@@ -78,18 +81,19 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
-    schedule: str = "cosine"  # "cosine" | "constant"
+    schedule: str = "cosine"  # "cosine" | "linear" | "constant"
     total_steps: int | None = None   # the step budget, when there is one
     max_time_s: float | None = None  # the wall-clock budget, when there is one
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise CharlmError(f"`lr` must be positive, not {self.lr}")
-        if self.schedule not in ("cosine", "constant"):
-            raise CharlmError(f"`schedule` must be cosine or constant, not {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise CharlmError(f"`schedule` must be one of {', '.join(SCHEDULES)}, "
+                              f"not {self.schedule!r}")
 
     def lr_at(self, step: int, elapsed_s: float) -> float:
-        """Linear warm-up, then cosine decay to min_lr_ratio × lr over the budget."""
+        """Linear warm-up, then cosine or linear decay to min_lr_ratio × lr over the budget."""
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         if self.schedule == "constant":
@@ -99,8 +103,12 @@ class OptimConfig:
             progress = max(progress, step / self.total_steps)
         if self.max_time_s:
             progress = max(progress, elapsed_s / self.max_time_s)
-        cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine)
+        progress = min(progress, 1.0)
+        if self.schedule == "linear":
+            left = 1.0 - progress
+        else:
+            left = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * left)
 
 
 class CharLM(L.LightningModule):

@@ -14,6 +14,7 @@ from conftest import markov_text
 
 from charlm import load
 from charlm.cli import cli
+from charlm.errors import CharlmError
 from charlm.generation.sampling import SampleSettings, generate
 from charlm.training.fit import TrainConfig, fit
 from charlm.training.lightning_module import CharLM, OptimConfig
@@ -111,6 +112,16 @@ def test_warm_up_then_cosine_decay_to_the_floor():
     assert both.lr_at(5, 10.0) == pytest.approx(1.0) and both.lr_at(1, 50.0) == pytest.approx(1.0)
     assert OptimConfig(lr=0.3, schedule="constant", total_steps=10).lr_at(9, 0.0) == 0.3
     assert OptimConfig(lr=0.3, warmup_steps=2, schedule="constant").lr_at(0, 0.0) == 0.15
+
+
+def test_linear_decay_falls_in_a_straight_line_to_the_floor():
+    o = OptimConfig(lr=1.0, warmup_steps=2, min_lr_ratio=0.2, schedule="linear", total_steps=12)
+    assert [o.lr_at(s, 0.0) for s in range(2)] == [0.5, 1.0]
+    assert [o.lr_at(s, 0.0) for s in (3, 6, 9, 12, 50)] == pytest.approx([0.8, 0.6, 0.4, 0.2, 0.2])
+    timed = OptimConfig(lr=2.0, schedule="linear", max_time_s=100.0)
+    assert [timed.lr_at(0, t) for t in (0.0, 25.0, 100.0)] == pytest.approx([2.0, 1.5, 0.0])
+    with pytest.raises(CharlmError, match="cosine, linear, constant"):
+        OptimConfig(schedule="step")
 
 
 def test_training_uses_the_schedule_and_clips_gradients(text_file, tmp_path):
