@@ -174,6 +174,15 @@ def test_weight_decay_flag_reaches_the_optimiser(text_file, tmp_path):
     assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.25]
 
 
+def test_schedule_flag_reaches_the_run(text_file, tmp_path):
+    run("train", "--data", text_file, "--out", tmp_path / "r", "--max-steps", 4, "--lr", "0.01",
+        "--schedule", "linear", "--eval-every", 0, *ARGS)
+    ckpt = torch.load(tmp_path / "r" / "last.ckpt", weights_only=True)
+    # the last step's rate: a quarter of the budget left on the line (a cosine leaves 0.146)
+    assert [g["lr"] for g in ckpt["optimizer_states"][0]["param_groups"]] == pytest.approx(
+        [0.0025, 0.0025])
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["schedule"] == "linear"
+
 def steps_per_epoch(n_chars, batch=4, seq_len=16, val=0.1):
     train = int(n_chars * (1 - val))
     return ((train - 1) // batch) // seq_len
