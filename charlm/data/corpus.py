@@ -174,29 +174,43 @@ def load_corpus(specs: list[str] | None = None, *, vocab: CharVocab | None = Non
 # Window k+1 of a row continues window k, so the hidden state carried out of step k is the
 # right context for step k+1. Each row's last partial window is the documented tail.
 #
+# With ``window="shifted"`` each epoch cuts the streams at a different place: every start moves
+# by one offset in [0, T) drawn from (seed, epoch), so a character sits at a different position
+# of its window from epoch to epoch. The first characters of a window learn nothing about how the
+# state they read was made (it is detached), and with a fixed cut the same characters are always
+# first; AWD-LSTM varies its BPTT length for the same reason. Each stream keeps T characters
+# back for the shift, so an epoch has one window fewer where the tail was shorter than T.
+#
 # With ``restart_every`` R, stream b's state also starts again from zero at every R-th window,
 # the streams staggered (b's turn comes at windows where (k + b*R // streams) % R == 0), so that
 # some rows start cold every few steps. Otherwise a model sees a zero state only at each epoch's
 # first window, and a short run never learns to write from one, which is where sampling starts.
+WINDOWS = ("stream", "shifted", "random")
+
+
 class TrainStreams:
     """Batch ``step`` of training, as a pure function of the step (so resuming is exact)."""
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, window: str = "stream",
                  seed: int = 0, rank: int = 0, world: int = 1, restart_every: int = 0):
-        if window not in ("stream", "random"):
-            raise CharlmError(f"`window` must be stream or random, not {window!r}")
+        if window not in WINDOWS:
+            raise CharlmError(f"`window` must be one of {', '.join(WINDOWS)}, not {window!r}")
         self.ids, self.batch_size, self.seq_len, self.window = ids, batch_size, seq_len, window
         self.seed, self.rank, self.world = seed, rank, world
         self.restart_every = restart_every
         streams = batch_size * world
         self.stream_len = (len(ids) - 1) // streams
-        self.windows_per_epoch = self.stream_len // seq_len
+        # a shifted cut keeps seq_len - 1 characters of each stream back to move into
+        room = self.stream_len - (seq_len - 1 if window == "shifted" else 0)
+        self.windows_per_epoch = max(room, 0) // seq_len
         if self.windows_per_epoch < 1:
-            need = streams * seq_len + 1
+            shifted = window == "shifted"
+            need = streams * (2 * seq_len - 1 if shifted else seq_len) + 1
+            per = f"(2 x seq len {seq_len} - 1)" if shifted else f"seq len {seq_len}"
             raise CharlmError(
                 f"the training split has {len(ids)} characters, fewer than one batch needs "
-                f"({need} = batch size {batch_size} x {world} process(es) "
-                f"x seq len {seq_len} + 1); use more text or a smaller `batch_size` / `seq_len`")
+                f"({need} = batch size {batch_size} x {world} process(es) x {per} + 1); "
+                f"use more text or a smaller `batch_size` / `seq_len`")
         self._offsets = np.arange(seq_len + 1)
 
     @property
@@ -214,9 +228,9 @@ class TrainStreams:
         from zero; all of them at an epoch's first window and with random windows."""
         rows = np.arange(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         every = tuple(range(self.batch_size))
-        if self.window == "stream":
-            k = step % self.windows_per_epoch
-            starts = rows * self.stream_len + k * self.seq_len
+        if self.window in ("stream", "shifted"):
+            epoch, k = divmod(step, self.windows_per_epoch)
+            starts = rows * self.stream_len + k * self.seq_len + self.shift(epoch)
             restart = every if k == 0 else self.restarting(k, rows)
         else:  # nanoGPT-style random windows; the generator is keyed by the step, not carried
             rng = np.random.default_rng([self.seed, step])
@@ -225,6 +239,13 @@ class TrainStreams:
             restart = every
         chunk = torch.from_numpy(self.ids[starts[:, None] + self._offsets].astype(np.int64))
         return chunk[:, :-1], chunk[:, 1:], restart  # (B, T), (B, T)
+
+    def shift(self, epoch: int) -> int:
+        """Where this epoch's cut starts in every stream: 0, or with shifted windows an offset
+        below seq_len drawn from (seed, epoch), the same on every process."""
+        if self.window != "shifted":
+            return 0
+        return int(np.random.default_rng([self.seed, epoch]).integers(0, self.seq_len))
 
     def restarting(self, k: int, rows: np.ndarray) -> tuple[int, ...]:
         """The positions in this batch of the ``rows`` (streams, numbered across processes)

@@ -183,9 +183,19 @@ def test_schedule_flag_reaches_the_run(text_file, tmp_path):
         [0.0025, 0.0025])
     assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["schedule"] == "linear"
 
-def steps_per_epoch(n_chars, batch=4, seq_len=16, val=0.1):
+
+def steps_per_epoch(n_chars, batch=4, seq_len=16, val=0.1, shifted=False):
     train = int(n_chars * (1 - val))
-    return ((train - 1) // batch) // seq_len
+    return ((train - 1) // batch - (seq_len - 1 if shifted else 0)) // seq_len
+
+
+def test_window_flag_reaches_the_run(text_file, tmp_path):
+    info = last_json(run("train", "--data", text_file, "--out", tmp_path / "r", "--max-epochs", 2,
+                         "--window", "shifted", "--eval-every", 0, "--json", *ARGS))
+    per_epoch = steps_per_epoch(len(text_file.read_text()), shifted=True)
+    assert per_epoch < steps_per_epoch(len(text_file.read_text()))  # the room kept for the shift
+    assert info["steps"] == 2 * per_epoch and info["epochs"] == 2.0
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["window"] == "shifted"
 
 
 def test_max_epochs_runs_exactly_that_many_epochs(text_file, tmp_path):

@@ -140,6 +140,28 @@ def test_ddp_ranks_own_disjoint_streams():
     assert np.array_equal(np.concatenate([r0, r1]), single)
 
 
+def test_shifted_windows_move_each_epochs_cut_and_keep_the_streams():
+    ids = np.arange(10_000, dtype=np.int64)
+    plain = TrainStreams(ids, batch_size=4, seq_len=10)
+    s = TrainStreams(ids, batch_size=4, seq_len=10, window="shifted", seed=3)
+    assert s.stream_len == plain.stream_len == 2499
+    assert (plain.windows_per_epoch, s.windows_per_epoch) == (249, 249)  # 9 of the 9-char tail
+    # one window fewer where the streams divide into windows exactly
+    exact = np.arange(4 * 250 + 1, dtype=np.int64)  # streams of 250: 25 windows each, no tail
+    assert TrainStreams(exact, 4, 10).windows_per_epoch == 25
+    assert TrainStreams(exact, 4, 10, window="shifted").windows_per_epoch == 24
+    shifts = [s.shift(e) for e in range(20)]
+    assert all(0 <= v < 10 for v in shifts) and len(set(shifts)) > 3  # cuts differ by epoch
+    assert plain.shift(5) == 0  # plain streams never move
+    n = s.windows_per_epoch
+    for epoch in range(3):
+        x0, _, reset0 = s.batch(epoch * n)
+        assert reset0 == (0, 1, 2, 3)  # an epoch starts cold, as with plain streams
+        assert np.array_equal(x0[:, 0].numpy(), np.arange(4) * 2499 + s.shift(epoch))
+        x1, _, reset1 = s.batch(epoch * n + 1)
+        assert reset1 == () and (x1[:, 0] == x0[:, -1] + 1).all()  # then each row continues
+
+
 def test_random_windows_are_reproducible():
     ids = np.arange(5000, dtype=np.int64)
     a = TrainStreams(ids, 4, 8, window="random", seed=3)
@@ -290,12 +312,19 @@ def test_split_refusals_word_for_word(val, test, message):
 def test_train_stream_refusals_word_for_word():
     with pytest.raises(CharlmError) as e:
         TrainStreams(np.arange(100), batch_size=4, seq_len=32, window="sliding")
-    assert e.value.template == "`window` must be stream or random, not 'sliding'"
+    assert e.value.template == "`window` must be one of stream, shifted, random, not 'sliding'"
     with pytest.raises(CharlmError) as e:
         TrainStreams(np.arange(100), batch_size=4, seq_len=32, world=2)
     assert e.value.template == (
         "the training split has 100 characters, fewer than one batch needs (257 = batch size 4 "
         "x 2 process(es) x seq len 32 + 1); use more text or a smaller `batch_size` / `seq_len`")
+    TrainStreams(np.arange(41), batch_size=4, seq_len=10)  # one window of 10 in each stream
+    with pytest.raises(CharlmError) as e:  # but no room to move it
+        TrainStreams(np.arange(41), batch_size=4, seq_len=10, window="shifted")
+    assert e.value.template == (
+        "the training split has 41 characters, fewer than one batch needs (77 = batch size 4 "
+        "x 1 process(es) x (2 x seq len 10 - 1) + 1); use more text or a smaller `batch_size` / "
+        "`seq_len`")
 
 
 def test_step_batches_are_the_streams_batches_for_steps_start_to_stop():

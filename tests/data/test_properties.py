@@ -115,6 +115,30 @@ def test_stream_batches_feed_every_character_once_but_the_tail(n, batch_size, se
     assert streams.batch(streams.windows_per_epoch)[0].equal(streams.batch(0)[0])  # next epoch
 
 
+@given(st.integers(2, 3000), st.integers(1, 5), st.integers(1, 40), st.integers(1, 3),
+       st.integers(0, 50))
+@QUICK
+def test_shifted_streams_feed_each_epoch_contiguously_once_inside_the_text(n, batch_size, seq_len,
+                                                                           world, epoch):
+    ids = np.arange(n)
+    assume((n - 1) // (batch_size * world) >= 2 * seq_len - 1)
+    fed = []
+    for rank in range(world):
+        streams = TrainStreams(ids, batch_size, seq_len, window="shifted", seed=5, rank=rank,
+                               world=world)
+        first = epoch * streams.windows_per_epoch
+        rows = [streams.batch(first + k) for k in range(streams.windows_per_epoch)]
+        for k, (x, y, reset) in enumerate(rows):
+            assert reset == (tuple(range(batch_size)) if k == 0 else ())
+            assert torch.equal(y, x + 1) and int(y.max()) < n
+            fed.append(x.flatten().numpy())
+        for b, row in enumerate(torch.cat([x for x, _, _ in rows], dim=1)):
+            start = (rank * batch_size + b) * streams.stream_len + streams.shift(epoch)
+            assert torch.equal(row, torch.arange(start, start + len(row)))
+    fed = np.concatenate(fed)
+    assert len(np.unique(fed)) == len(fed) == n - streams.tail
+
+
 @given(st.integers(2, 3000), st.integers(1, 5), st.integers(1, 40), st.integers(0, 10**6))
 @QUICK
 def test_random_windows_stay_inside_and_predict_the_next_character(n, batch_size, seq_len, step):

@@ -47,7 +47,7 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("window", ["stream", "random"])
+@pytest.mark.parametrize("window", ["stream", "shifted", "random"])
 def test_resume_equals_an_uninterrupted_run(text_file, tmp_path, monkeypatch, window):
     settings = dict(data=[str(text_file)], max_steps=24, eval_every=8, num_layers=2, dropout=0.1,
                     window=window, **TINY)
