@@ -178,8 +178,8 @@ def load_corpus(specs: list[str] | None = None, *, vocab: CharVocab | None = Non
 # by one offset in [0, T) drawn from (seed, epoch), so a character sits at a different position
 # of its window from epoch to epoch. The first characters of a window learn nothing about how the
 # state they read was made (it is detached), and with a fixed cut the same characters are always
-# first; AWD-LSTM varies its BPTT length for the same reason. Each stream keeps T characters
-# back for the shift, so an epoch has one window fewer where the tail was shorter than T.
+# first; AWD-LSTM varies its BPTT length for the same reason. Each stream keeps T - 1 characters
+# back for the shift, so an epoch has one window fewer where the tail was shorter than that.
 #
 # With ``restart_every`` R, stream b's state also starts again from zero at every R-th window,
 # the streams staggered (b's turn comes at windows where (k + b*R // streams) % R == 0), so that
