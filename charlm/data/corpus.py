@@ -201,10 +201,10 @@ class TrainStreams:
         streams = batch_size * world
         self.stream_len = (len(ids) - 1) // streams
         # a shifted cut keeps seq_len - 1 characters of each stream back to move into
-        room = self.stream_len - (seq_len - 1 if window == "shifted" else 0)
+        shifted = window == "shifted"
+        room = self.stream_len - (seq_len - 1 if shifted else 0)
         self.windows_per_epoch = max(room, 0) // seq_len
         if self.windows_per_epoch < 1:
-            shifted = window == "shifted"
             need = streams * (2 * seq_len - 1 if shifted else seq_len) + 1
             per = f"(2 x seq len {seq_len} - 1)" if shifted else f"seq len {seq_len}"
             raise CharlmError(
