@@ -139,10 +139,11 @@ optim_options = options(  # train and compare: the same batches, optimiser and b
     click.option("--val-fraction", default=0.1, show_default=True),
     click.option("--test-fraction", default=0.0, show_default=True),
     click.option("--window", default="stream", show_default=True,
-                 type=click.Choice(["stream", "shifted", "random"]),
+                 type=click.Choice(["stream", "shifted", "random", "mixed"]),
                  help="How training reads the text: contiguous streams with the state carried "
                       "(stream); the same, each epoch's cut moved by a random offset (shifted); "
-                      "nanoGPT's random windows from a zero state (random)."),
+                      "nanoGPT's random windows from a zero state (random); random windows for "
+                      "the first two thirds of the budget, then streams (mixed)."),
     click.option("--accelerator", default="auto", show_default=True),
 )
 

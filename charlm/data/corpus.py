@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,7 +185,13 @@ def load_corpus(specs: list[str] | None = None, *, vocab: CharVocab | None = Non
 # the streams staggered (b's turn comes at windows where (k + b*R // streams) % R == 0), so that
 # some rows start cold every few steps. Otherwise a model sees a zero state only at each epoch's
 # first window, and a short run never learns to write from one, which is where sampling starts.
-WINDOWS = ("stream", "shifted", "random")
+#
+# With ``window="mixed"`` the run reads random windows until ``progress`` (a callable the trainer
+# sets: how far along its budget step s is, 0 to 1) reaches MIXED_STREAMS_FROM, then the streams
+# from their first window, all rows cold. The step where that happened is kept (``streams_from``,
+# saved in checkpoints), so batches stay a function of (step, streams_from) and resuming is exact.
+WINDOWS = ("stream", "shifted", "random", "mixed")
+MIXED_STREAMS_FROM = 2 / 3
 
 
 class TrainStreams:
@@ -212,6 +218,8 @@ class TrainStreams:
                 f"({need} = batch size {batch_size} x {world} process(es) x {per} + 1); "
                 f"use more text or a smaller `batch_size` / `seq_len`")
         self._offsets = np.arange(seq_len + 1)
+        self.progress: Callable[[int], float] | None = None  # "mixed": how far along step s is
+        self.streams_from: int | None = None  # "mixed": the first step read from the streams
 
     @property
     def chars_per_step(self) -> int:
@@ -228,8 +236,9 @@ class TrainStreams:
         from zero; all of them at an epoch's first window and with random windows."""
         rows = np.arange(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         every = tuple(range(self.batch_size))
-        if self.window in ("stream", "shifted"):
-            epoch, k = divmod(step, self.windows_per_epoch)
+        streamed = self.streamed_step(step)
+        if streamed is not None:
+            epoch, k = divmod(streamed, self.windows_per_epoch)
             starts = rows * self.stream_len + k * self.seq_len + self.shift(epoch)
             restart = every if k == 0 else self.restarting(k, rows)
         else:  # nanoGPT-style random windows; the generator is keyed by the step, not carried
@@ -239,6 +248,21 @@ class TrainStreams:
             restart = every
         chunk = torch.from_numpy(self.ids[starts[:, None] + self._offsets].astype(np.int64))
         return chunk[:, :-1], chunk[:, 1:], restart  # (B, T), (B, T)
+
+    def streamed_step(self, step: int) -> int | None:
+        """Where ``step`` falls in the streams' layout, or None where it reads random windows.
+        With mixed windows the first step whose progress reaches MIXED_STREAMS_FROM becomes
+        ``streams_from``; steps are asked in order, so it is the switch for the whole run."""
+        if self.window == "random":
+            return None
+        if self.window != "mixed":
+            return step
+        if (self.streams_from is None and self.progress is not None
+                and self.progress(step) >= MIXED_STREAMS_FROM):
+            self.streams_from = step
+        if self.streams_from is None or step < self.streams_from:
+            return None
+        return step - self.streams_from
 
     def shift(self, epoch: int) -> int:
         """Where this epoch's cut starts in every stream: 0, or with shifted windows an offset

@@ -123,6 +123,8 @@ def _fit(config: TrainConfig, callbacks: list[Callback] | None = None) -> dict:
         raise Interrupted(run.stop.stopped_at)
     results = _results(run.validation, trainer, module, decision, out, time.time() - t0,
                        streams.windows_per_epoch)
+    if config.window == "mixed":
+        results["streams_from_step"] = dm.streams.streams_from
     if config.test_fraction and trainer.is_global_zero:
         results.update(_test_metrics(out / "best.ckpt", dm))
     if trainer.is_global_zero:

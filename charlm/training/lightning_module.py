@@ -92,18 +92,23 @@ class OptimConfig:
             raise CharlmError(f"`schedule` must be one of {', '.join(SCHEDULES)}, "
                               f"not {self.schedule!r}")
 
+    def progress(self, step: int, elapsed_s: float) -> float:
+        """How far along its budget the run is, 0 to 1: the further of steps and time (0 for a
+        run with neither)."""
+        progress = 0.0
+        if self.total_steps:
+            progress = max(progress, step / self.total_steps)
+        if self.max_time_s:
+            progress = max(progress, elapsed_s / self.max_time_s)
+        return min(progress, 1.0)
+
     def lr_at(self, step: int, elapsed_s: float) -> float:
         """Linear warm-up, then cosine or linear decay to min_lr_ratio × lr over the budget."""
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         if self.schedule == "constant":
             return self.lr
-        progress = 0.0
-        if self.total_steps:
-            progress = max(progress, step / self.total_steps)
-        if self.max_time_s:
-            progress = max(progress, elapsed_s / self.max_time_s)
-        progress = min(progress, 1.0)
+        progress = self.progress(step, elapsed_s)
         if self.schedule == "linear":
             left = 1.0 - progress
         else:
@@ -300,11 +305,22 @@ class CharDataModule(L.LightningDataModule):
         self.load()
         self.streams = self.make_streams(self.trainer.global_rank, self.trainer.world_size)
 
+    # Saved in checkpoints (Lightning calls these after setup): where mixed windows turned to
+    # the streams. Each process decides that by its own clock, as it does its learning rate.
+    def state_dict(self) -> dict:
+        return {"streams_from": self.streams.streams_from if self.streams else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.streams is not None:
+            self.streams.streams_from = state.get("streams_from")
+
     def train_dataloader(self):
         # Called after a checkpoint is restored, so global_step is the resumed position.
         # Its own generator: creating the iterator must not draw from the global RNG, which
         # drives dropout and is restored on resume.
         start = self.trainer.global_step
+        module = self.trainer.lightning_module
+        self.streams.progress = lambda step: module.optim.progress(step, module.tick())
         return torch.utils.data.DataLoader(StepBatches(self.streams, start, self.max_steps),
                                            batch_size=None, generator=torch.Generator())
 
