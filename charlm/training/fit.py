@@ -51,11 +51,11 @@ from charlm.training.runlock import RunLock, is_rank_zero
 
 
 def decide_precision(config: TrainConfig, model_config: ModelConfig,
-                     resumed_batch: int | None = None) -> Decision:
+                     resumed_batch: int | None = None, keep: bool = True) -> Decision:
     """The run's precision and batch size (``charlm.training.precision``): ``auto`` and an unset
-    batch are decided from what this machine reports, and measured once (cached) where that cannot
-    tell or where the batch is open. Distributed and GPU runs take the report alone, so every
-    rank decides the same."""
+    batch are decided from what this machine reports, and measured once where that cannot tell
+    or where the batch is open (cached unless ``keep`` is false). Distributed and GPU runs take
+    the report alone, so every rank decides the same."""
     single = (config.num_nodes == 1 and str(config.devices) in ("auto", "1")
               and config.strategy == "auto" and not on_cuda(config.accelerator))
     measure = None
@@ -63,7 +63,8 @@ def decide_precision(config: TrainConfig, model_config: ModelConfig,
         key = {**machine_key(), **model_config.to_dict(), "seq_len": config.seq_len}
         key.pop("impl", None)
         measure = step_timer(lambda: CharRNN(model_config), model_config.vocab_size,
-                             config.seq_len, cache_root() / "machine.json", key)
+                             config.seq_len, cache_root() / "machine.json" if keep else None,
+                             key)
     return decide(config.precision, config.batch_size or resumed_batch, config.accelerator,
                   measure=measure, cell=model_config.cell,
                   no_bf16=lambda: bf16_failure(CharRNN(model_config), model_config.vocab_size))
@@ -216,12 +217,16 @@ def _data_module(config: TrainConfig) -> CharDataModule:
 
 def _decide(config: TrainConfig, model_config: ModelConfig,
             resumed: dict | None) -> tuple[Decision, str]:
-    """The precision and batch, and the line a run prints about them ("" when both were given)."""
+    """The precision and batch, and the line a run prints about them ("" when both were given).
+    A measurement taken while other work loads the machine is used but not cached: other work
+    slows the settings unevenly, and a cached answer would outlive it."""
     load, t0 = os.getloadavg()[0], time.perf_counter()
-    decision = decide_precision(config, model_config, (resumed or {}).get("batch_size"))
+    busy = load > (os.cpu_count() or 1) - 0.5
+    decision = decide_precision(config, model_config, (resumed or {}).get("batch_size"),
+                                keep=not busy)
     if config.precision != "auto" and config.batch_size is not None:
         return decision, ""
-    return decision, decision.line() + _measured(time.perf_counter() - t0, load)
+    return decision, decision.line() + _measured(time.perf_counter() - t0, load, busy)
 
 
 def _lightning_module(config: TrainConfig, model_config: ModelConfig, dm: CharDataModule,
@@ -274,17 +279,15 @@ def _train(trainer: L.Trainer, module: CharLM, dm: CharDataModule, config: Train
             merge_metrics(out / "metrics.csv", previous, (resumed or {}).get("global_step", 0))
 
 
-def _measured(seconds: float, load: float) -> str:
-    """What the run says of a fresh measurement: where it is kept, and if it ran on a busy
-    machine (other work slows the settings unevenly), how to take it again."""
+def _measured(seconds: float, load: float, busy: bool) -> str:
+    """What the run says of a fresh measurement: where it is kept, or that it ran on a busy
+    machine and is not kept."""
     if seconds < 0.1:  # the cache answered
         return ""
-    where = cache_root() / "machine.json"
-    cores = os.cpu_count() or 1
-    if load > cores - 0.5:
+    if busy:
         return (f" [measured in {seconds:.1f} s while the machine was busy (load {load:.1f} on "
-                f"{cores} cores): delete {where} to measure again when it is quiet]")
-    return f" [measured in {seconds:.1f} s, cached in {where}]"
+                f"{os.cpu_count() or 1} cores), so not cached: a later run measures again]")
+    return f" [measured in {seconds:.1f} s, cached in {cache_root() / 'machine.json'}]"
 
 
 def _test_metrics(best: Path, dm: CharDataModule) -> dict:

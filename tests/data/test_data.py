@@ -162,6 +162,33 @@ def test_shifted_windows_move_each_epochs_cut_and_keep_the_streams():
         assert reset1 == () and (x1[:, 0] == x0[:, -1] + 1).all()  # then each row continues
 
 
+def test_mixed_windows_turn_to_the_streams_when_two_thirds_of_the_budget_are_spent():
+    ids = np.arange(10_000, dtype=np.int64)
+    plain = TrainStreams(ids, 4, 10)
+    rand = TrainStreams(ids, 4, 10, window="random", seed=3)
+    mixed = TrainStreams(ids, 4, 10, window="mixed", seed=3)
+    assert mixed.windows_per_epoch == plain.windows_per_epoch
+    # with no budget to measure progress by, the windows stay random
+    assert np.array_equal(mixed.batch(500)[0], rand.batch(500)[0]) and mixed.streams_from is None
+    mixed.progress = lambda step: step / 30
+    for step in range(20):
+        x, _, restart = mixed.batch(step)
+        assert np.array_equal(x, rand.batch(step)[0]) and restart == (0, 1, 2, 3)
+    assert mixed.streams_from is None
+    x, _, restart = mixed.batch(20)  # 20 / 30: the streams from their first window, all cold
+    assert mixed.streams_from == 20 and restart == (0, 1, 2, 3)
+    assert np.array_equal(x, plain.batch(0)[0])
+    x, _, restart = mixed.batch(21)
+    assert np.array_equal(x, plain.batch(1)[0]) and restart == ()
+    mixed.progress = lambda step: 1.0  # the switch, once made, stays where it was made
+    assert np.array_equal(mixed.batch(25)[0], plain.batch(5)[0]) and mixed.streams_from == 20
+    assert np.array_equal(mixed.batch(3)[0], rand.batch(3)[0])
+    resumed = TrainStreams(ids, 4, 10, window="mixed", seed=3)  # told the switch, no clock
+    resumed.streams_from = 20
+    assert np.array_equal(resumed.batch(22)[0], plain.batch(2)[0])
+    assert np.array_equal(resumed.batch(19)[0], rand.batch(19)[0])
+
+
 def test_random_windows_are_reproducible():
     ids = np.arange(5000, dtype=np.int64)
     a = TrainStreams(ids, 4, 8, window="random", seed=3)
@@ -312,7 +339,8 @@ def test_split_refusals_word_for_word(val, test, message):
 def test_train_stream_refusals_word_for_word():
     with pytest.raises(CharlmError) as e:
         TrainStreams(np.arange(100), batch_size=4, seq_len=32, window="sliding")
-    assert e.value.template == "`window` must be one of stream, shifted, random, not 'sliding'"
+    assert e.value.template == ("`window` must be one of stream, shifted, random, mixed, "
+                                "not 'sliding'")
     with pytest.raises(CharlmError) as e:
         TrainStreams(np.arange(100), batch_size=4, seq_len=32, world=2)
     assert e.value.template == (

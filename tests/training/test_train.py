@@ -47,7 +47,7 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("window", ["stream", "shifted", "random"])
+@pytest.mark.parametrize("window", ["stream", "shifted", "random", "mixed"])
 def test_resume_equals_an_uninterrupted_run(text_file, tmp_path, monkeypatch, window):
     settings = dict(data=[str(text_file)], max_steps=24, eval_every=8, num_layers=2, dropout=0.1,
                     window=window, **TINY)
@@ -75,6 +75,22 @@ def test_resume_equals_an_uninterrupted_run(text_file, tmp_path, monkeypatch, wi
     with open(tmp_path / "split" / "metrics.csv") as f:  # the log spans both sessions
         steps = [int(r["step"]) for r in csv.DictReader(f) if r["val_loss"]]
     assert steps == [8, 16, 24]
+
+
+def test_mixed_windows_keep_their_switch_in_the_checkpoint(text_file, tmp_path):
+    # A timed run switches by its clock, which a resumed run cannot replay: the step it
+    # switched at travels in the checkpoint. Here the first session's budget of 12 steps
+    # switches at step 8; resumed with 24, its own progress would not switch before 16.
+    settings = dict(data=[str(text_file)], eval_every=6, window="mixed", out=str(tmp_path / "r"),
+                    **TINY)
+    first = fit(TrainConfig(max_steps=12, **settings))
+    assert first["streams_from_step"] == 8
+    ckpt = torch.load(tmp_path / "r" / "last.ckpt", weights_only=True)
+    assert ckpt["CharDataModule"] == {"streams_from": 8}
+    resumed = fit(TrainConfig(max_steps=24, resume=True, **settings))
+    assert resumed["steps"] == 24 and resumed["streams_from_step"] == 8
+    plain = fit(TrainConfig(max_steps=24, **{**settings, "out": str(tmp_path / "plain")}))
+    assert plain["streams_from_step"] == 16
 
 
 def test_refuses_to_overwrite_a_run_and_needs_a_run_to_resume(text_file, tmp_path):
