@@ -54,8 +54,8 @@ def decide_precision(config: TrainConfig, model_config: ModelConfig,
                      resumed_batch: int | None = None, keep: bool = True) -> Decision:
     """The run's precision and batch size (``charlm.training.precision``): ``auto`` and an unset
     batch are decided from what this machine reports, and measured once where that cannot tell
-    or where the batch is open (cached unless ``keep`` is false). Distributed and GPU runs take
-    the report alone, so every rank decides the same."""
+    or where the batch is open (a new answer cached unless ``keep`` is false). Distributed and
+    GPU runs take the report alone, so every rank decides the same."""
     single = (config.num_nodes == 1 and str(config.devices) in ("auto", "1")
               and config.strategy == "auto" and not on_cuda(config.accelerator))
     measure = None
@@ -63,8 +63,7 @@ def decide_precision(config: TrainConfig, model_config: ModelConfig,
         key = {**machine_key(), **model_config.to_dict(), "seq_len": config.seq_len}
         key.pop("impl", None)
         measure = step_timer(lambda: CharRNN(model_config), model_config.vocab_size,
-                             config.seq_len, cache_root() / "machine.json" if keep else None,
-                             key)
+                             config.seq_len, cache_root() / "machine.json", key, keep=keep)
     return decide(config.precision, config.batch_size or resumed_batch, config.accelerator,
                   measure=measure, cell=model_config.cell,
                   no_bf16=lambda: bf16_failure(CharRNN(model_config), model_config.vocab_size))

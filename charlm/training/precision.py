@@ -214,9 +214,11 @@ def _cpu_name() -> str:
 # -- measuring --------------------------------------------------------------------------------
 
 def step_timer(build: Callable[[], torch.nn.Module], vocab_size: int, seq_len: int,
-               cache: Path | None, key: dict, budget_s: float = MEASURE_BUDGET_S) -> Measure:
+               cache: Path | None, key: dict, budget_s: float = MEASURE_BUDGET_S,
+               keep: bool = True) -> Measure:
     """A ``Measure`` that times training steps of ``build()``'s model on random ids, on the CPU,
-    remembering every answer in ``cache`` (a JSON file) under ``key`` + precision + batch.
+    remembering every answer in ``cache`` (a JSON file) under ``key`` + precision + batch
+    (with ``keep`` false, answers already there are used and new ones are not written).
 
     The settings asked for together are timed in turns, one step each round, so a burst of
     other work on a shared machine slows them alike; each gets the fastest of its steps after
@@ -230,7 +232,8 @@ def step_timer(build: Callable[[], torch.nn.Module], vocab_size: int, seq_len: i
         if todo:
             rates = _time_steps(build, vocab_size, seq_len, todo, budget_s * len(todo) / 4)
             known = {**_read_cache(cache), **{names[s]: r for s, r in zip(todo, rates)}}
-            _write_cache(cache, known)
+            if keep:
+                _write_cache(cache, known)
         return [float(known[names[setting]]) for setting in asked]
 
     return measure

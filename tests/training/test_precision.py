@@ -118,21 +118,27 @@ def test_a_default_run_says_and_records_what_it_chose(text_file, tmp_path):
     assert f"batches: {results['batch_size']} streams x 16 chars" in result.output
 
 
-@pytest.mark.parametrize("load", [0.0, 99.0], ids=["quiet", "busy"])
-def test_a_measurement_on_a_busy_machine_is_used_but_not_cached(text_file, tmp_path, monkeypatch,
-                                                                 load):
+def test_a_measurement_on_a_busy_machine_is_used_but_not_cached(text_file, tmp_path,
+                                                                 monkeypatch):
     monkeypatch.setenv("CHARLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
-    result = CliRunner().invoke(cli, [
-        "train", "--data", str(text_file), "--hidden-size", "16", "--seq-len", "16",
-        "--max-steps", "2", "--accelerator", "cpu", "--out", str(tmp_path / "run")])
-    assert result.exit_code == 0, result.output
-    cached = (tmp_path / "cache" / "machine.json").exists()
-    if load:
-        assert not cached and "busy (load 99.0" in result.output
-        assert "so not cached: a later run measures again]" in result.output
-    else:
-        assert cached and f"cached in {tmp_path / 'cache' / 'machine.json'}]" in result.output
+    cache = tmp_path / "cache" / "machine.json"
+
+    def train(load: float, out: str) -> str:
+        monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+        result = CliRunner().invoke(cli, [
+            "train", "--data", str(text_file), "--hidden-size", "16", "--seq-len", "16",
+            "--max-steps", "2", "--accelerator", "cpu", "--out", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    busy = train(99.0, "a")
+    assert "busy (load 99.0" in busy and "so not cached: a later run measures again]" in busy
+    assert not cache.exists()
+    quiet = train(0.0, "b")
+    assert f"cached in {cache}]" in quiet and cache.exists()
+    kept = cache.read_text()
+    assert "[measured" not in train(99.0, "c")  # busy again: the quiet answer is used
+    assert cache.read_text() == kept
 
 
 class NoBf16Kernel(torch.nn.Module):
