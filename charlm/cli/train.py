@@ -31,6 +31,12 @@ from charlm.training.presets import apply as apply_preset
               help="Parallel streams per process [default: 8 or 16, whichever trains faster "
                    "on this machine, measured once and cached].")
 @model_options
+@click.option("--activation-reg", default=0.0, show_default=True,
+              help="AR (AWD-LSTM): penalise the mean square of the top layer's outputs after "
+                   "dropout, times this weight.")
+@click.option("--temporal-reg", default=0.0, show_default=True,
+              help="TAR (AWD-LSTM): penalise the mean square of the top layer's change from "
+                   "one character to the next, times this weight.")
 @optim_options
 @click.option("--max-epochs", type=int, default=None)
 @click.option("--restart-every", default=8, show_default=True,

@@ -24,9 +24,14 @@ def sequence_loss(model: CharRNN, x: Tensor, y: Tensor,
                   state: State | None) -> tuple[Tensor, Tensor, State]:
     """Summed cross-entropy (nats) over the scored targets of a window, their count, new state."""
     logits, state = model(x, state)  # (B, T, V)
+    return *scored_loss(logits, y), state
+
+
+def scored_loss(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy (nats) of logits (B, T, V) over the scored targets y, their count."""
     loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
                                ignore_index=IGNORE, reduction="sum")
-    return loss_sum, (y != IGNORE).sum(), state
+    return loss_sum, (y != IGNORE).sum()
 
 
 def summarize(loss_sum: float, count: int) -> dict:

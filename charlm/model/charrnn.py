@@ -168,6 +168,14 @@ class CharRNN(nn.Module):
         out, state = self._recur(ids, state)
         return self.head(self.drop(out)), state  # (B, T, V)
 
+    def forward_with_outputs(self, ids: Tensor, state: State | None = None
+                             ) -> tuple[Tensor, State, Tensor, Tensor]:
+        """``forward``, and the top layer's outputs (B, T, H) before and after the dropout
+        that feeds the head: what activation regularisation (AR and TAR) penalises."""
+        out, state = self._recur(ids, state)
+        dropped = self.drop(out)
+        return self.head(dropped), state, out, dropped
+
     def next_logits(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """ids (B, T) → the logits of the character after the last one (B, V) and the state:
         what generation needs from a prompt, without the head's work on every earlier position."""

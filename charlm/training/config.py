@@ -25,6 +25,8 @@ class TrainConfig:
     head_size: int = 0  # 0: a linear head; N: an N-wide hidden layer before it
     dropout: float = 0.0
     weight_drop: float = 0.0
+    activation_reg: float = 0.0  # AR: the top layer's dropped outputs, their mean square
+    temporal_reg: float = 0.0    # TAR: their step-to-step change, its mean square
     init: str = "default"
     impl: str = "auto"
     heads: int | None = None    # transformer only: attention heads (None: width // 64 or so)
@@ -68,12 +70,16 @@ class TrainConfig:
                             ("`grad_clip`", self.grad_clip), ("`max_time`", self.max_time),
                             ("`val_fraction`", self.val_fraction),
                             ("`test_fraction`", self.test_fraction),
-                            ("`dropout`", self.dropout), ("`weight_drop`", self.weight_drop)):
+                            ("`dropout`", self.dropout), ("`weight_drop`", self.weight_drop),
+                            ("`activation_reg`", self.activation_reg),
+                            ("`temporal_reg`", self.temporal_reg)):
             if value is not None and not math.isfinite(value):
                 raise CharlmError(f"{flag} must be a finite number, not {value}")
         if self.lr <= 0:
             raise CharlmError(f"`lr` must be positive, not {self.lr}")
         for flag, value in (("`weight_decay`", self.weight_decay), ("`grad_clip`", self.grad_clip),
+                            ("`activation_reg`", self.activation_reg),
+                            ("`temporal_reg`", self.temporal_reg),
                             ("`warmup_steps`", self.warmup_steps),
                             ("`restart_every`", self.restart_every)):
             if value < 0:

@@ -232,6 +232,7 @@ def _lightning_module(config: TrainConfig, model_config: ModelConfig, dm: CharDa
                       total: int | None) -> CharLM:
     optim = OptimConfig(lr=config.lr, weight_decay=config.weight_decay,
                         warmup_steps=config.warmup_steps, schedule=config.schedule,
+                        activation_reg=config.activation_reg, temporal_reg=config.temporal_reg,
                         total_steps=total,
                         max_time_s=config.max_time * 60 if config.max_time else None)
     corpus = dm.corpus

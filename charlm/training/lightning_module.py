@@ -82,12 +82,20 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     schedule: str = "cosine"  # "cosine" | "linear" | "constant"
+    # AR and TAR (Merity et al. 2017, AWD-LSTM): penalties on the top layer's outputs, their
+    # size after dropout and their change from one step to the next; 0 turns each off
+    activation_reg: float = 0.0
+    temporal_reg: float = 0.0
     total_steps: int | None = None   # the step budget, when there is one
     max_time_s: float | None = None  # the wall-clock budget, when there is one
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise CharlmError(f"`lr` must be positive, not {self.lr}")
+        for name in ("activation_reg", "temporal_reg"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise CharlmError(f"`{name}` must be a finite number >= 0, not {value}")
         if self.schedule not in SCHEDULES:
             raise CharlmError(f"`schedule` must be one of {', '.join(SCHEDULES)}, "
                               f"not {self.schedule!r}")
@@ -101,6 +109,14 @@ class OptimConfig:
         if self.max_time_s:
             progress = max(progress, elapsed_s / self.max_time_s)
         return min(progress, 1.0)
+
+    def activation_penalty(self, out: Tensor, dropped: Tensor) -> Tensor:
+        """AR on the dropped outputs (B, T, H) plus TAR on the undropped ones' step-to-step
+        change: the mean square of each, times its weight."""
+        penalty = self.activation_reg * dropped.float().pow(2).mean()
+        if out.size(1) > 1:  # a one-character window has no change to penalise
+            penalty = penalty + self.temporal_reg * (out[:, 1:] - out[:, :-1]).float().pow(2).mean()
+        return penalty
 
     def lr_at(self, step: int, elapsed_s: float) -> float:
         """Linear warm-up, then cosine or linear decay to min_lr_ratio × lr over the budget."""
@@ -142,14 +158,20 @@ class CharLM(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y, restart = batch  # restart: rows whose state starts from zero (all: none carried)
         self.carried = None if len(restart) == len(x) else restart_rows(self.carried, restart)
-        loss_sum, count, state = self._shared_step(x, y, self.carried)
+        penalty = None
+        if self.optim.activation_reg or self.optim.temporal_reg:
+            logits, state, out, dropped = self.model.forward_with_outputs(x, self.carried)
+            loss_sum, count = metrics.scored_loss(logits, y)
+            penalty = self.optim.activation_penalty(out, dropped)
+        else:
+            loss_sum, count, state = self._shared_step(x, y, self.carried)
         self.carried = detach_state(state)
         loss = loss_sum / count
-        if self.logs_this_step():
+        if self.logs_this_step():  # the cross-entropy alone, comparable with validation's
             self.log("train_loss", loss)
             self.log("bpc", loss / metrics.LN2)
             self.shown["train_loss"] = loss.detach()
-        return loss
+        return loss if penalty is None else loss + penalty
 
     def on_before_backward(self, loss: Tensor) -> None:
         self.watch_loss(loss, self.global_step + 1)  # the step this one becomes

@@ -242,3 +242,85 @@ def test_resume_keeps_the_batch_the_run_started_with(text_file, tmp_path):
     assert resumed["batch_size"] == 4 and resumed["steps"] == 4
     with pytest.raises(presets.CharlmError, match="was trained with batch_size 4; resume it"):
         fit(TrainConfig(max_steps=6, resume=True, batch_size=8, **settings))
+
+
+def test_forward_with_outputs_is_forward_and_shows_what_the_head_reads():
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(V, "lstm", H, 2, E, dropout=0.5)).eval()
+    ids = torch.randint(0, V, (3, 7))
+    logits, state, out, dropped = model.forward_with_outputs(ids)
+    plain_logits, plain_state = model(ids)
+    assert torch.equal(logits, plain_logits) and all(map(torch.equal, state, plain_state))
+    assert torch.equal(out, dropped) and out.shape == (3, 7, H)  # evaluation drops nothing
+    assert torch.equal(out, model.rnn(model.embedding(ids))[0])  # the top layer's outputs
+    model.train()
+    logits, _, out, dropped = model.forward_with_outputs(ids)
+    zeros = dropped == 0
+    assert 0.3 < zeros.float().mean() < 0.7
+    torch.testing.assert_close(dropped[~zeros], out[~zeros] * 2)  # kept ones scaled by 1/(1-p)
+    torch.testing.assert_close(model.head(dropped), logits)
+
+
+def test_the_activation_penalty_is_ar_on_the_dropped_outputs_plus_tar_on_their_change():
+    from charlm.training.lightning_module import OptimConfig
+    out = torch.tensor([[[1.0, 2.0], [3.0, 5.0], [4.0, 5.0]]])  # (B 1, T 3, H 2)
+    dropped = torch.tensor([[[0.0, 4.0], [6.0, 0.0], [8.0, 10.0]]])
+    # AR: the mean of dropped² = 216 / 6 = 36; TAR: the changes (2, 3), (1, 0): 14 / 4 = 3.5
+    assert OptimConfig(activation_reg=2.0).activation_penalty(out, dropped) == 72.0
+    assert OptimConfig(temporal_reg=3.0).activation_penalty(out, dropped) == 10.5
+    both = OptimConfig(activation_reg=2.0, temporal_reg=3.0)
+    assert both.activation_penalty(out, dropped) == 82.5
+    assert both.activation_penalty(out[:, :1], dropped[:, :1]) == 16.0  # one step: no change
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(presets.CharlmError, match="activation_reg must be a finite"):
+            OptimConfig(activation_reg=bad)
+    with pytest.raises(presets.CharlmError, match="temporal_reg must be a finite"):
+        OptimConfig(temporal_reg=-0.5)
+
+
+def test_a_training_step_minimises_the_penalty_but_logs_the_cross_entropy(recwarn):
+    from charlm.generation.metrics import sequence_loss
+    from charlm.training.lightning_module import CharLM
+    torch.manual_seed(0)
+    model = ModelConfig(V, "lstm", H, 1, E).to_dict()
+    vocab = list("abcdefghijk")
+    lm = CharLM(model, {"activation_reg": 2.0, "temporal_reg": 1.0}, vocab)
+    plain = CharLM(model, {}, vocab)
+    plain.load_state_dict(lm.state_dict())
+    x, y = torch.randint(0, V, (3, 9)), torch.randint(0, V, (3, 9))
+    every_row = torch.arange(3)  # every row starts from a zero state
+    loss = lm.training_step((x, y, every_row), 0)
+    loss_sum, count, _ = sequence_loss(lm.model, x, y, None)
+    cross_entropy = loss_sum / count
+    out = lm.model.rnn(lm.model.embedding(x))[0]
+    penalty = 2.0 * out.pow(2).mean() + 1.0 * (out[:, 1:] - out[:, :-1]).pow(2).mean()
+    assert penalty > 0.01
+    torch.testing.assert_close(loss, cross_entropy + penalty)
+    torch.testing.assert_close(lm.shown["train_loss"], cross_entropy.detach())
+    torch.testing.assert_close(plain.training_step((x, y, every_row), 0), cross_entropy)
+
+
+def test_the_flags_reach_the_run_and_shrink_what_they_penalise(text_file, tmp_path):
+    from charlm.generation.checkpoint import load
+    ids = torch.tensor([list(range(V)) * 3])
+
+    def trained(name: str, *flags: str) -> tuple[float, float, dict]:
+        result = CliRunner().invoke(cli, [
+            "train", "--data", str(text_file), "--hidden-size", "16", "--embedding-dim", "8",
+            "--batch-size", "4", "--seq-len", "16", "--max-steps", "40", "--eval-every", "0",
+            "--precision", "32-true", "--out", str(tmp_path / name), *flags])
+        assert result.exit_code == 0, result.output
+        model, _, info = load(tmp_path / name / "last.ckpt")
+        out = model.rnn(model.embedding(ids % len(model.embedding.weight)))[0].detach()
+        return out.pow(2).mean().item(), (out[:, 1:] - out[:, :-1]).pow(2).mean().item(), info
+
+    size, change, info = trained("plain")
+    assert info["optim"]["activation_reg"] == info["optim"]["temporal_reg"] == 0
+    ar_size, _, info = trained("ar", "--activation-reg", "20")
+    assert info["optim"]["activation_reg"] == 20 and ar_size < 0.5 * size
+    _, tar_change, info = trained("tar", "--temporal-reg", "20")
+    assert info["optim"]["temporal_reg"] == 20 and tar_change < 0.5 * change
+    bad = CliRunner().invoke(cli, ["train", "--temporal-reg", "-1", "--data", str(text_file),
+                                   "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "--temporal-reg must be >= 0, not -1.0" in bad.output
+    assert "Traceback" not in bad.output
