@@ -48,11 +48,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
             "restart_every": 0},
            # float32 on a CPU without native bf16: a narrower model, 2.6x the steps of 2x512;
            # over an hour it is held back by overfitting more than by steps, hence the stronger
-           # weight decay (docs/results.md)
+           # weight decay and AWD-LSTM's activation regularisers (docs/results.md)
            float32={"hidden_size": 384, "batch_size": 16, "dropout": 0.2, "weight_drop": 0.2,
-                    "weight_decay": 0.3},
+                    "weight_decay": 0.3, "activation_reg": 2.0, "temporal_reg": 1.0},
            float32_summary="in float32 (where bf16 is not native): 2x384, dropout and DropConnect "
-                           "0.2, weight decay 0.3, batch 16"),
+                           "0.2, weight decay 0.3, AR 2 and TAR 1, batch 16"),
 )}
 
 

@@ -114,6 +114,9 @@ def test_preset_fills_what_the_user_did_not_give():
     f32 = presets.apply(options, "shakespeare", given={"lr", "dropout"}, float32=True)
     assert (f32["hidden_size"], f32["batch_size"], f32["weight_drop"], f32["weight_decay"]) == \
         (384, 16, 0.2, 0.3)
+    assert (f32["activation_reg"], f32["temporal_reg"]) == (2.0, 1.0)
+    main = presets.apply(options, "shakespeare", given=set())
+    assert "activation_reg" not in main and "temporal_reg" not in main  # bf16: untried there
     assert f32["dropout"] == 0.0 and f32["lr"] == 4e-3  # given: the user's values still win
     assert f32["num_layers"] == recipe["num_layers"] == 2  # the rest is the main recipe
     assert presets.apply(options, "quick", set(), float32=True) == \
@@ -161,6 +164,8 @@ def test_preset_through_the_cli(text_file, tmp_path):
     assert run["model"]["weight_drop"] == recipe["weight_drop"]  # from the preset
     assert run["model"]["dropout"] == recipe["dropout"]
     assert run["config"]["weight_decay"] == recipe["weight_decay"] > 0
+    assert run["config"]["activation_reg"] == recipe["activation_reg"] > 0
+    assert run["config"]["temporal_reg"] == recipe["temporal_reg"] > 0
     assert run["config"]["batch_size"] == 4 and run["config"]["lr"] == recipe["lr"]
     assert run["config"]["restart_every"] == 0  # the recipe as measured, not train's default
     assert run["model"]["dropout"] == 0.2 != shakespeare.options["dropout"]
