@@ -152,20 +152,26 @@ class CharLM(L.LightningModule):
         self.watch_loss = LossWatch()
 
     # -- the one step ---------------------------------------------------------------------
+    def _shared_step(self, x: Tensor, y: Tensor, state: State | None):
+        return metrics.sequence_loss(self.model, x, y, state)
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y, restart = batch  # restart: rows whose state starts from zero (all: none carried)
         self.carried = None if len(restart) == len(x) else restart_rows(self.carried, restart)
-        logits, state, out, dropped = self.model.forward_with_outputs(x, self.carried)
-        loss_sum, count = metrics.scored_loss(logits, y)
+        penalty = None
+        if self.optim.activation_reg or self.optim.temporal_reg:
+            logits, state, out, dropped = self.model.forward_with_outputs(x, self.carried)
+            loss_sum, count = metrics.scored_loss(logits, y)
+            penalty = self.optim.activation_penalty(out, dropped)
+        else:
+            loss_sum, count, state = self._shared_step(x, y, self.carried)
         self.carried = detach_state(state)
         loss = loss_sum / count
         if self.logs_this_step():  # the cross-entropy alone, comparable with validation's
             self.log("train_loss", loss)
             self.log("bpc", loss / metrics.LN2)
             self.shown["train_loss"] = loss.detach()
-        if self.optim.activation_reg or self.optim.temporal_reg:
-            return loss + self.optim.activation_penalty(out, dropped)
-        return loss
+        return loss if penalty is None else loss + penalty
 
     def on_before_backward(self, loss: Tensor) -> None:
         self.watch_loss(loss, self.global_step + 1)  # the step this one becomes
