@@ -38,7 +38,12 @@ def restart_rows(state: State | None, rows: Sequence[int]) -> State | None:
     window. Every state keeps its batch in dimension 1 (a recurrent cell's (L, B, H))."""
     if state is None or not rows:
         return state
-    index = torch.tensor(list(rows), device=state_hidden(state).device)
+    device = state_hidden(state).device
+    # Made on the host, pinned where the state is on a GPU, and copied without blocking: a
+    # tensor built on the GPU from a list makes the host wait for the whole queued step first,
+    # every step, where the host's own work should overlap the GPU's.
+    index = torch.tensor(list(rows), pin_memory=device.type == "cuda")
+    index = index.to(device, non_blocking=True)
     return map_state(lambda t: t.index_fill(1, index, 0), state)
 
 

@@ -11,6 +11,7 @@ from charlm.model import (
     detach_state,
     hidden_size_for_params,
     register_cell,
+    restart_rows,
     state_hidden,
     unregister_cell,
 )
@@ -228,3 +229,31 @@ def test_cells_registered_by_earlier_tests_are_gone():
     # relu-rnn and fused-only-cell were registered by tests above, in this file's order
     assert {"relu-rnn", "fused-only-cell", "plain-user-cell"}.isdisjoint(cell_names())
     assert {"rnn", "lstm", "gru", "gru-note", "lstm-ln", "transformer"} <= set(cell_names())
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_restart_rows_zeroes_the_rows_named_and_keeps_the_rest(cell):
+    torch.manual_seed(0)
+    _, state = CharRNN(ModelConfig(V, cell, H, 2, E))(torch.randint(0, V, (4, T)))
+    fresh = restart_rows(state, (1, 3))
+    as_tuple = (lambda s: s) if cell == "lstm" else (lambda s: (s,))
+    for old, new in zip(as_tuple(state), as_tuple(fresh)):
+        assert torch.equal(new[:, [1, 3]], torch.zeros_like(new[:, [1, 3]]))
+        assert torch.equal(new[:, [0, 2]], old[:, [0, 2]])
+        assert old[:, [1, 3]].abs().sum() > 0  # the carried state itself is left alone
+    assert restart_rows(state, ()) is state and restart_rows(None, (0,)) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_restart_rows_on_a_gpu_does_not_make_the_host_wait():
+    # every training step restarts some rows (--restart-every): a wait there would cost each step
+    model = CharRNN(ModelConfig(V, "lstm", H, 2, E)).cuda()
+    _, state = model(torch.randint(0, V, (4, T), device="cuda"))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fresh = restart_rows(state, (0, 2))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert fresh[0][:, [0, 2]].abs().sum().item() == 0
+    assert torch.equal(fresh[1][:, [1, 3]], state[1][:, [1, 3]])
