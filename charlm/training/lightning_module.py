@@ -244,14 +244,6 @@ class CharLM(L.LightningModule):
         (data loading and Lightning's own overhead count as training)."""
         return self.tick() - self.aside_s
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
-        # Only the two tensors travel. Lightning's own transfer walks the restart tuple int by
-        # int, every step: host time a GPU step waits for.
-        x, y, restart = batch
-        non_blocking = device.type not in ("cpu", "mps")  # as Lightning's: MPS copies block
-        return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking), \
-            restart
-
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         lr = self.optim.lr_at(self.global_step, self.tick())
         for group in self.trainer.optimizers[0].param_groups:
@@ -356,6 +348,14 @@ class CharDataModule(L.LightningDataModule):
 
     def val_batches(self, rank: int = 0, world: int = 1):
         return eval_batches(self.splits["val"], self.eval_seq_len, rank=rank, world=world)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        # Only the two tensors travel. Lightning's own transfer walks the restart tuple int by
+        # int, every step: host time a GPU step waits for.
+        x, y, restart = batch
+        non_blocking = device.type not in ("cpu", "mps")  # as Lightning's: MPS copies block
+        return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking), \
+            restart
 
 
 __all__ = ["CharLM", "CharDataModule", "OptimConfig"]

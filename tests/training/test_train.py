@@ -2,6 +2,7 @@ import json
 import math
 import sys
 import time
+import warnings
 
 import pytest
 import torch
@@ -313,3 +314,17 @@ def test_restart_every_reaches_the_training_streams(text_file, tmp_path):
                                         out=str(out), restart_every=every, **TINY))["val_loss"]
         assert json.loads((out / "run.json").read_text())["data"]["restart_every"] == every
     assert losses[0] != losses[1], losses
+
+
+def test_only_the_batch_tensors_travel_to_the_device_and_lightning_has_nothing_to_say(
+        text_file, tmp_path):
+    from charlm.training.lightning_module import CharDataModule
+
+    x, y, restart = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long), (1,)
+    moved = CharDataModule(None, batch_size=2, seq_len=3).transfer_batch_to_device(
+        (x, y, restart), torch.device("cpu"), 0)
+    assert moved[0] is x and moved[1] is y and moved[2] is restart
+    with warnings.catch_warnings(record=True) as caught:  # one hook, where Lightning wants it
+        warnings.simplefilter("always")
+        fit(TrainConfig(data=[str(text_file)], max_steps=3, out=str(tmp_path / "r"), **TINY))
+    assert not [w for w in caught if "transfer_batch_to_device" in str(w.message)]
