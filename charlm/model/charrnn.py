@@ -42,8 +42,8 @@ def restart_rows(state: State | None, rows: Sequence[int]) -> State | None:
     # Made on the host, pinned where the state is on a GPU, and copied without blocking: a
     # tensor built on the GPU from a list makes the host wait for the whole queued step first,
     # every step, where the host's own work should overlap the GPU's.
-    index = torch.tensor(list(rows), pin_memory=device.type == "cuda")
-    index = index.to(device, non_blocking=True)
+    on_cuda = device.type == "cuda"
+    index = torch.tensor(list(rows), pin_memory=on_cuda).to(device, non_blocking=on_cuda)
     return map_state(lambda t: t.index_fill(1, index, 0), state)
 
 
