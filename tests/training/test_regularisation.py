@@ -116,7 +116,9 @@ def test_preset_fills_what_the_user_did_not_give():
         (384, 16, 0.2, 0.3)
     assert (f32["activation_reg"], f32["temporal_reg"]) == (2.0, 1.0)
     main = presets.apply(options, "shakespeare", given=set())
-    assert "activation_reg" not in main and "temporal_reg" not in main  # bf16: untried there
+    assert (main["activation_reg"], main["temporal_reg"]) == (2.0, 1.0)  # in both recipes
+    off = presets.apply({**options, "activation_reg": 0.0}, "shakespeare", {"activation_reg"})
+    assert off["activation_reg"] == 0.0 and off["temporal_reg"] == 1.0  # given: off, as asked
     assert f32["dropout"] == 0.0 and f32["lr"] == 4e-3  # given: the user's values still win
     assert f32["num_layers"] == recipe["num_layers"] == 2  # the rest is the main recipe
     assert presets.apply(options, "quick", set(), float32=True) == \
