@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from charlm import load
 from charlm.errors import CharlmError
 from charlm.training.fit import ProgressBar, TrainConfig, fit
+from charlm.training.lightning_module import CharDataModule
 from charlm.training.run_folder import Validation
 
 TINY = dict(hidden_size=32, embedding_dim=16, batch_size=8, seq_len=32, lr=1e-2, warmup_steps=5,
@@ -318,8 +319,6 @@ def test_restart_every_reaches_the_training_streams(text_file, tmp_path):
 
 def test_only_the_batch_tensors_travel_to_the_device_and_lightning_has_nothing_to_say(
         text_file, tmp_path):
-    from charlm.training.lightning_module import CharDataModule
-
     x, y, restart = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long), (1,)
     moved = CharDataModule(None, batch_size=2, seq_len=3).transfer_batch_to_device(
         (x, y, restart), torch.device("cpu"), 0)
