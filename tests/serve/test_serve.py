@@ -510,9 +510,11 @@ def test_openai_client(keyed, tiny):
     model, vocab = tiny
     client = openai.OpenAI(base_url=f"{keyed}/v1", api_key=KEY, max_retries=0)
     assert [m.id for m in client.models.list()] == ["tiny"]
-    plain = client.completions.create(model="tiny", prompt="the ", max_tokens=40, seed=11)
-    assert len(plain.choices[0].text) == 40 and plain.usage.completion_tokens == 40
-    streamed = client.completions.create(model="tiny", prompt="the ", max_tokens=40, seed=11,
+    # long enough to outlast several of the stream's 20-ms ticks on a fast CPU (40 characters
+    # of this model once came whole in one chunk)
+    plain = client.completions.create(model="tiny", prompt="the ", max_tokens=2000, seed=11)
+    assert len(plain.choices[0].text) == 2000 and plain.usage.completion_tokens == 2000
+    streamed = client.completions.create(model="tiny", prompt="the ", max_tokens=2000, seed=11,
                                          stream=True)
     chunks = [c.choices[0].text for c in streamed if c.choices]
     assert len(chunks) >= 2 and "".join(chunks) == plain.choices[0].text
