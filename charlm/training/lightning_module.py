@@ -353,9 +353,7 @@ class CharDataModule(L.LightningDataModule):
         # Only the two tensors travel. Lightning's own transfer walks the restart tuple int by
         # int, every step: host time a GPU step waits for.
         x, y, restart = batch
-        non_blocking = device.type not in ("cpu", "mps")  # as Lightning's: MPS copies block
-        return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking), \
-            restart
+        return *super().transfer_batch_to_device((x, y), device, dataloader_idx), restart
 
 
 __all__ = ["CharLM", "CharDataModule", "OptimConfig"]
