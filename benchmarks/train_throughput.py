@@ -1,13 +1,15 @@
 """Training throughput: charlm's real path (Lightning, DataModule, callbacks) vs a plain PyTorch
-loop on the same model, batches and optimiser, interleaved in one process.
+loop on the same model and batches, interleaved in one process.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 60] [--repeats 3] [--data FILE]
-        [--precision 32-true|bf16-mixed|auto]
+        [--precision 32-true|bf16-mixed|auto] [--plain-fused]
     .venv/bin/python benchmarks/train_throughput.py --smoke   # a tiny model, 5 steps: checks it
 
 ``--precision auto`` is what a user gets with no precision flag: charlm decides
 (charlm.training.precision), and the plain loop runs in both precisions, its faster one being the
-baseline of each pair.
+baseline of each pair. The plain loop takes the AdamW that ``torch.optim.AdamW(params)`` gives
+(on the CPU, an update tensor by tensor); charlm trains with torch's fused AdamW, so the ratio
+counts that in. ``--plain-fused`` gives the plain loop the fused one too, leaving Lightning's cost.
 
 Prints one JSON line per figure, then a table. The ratio charlm/plain is what matters: the
 machine is shared, so absolute chars/s move from minute to minute; the two runs of each pair
@@ -73,13 +75,16 @@ def matmul_peak(batch: int, seq: int, cell: str, hidden: int, repeats: int = 5) 
 
 
 def plain_loop(ids, cell, hidden, layers, batch, seq, steps, lr=2e-3, device="cpu",
-               precision="32-true", on_step=None, impl="auto", prepare=None) -> float:
+               precision="32-true", on_step=None, impl="auto", prepare=None,
+               fused=False) -> float:
     """A 30-line PyTorch loop: stateful TBPTT, AdamW, clipping. Returns chars/s.
     ``on_step(step)``, if given, is called as each step starts (a profiler's or a clock's hook);
-    ``prepare(model)``, if given, returns the module to train in its place (torch.compile's)."""
+    ``prepare(model)``, if given, returns the module to train in its place (torch.compile's);
+    ``fused``: torch's fused AdamW, as charlm trains, instead of the default a plain loop gets."""
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(int(ids.max()) + 1, cell, hidden, layers, 64, impl=impl)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0,
+                            fused=fused or None)
     if prepare is not None:
         model = prepare(model)
     streams = TrainStreams(ids, batch, seq)
@@ -129,12 +134,13 @@ def charlm_run(data, cell, hidden, layers, batch, seq, steps, accelerator="cpu",
     return results["train_chars_per_s"]
 
 
-def plain_rate(ids, cell, hidden, layers, batch, seq_len, steps, device, precision) -> float:
+def plain_rate(ids, cell, hidden, layers, batch, seq_len, steps, device, precision,
+               fused=False) -> float:
     """The plain loop's chars/s in ``precision``; 0 where this machine has no kernel for it
     (oneDNN's bf16 LSTM without AVX512), so the other precision counts as the faster one."""
     try:
         return plain_loop(ids, cell, hidden, layers, batch, seq_len, steps, device=device,
-                          precision=precision)
+                          precision=precision, fused=fused)
     except RuntimeError:
         return 0.0
 
@@ -154,6 +160,9 @@ def main() -> None:
                         help="Only these, e.g. lstm:256:1,gru:256:2 (cell:hidden:layers).")
     parser.add_argument("--malloc", default="kept", choices=("kept", "system"),
                         help="charlm's malloc settings for both sides, or glibc's defaults")
+    parser.add_argument("--plain-fused", action="store_true",
+                        help="the plain loop with torch's fused AdamW, as charlm's: the ratio is "
+                             "then Lightning's cost alone (default: the AdamW a plain loop gets)")
     parser.add_argument("--smoke", action="store_true",
                         help="one tiny model, batch 4 x 16, 5 steps, once: checks the script")
     args = parser.parse_args()
@@ -177,12 +186,14 @@ def main() -> None:
         sides = ("32-true", "bf16-mixed") if args.precision == "auto" else (args.precision,)
         for _ in range(args.repeats):  # interleaved pairs, so drift hits both alike
             plain.append(max(plain_rate(ids, cell, hidden, layers, args.batch_size, args.seq_len,
-                                        steps, device, side) for side in sides))
+                                        steps, device, side, args.plain_fused)
+                             for side in sides))
             ours.append(charlm_run(args.data, cell, hidden, layers, args.batch_size, args.seq_len,
                                    steps, accelerator=args.accelerator, precision=args.precision))
         row = {"figure": "train_chars_per_s", "cell": cell, "hidden": hidden, "layers": layers,
                "batch": args.batch_size, "seq_len": args.seq_len, "steps": steps,
                "accelerator": args.accelerator, "precision": args.precision,
+               "plain_fused": args.plain_fused,
                "threads": torch.get_num_threads(), "malloc_kept": kept, "cpu": cpu_kind(),
                "plain": round(statistics.median(plain)), "charlm": round(statistics.median(ours)),
                "ratio": round(statistics.median(o / p for o, p in zip(ours, plain)), 3),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor
 
 from charlm.data.corpus import StepBatches, TrainStreams, eval_batches, load_corpus
@@ -31,6 +32,7 @@ from charlm.model import (
     map_state,
     restart_rows,
 )
+from charlm.training.optimizer import adamw, is_fused
 from charlm.version import __version__
 
 
@@ -201,9 +203,32 @@ class CharLM(L.LightningModule):
         decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and "embedding" not in n]
         rest = [p for n, p in self.named_parameters()
                 if not (p.dim() >= 2 and "embedding" not in n)]
-        return torch.optim.AdamW([{"params": decay, "weight_decay": self.optim.weight_decay},
-                                  {"params": rest, "weight_decay": 0.0}],
-                                 lr=self.optim.lr, betas=(0.9, 0.999))
+        return adamw([{"params": decay, "weight_decay": self.optim.weight_decay},
+                      {"params": rest, "weight_decay": 0.0}],
+                     lr=self.optim.lr, betas=(0.9, 0.999), fused=self._may_fuse())
+
+    def _may_fuse(self) -> bool:
+        """Whether the optimiser may be fused here: where every gradient it reads is whole and
+        unscaled when ``configure_gradient_clipping`` clips it. A GradScaler (16-mixed) unscales
+        gradients before clipping only for an unfused optimiser, and a sharding strategy holds
+        only part of each; one device or DDP, without a scaler, is what charlm runs."""
+        if not self._trainer:
+            return True
+        whole = isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+        return whole and getattr(self.trainer.precision_plugin, "scaler", None) is None
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        if not is_fused(optimizer):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val,
+                                                gradient_clip_algorithm)
+            return
+        # Lightning's mixed-precision plugin refuses to clip for any fused optimiser, lest a
+        # GradScaler's gradients be clipped still scaled; charlm fuses only where there is no
+        # scaler (_may_fuse), so these are the true gradients, clipped by their norm as Lightning
+        # would (fit sets no other algorithm).
+        if gradient_clip_val:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 
     def on_train_start(self) -> None:
         self._clock = time.monotonic() - self.elapsed_s

@@ -18,6 +18,7 @@ from charlm.errors import CharlmError
 from charlm.generation.sampling import SampleSettings, generate
 from charlm.training.fit import TrainConfig, fit
 from charlm.training.lightning_module import CharLM, OptimConfig
+from charlm.training.optimizer import is_fused
 
 SIZES = dict(hidden_size=16, embedding_dim=8, batch_size=4, seq_len=16, progress=False,
              precision="32-true")
@@ -124,30 +125,75 @@ def test_linear_decay_falls_in_a_straight_line_to_the_floor():
         OptimConfig(schedule="step")
 
 
-def test_training_uses_the_schedule_and_clips_gradients(text_file, tmp_path):
+# bf16-mixed with the GRU: oneDNN has no bf16 LSTM on a CPU without AVX512
+@pytest.mark.parametrize(("precision", "cell"), [("32-true", "lstm"), ("bf16-mixed", "gru")])
+def test_training_uses_the_schedule_and_clips_gradients(text_file, tmp_path, precision, cell):
+    """The optimiser is fused on the CPU, and clips in either precision (Lightning's
+    mixed-precision plugin refuses to clip for a fused optimiser itself)."""
     from lightning.pytorch.callbacks import Callback
 
     class Seen(Callback):
         def __init__(self):
-            self.lrs, self.norms = [], []
+            self.lrs, self.norms, self.fused = [], [], set()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+            optimizer = trainer.optimizers[0]
+            self.lrs.append(optimizer.param_groups[0]["lr"])
+            self.fused |= {is_fused(optimizer)} | {g["fused"] for g in optimizer.param_groups}
             grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
             self.norms.append(float(torch.linalg.vector_norm(torch.stack(
-                [torch.linalg.vector_norm(g) for g in grads]))))
+                [torch.linalg.vector_norm(g.float()) for g in grads]))))
 
     runs = {}
     for clip in (0.05, 0.0):
         seen = Seen()
         fit(TrainConfig(data=[str(text_file)], max_steps=8, warmup_steps=3, lr=0.02,
-                        grad_clip=clip, eval_every=0, out=str(tmp_path / f"clip{clip}"), **SIZES),
+                        grad_clip=clip, eval_every=0, out=str(tmp_path / f"clip{clip}"),
+                        **{**SIZES, "precision": precision, "cell": cell}),
             callbacks=[seen])
         runs[clip] = seen
     expected = OptimConfig(lr=0.02, warmup_steps=3, total_steps=8)
     assert runs[0.05].lrs == pytest.approx([expected.lr_at(s, 0.0) for s in range(8)])
     assert max(runs[0.05].norms) <= 0.05 * (1 + 1e-4)  # clipped to the total norm asked for
     assert min(runs[0.0].norms) > 0.1                   # 0 turns clipping off
+    assert runs[0.05].fused == runs[0.0].fused == {True}
+
+
+@pytest.mark.parametrize(("strategy", "scaler", "fused"), [
+    ("single", None, True), ("ddp", None, True), ("single", "a GradScaler", False),
+    ("another", None, False)])
+def test_the_optimiser_is_fused_only_where_clipping_sees_whole_unscaled_gradients(
+        strategy, scaler, fused):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+    strategies = {"single": SingleDeviceStrategy("cpu"), "ddp": DDPStrategy(), "another": object()}
+    lm = CharLM(model=dict(vocab_size=5, cell="lstm", hidden_size=4, embedding_dim=3),
+                optim=dict(lr=0.1), vocab=list("abcde"))
+    lm.trainer = SimpleNamespace(strategy=strategies[strategy],
+                                 precision_plugin=SimpleNamespace(scaler=scaler))
+    assert is_fused(lm.configure_optimizers()) == fused
+
+
+def test_the_optimiser_is_unfused_where_torch_refuses_the_fused_kernel(monkeypatch):
+    made = []
+
+    class Picky(torch.optim.AdamW):  # as torch does on a device it has no fused AdamW for
+        def __init__(self, params, **kw):
+            made.append(kw.get("fused"))
+            if kw.get("fused"):
+                raise RuntimeError("`fused=True` requires all the params to be ... of supported "
+                                   "devices")
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Picky)
+    lm = CharLM(model=dict(vocab_size=5, cell="lstm", hidden_size=4, embedding_dim=3),
+                optim=dict(lr=0.1, weight_decay=0.5), vocab=list("abcde"))
+    opt = lm.configure_optimizers()
+    assert made == [True, None] and not is_fused(opt)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(lm.parameters()))
+    monkeypatch.undo()
+    assert is_fused(lm.configure_optimizers())  # on the CPU, torch has the fused kernel
 
 
 def test_weight_decay_shrinks_the_matrices_and_nothing_else():

@@ -91,6 +91,8 @@ def test_the_timer_measures_once_per_key_and_survives_a_broken_cache(tmp_path):
     assert small > 0 and large > 0 and len(builds) == 2  # one model per setting, side by side
     assert timer([("32-true", 4), ("32-true", 2)]) == [large, small] and len(builds) == 2
     assert len(json.loads(cache.read_text())) == 2  # written whole, as JSON
+    # keyed by the kind of step timed too, so rates of an older step are measured again
+    assert {json.loads(k)["step"] for k in json.loads(cache.read_text())} == {precision.TIMED_STEP}
     timer([("32-true", 2), ("bf16-mixed", 2)])
     assert len(builds) == 3  # only the setting not measured yet
     cache.write_text("{not json")
