@@ -4,11 +4,13 @@ the fused kernel charlm trains with (``charlm.training.optimizer.adamw``). Forwa
 backward, clipping and the update are timed together, so the figure is the share of a real step.
 
     .venv/bin/python benchmarks/optimizer_step.py [--configs lstm:384:1] [--batch-size 8]
-        [--precision 32-true|bf16-mixed] [--steps 300]
+        [--precision 32-true|bf16-mixed] [--steps 300] [--device cpu|cuda]
     .venv/bin/python benchmarks/optimizer_step.py --smoke   # a tiny model, a few steps
 
 Prints one JSON line per model: the median step of each (ms), fused / default, and the CPU.
-Interleaving the two makes a burst of other work on a shared machine slow both alike.
+Interleaving the two makes a burst of other work on a shared machine slow both alike. On a GPU
+(``--device cuda``: torch's default there is its multi-tensor update) each step ends in a
+synchronisation, so the figure is the step's device time as the host waits for it.
 """
 
 from __future__ import annotations
@@ -30,23 +32,25 @@ def step_time(model: CharRNN, optimizer: torch.optim.Optimizer, ids: torch.Tenso
               bf16: bool) -> float:
     """Seconds of one training step on ``ids`` (B, T + 1), clipped at norm 5 as charlm does."""
     t0 = time.perf_counter()
-    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+    with torch.autocast(ids.device.type, torch.bfloat16, enabled=bf16):
         logits, _ = model(ids[:, :-1])
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), ids[:, 1:].reshape(-1))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
     optimizer.step()
+    if ids.device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
 def compare(cell: str, hidden: int, layers: int, batch: int, seq_len: int, steps: int,
-            precision: str, vocab: int = 65) -> dict:
+            precision: str, device: str = "cpu", vocab: int = 65) -> dict:
     torch.manual_seed(0)
-    ids = torch.randint(vocab, (batch, seq_len + 1))
+    ids = torch.randint(vocab, (batch, seq_len + 1), device=device)
     runs = {}
     for fused in (False, True):
-        model = CharRNN(ModelConfig(vocab, cell, hidden, layers)).train()
+        model = CharRNN(ModelConfig(vocab, cell, hidden, layers)).to(device).train()
         optimizer = adamw(model.parameters(), lr=1e-3, fused=fused)
         assert is_fused(optimizer) == fused, "torch has no fused AdamW for this device"
         runs[fused] = (model, optimizer, [])
@@ -59,6 +63,7 @@ def compare(cell: str, hidden: int, layers: int, batch: int, seq_len: int, steps
     default, fused = (statistics.median(runs[f][2]) for f in (False, True))
     return {"figure": "train_step_ms", "cell": cell, "hidden": hidden, "layers": layers,
             "batch": batch, "seq_len": seq_len, "precision": precision, "steps": steps,
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
             "threads": torch.get_num_threads(), "default_ms": round(default * 1e3, 3),
             "fused_ms": round(fused * 1e3, 3), "fused_over_default": round(fused / default, 3),
             "chars_per_s_default": round(batch * seq_len / default),
@@ -73,6 +78,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--smoke", action="store_true", help="a tiny model, a few steps")
     args = parser.parse_args()
     if args.smoke:
@@ -80,7 +86,7 @@ def main() -> None:
     for spec in args.configs.split(","):
         cell, hidden, layers = spec.split(":")
         print(json.dumps(compare(cell, int(hidden), int(layers), args.batch_size, args.seq_len,
-                                 args.steps, args.precision)), flush=True)
+                                 args.steps, args.precision, args.device)), flush=True)
 
 
 if __name__ == "__main__":
