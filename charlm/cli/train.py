@@ -46,8 +46,9 @@ from charlm.training.presets import apply as apply_preset
 @click.option("--seed", default=1337, show_default=True)
 @click.option("--out", default="checkpoints/run", show_default=True, help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.ckpt.")
-@click.option("--eval-every", default=500, show_default=True,
-              help="Validate and checkpoint every N steps (0: only at the end).")
+@click.option("--eval-every", type=int, default=None,
+              help="Validate and checkpoint every N steps (0: only at the end) [default: 500, "
+                   "fewer where they would take over a tenth of a --max-time budget].")
 @click.option("--sample-every", default=0, show_default=True,
               help="Write samples every N steps (0: never).")
 @click.option("--devices", default="auto", show_default=True)

@@ -11,6 +11,8 @@ from charlm.errors import CharlmError
 from charlm.model import ModelConfig, build_cell
 
 DEFAULT_EPOCHS = 10  # when no budget is given at all
+EVAL_EVERY = 500         # the validation cadence where none is given
+VALIDATION_SHARE = 0.1   # of a timed run, at most, for validation at that cadence
 
 
 @dataclass
@@ -46,7 +48,10 @@ class TrainConfig:
     seed: int = 1337
     out: str = "checkpoints/run"
     resume: bool = False
-    eval_every: int = 500
+    # None: every EVAL_EVERY steps, and in a run with ``max_time`` an evaluation is put off while
+    # validation has taken over VALIDATION_SHARE of the run so far (a large validation split
+    # would otherwise spend the time budget on itself); N: every N steps, whatever they cost
+    eval_every: int | None = None
     sample_every: int = 0
     window: str = "stream"
     # each stream's carried state starts again from zero every this many windows (staggered;
@@ -94,7 +99,7 @@ class TrainConfig:
         if self.max_time is not None and self.max_time <= 0:
             raise CharlmError(f"`max_time` must be a positive number of minutes, "
                               f"not {self.max_time}")
-        if self.eval_every < 0 or self.sample_every < 0:
+        if (self.eval_every is not None and self.eval_every < 0) or self.sample_every < 0:
             raise CharlmError("`eval_every` and `sample_every` must be >= 0 "
                               "(0 means only at the end)")
         if self.val_fraction <= 0:  # else the val loss would read 0 and best.ckpt be arbitrary

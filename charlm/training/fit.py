@@ -2,7 +2,8 @@
 
 A run folder holds best.ckpt (lowest val loss), last.ckpt (exact resume), metrics.csv,
 samples.txt and run.json. Validation is one full pass over the val split every ``eval_every``
-steps and at the end of the run; every checkpoint is written whole or not at all.
+steps (by default: every 500, fewer where they would take over a tenth of a time budget) and at
+the end of the run; every checkpoint is written whole or not at all.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from charlm.generation.checkpoint import load, read_checkpoint
 from charlm.generation.evaluation import READ_OPTIONS
 from charlm.generation.metrics import LN2, evaluate
 from charlm.model import CharRNN, ModelConfig
-from charlm.training.config import DEFAULT_EPOCHS, TrainConfig
+from charlm.training.config import DEFAULT_EPOCHS, EVAL_EVERY, VALIDATION_SHARE, TrainConfig
 from charlm.training.interrupt import GracefulStop, Interrupted
 from charlm.training.lightning_module import CharDataModule, CharLM, OptimConfig
 from charlm.training.precision import (
@@ -142,8 +143,10 @@ class RunCallbacks:
         out = Path(config.out)
         checkpoints = Checkpoints(out)
         self.end = RunEnd(None, config.max_time * 60 if config.max_time is not None else None)
-        self.validation = Validation(dm, config.eval_every, checkpoints, self.end,
-                                     config.progress)
+        timed_default = config.eval_every is None and config.max_time is not None
+        self.validation = Validation(
+            dm, EVAL_EVERY if config.eval_every is None else config.eval_every, checkpoints,
+            self.end, config.progress, share=VALIDATION_SHARE if timed_default else None)
         self.stop = GracefulStop(checkpoints, self.end)
         self.callbacks = [self.end, self.validation,
                           Samples(out, config.sample_every, config.progress), self.stop]
@@ -155,6 +158,7 @@ def _results(validation: Validation, trainer: L.Trainer, module: CharLM, decisio
         "checkpoint": str(out / "last.ckpt"), "best_checkpoint": str(out / "best.ckpt"),
         "val_loss": validation.best_val_loss, "val_bpc": validation.best_val_loss / LN2,
         "best_step": validation.best_step, "steps": trainer.global_step,
+        "validations_put_off": validation.put_off,  # to keep a time budget's for training
         # where in its epoch a streamed run ends moves its final figure (docs/results.md), so a
         # comparison of timed runs needs it
         "epochs": round(trainer.global_step / windows_per_epoch, 3),

@@ -35,7 +35,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            {"cell": "lstm", "hidden_size": 384, "num_layers": 1, "embedding_dim": 64,
             "batch_size": None, "seq_len": 128, "window": "stream", "restart_every": 8,
             "lr": 6e-3, "weight_decay": 0.1, "grad_clip": 5.0, "precision": "auto",
-            "max_time": 2.5, "eval_every": 500}),
+            "max_time": 2.5}),
     Preset("shakespeare",
            "2x512 LSTM, dropout 0.25, DropConnect 0.25 on the recurrent weights, weight decay "
            "0.1, AR 2 and TAR 1, batch 32, an hour: a small corpus such as Tiny Shakespeare on "
@@ -43,7 +43,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            {"cell": "lstm", "hidden_size": 512, "num_layers": 2, "embedding_dim": 64,
             "dropout": 0.25, "weight_drop": 0.25, "weight_decay": 0.1, "batch_size": 32,
             "seq_len": 128, "window": "stream", "lr": 3e-3, "grad_clip": 5.0,
-            "precision": "auto", "max_time": 60.0, "eval_every": 500,
+            "precision": "auto", "max_time": 60.0,
             # AWD-LSTM's activation regularisers: ahead at every evaluation, in both recipes
             "activation_reg": 2.0, "temporal_reg": 1.0,
             # its hours were measured with the state restarted at an epoch's start only; a

@@ -94,11 +94,17 @@ class RunEnd(Callback):
 
 class Validation(Callback):
     """A full pass over the val split every ``eval_every`` steps and at the last step; after
-    each, last.ckpt, and best.ckpt when the loss is the lowest so far."""
+    each, last.ckpt, and best.ckpt when the loss is the lowest so far.
+
+    With ``share``, an evaluation before the last is put off while the run's time set aside
+    (validation and checkpoints) already exceeds that share of the run so far: in a timed run
+    the budget then goes to training, and the last step is still evaluated.
+    """
 
     def __init__(self, dm: CharDataModule, eval_every: int, checkpoints: Checkpoints,
-                 run_end: RunEnd, progress: bool = False):
-        self.dm, self.eval_every, self.progress = dm, eval_every, progress
+                 run_end: RunEnd, progress: bool = False, share: float | None = None):
+        self.dm, self.eval_every, self.progress, self.share = dm, eval_every, progress, share
+        self.put_off = 0  # evaluations put off so far (this session)
         self.checkpoints, self.run_end = checkpoints, run_end
         self.best_val_loss = float("inf")
         self.best_step = -1
@@ -120,10 +126,25 @@ class Validation(Callback):
     def on_train_batch_end(self, trainer, pl_module: CharLM, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         last = self.run_end.is_last(trainer, pl_module, step)
-        if last or (self.eval_every and step % self.eval_every == 0):
+        due = bool(self.eval_every) and step % self.eval_every == 0
+        if last or (due and not self._puts_off(trainer, pl_module, step)):
             self.validate(trainer, pl_module, step)
         if not last and self.run_end.ran_out_during(trainer, pl_module, step):
             trainer.should_stop = True  # whether RunEnd has been asked at this step or not
+
+    def _puts_off(self, trainer, pl_module: CharLM, step: int) -> bool:
+        """Whether the evaluation due at ``step`` gives its time to training (rank 0 decides, so
+        every rank evaluates together)."""
+        if self.share is None:
+            return False
+        later = trainer.strategy.broadcast(pl_module.aside_s > self.share * pl_module.tick())
+        if later and trainer.is_global_zero and self.progress and not self.put_off:
+            _say(f"step {step}: validation put off, as it has taken "
+                 f"{pl_module.aside_s / pl_module.tick():.0%} of the run so far (at most "
+                 f"{self.share:.0%} of a time budget by default; --eval-every N validates "
+                 f"every N steps)")
+        self.put_off += later
+        return later
 
     def validate(self, trainer, pl_module: CharLM, step: int) -> None:
         pl_module.check_loss()  # before anything is written from these weights

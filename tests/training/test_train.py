@@ -327,3 +327,56 @@ def test_only_the_batch_tensors_travel_to_the_device_and_lightning_has_nothing_t
         warnings.simplefilter("always")
         fit(TrainConfig(data=[str(text_file)], max_steps=3, out=str(tmp_path / "r"), **TINY))
     assert not [w for w in caught if "transfer_batch_to_device" in str(w.message)]
+
+
+class _Clocked:
+    """What Validation reads of a module and a trainer: time set aside, the run's clock, and a
+    broadcast that is the identity (one process)."""
+
+    def __init__(self, aside_s: float, tick_s: float):
+        self.aside_s, self.tick_s, self.is_global_zero = aside_s, tick_s, True
+        self.strategy = self
+
+    def tick(self) -> float:
+        return self.tick_s
+
+    def broadcast(self, obj):
+        return obj
+
+
+@pytest.mark.parametrize(("share", "aside_s", "last", "validates"), [
+    (0.1, 1.5, False, False),  # 15 % of the run so far went to validation: put off
+    (0.1, 0.5, False, True),   # 5 %: on time
+    (0.1, 1.5, True, True),    # the last step is always evaluated
+    (None, 9.0, False, True),  # no share (a cadence given, or no time budget): every due step
+])
+def test_a_timed_run_puts_validation_off_while_it_has_taken_its_share(share, aside_s, last,
+                                                                      validates, capsys):
+    class End:
+        def is_last(self, trainer, pl_module, step):
+            return last
+
+        def ran_out_during(self, trainer, pl_module, step):
+            return False
+
+    done = []
+    v = Validation(None, 500, None, End(), progress=True, share=share)
+    v.validate = lambda trainer, pl_module, step: done.append(step)
+    clock = _Clocked(aside_s, 10.0)
+    trainer = type("T", (), {"global_step": 1000, "strategy": clock, "is_global_zero": True})()
+    v.on_train_batch_end(trainer, clock, None, None, 0)
+    assert done == ([1000] if validates else [])
+    assert v.put_off == (0 if validates else 1)
+    said = capsys.readouterr()
+    assert ("validation put off, as it has taken 15%" in said.out + said.err) == (not validates)
+
+
+@pytest.mark.parametrize(("eval_every", "max_time", "every", "share"), [
+    (None, 2.5, 500, 0.1), (None, None, 500, None), (200, 2.5, 200, None), (0, 2.5, 0, None)])
+def test_only_the_default_cadence_of_a_timed_run_gives_way(tmp_path, eval_every, max_time,
+                                                          every, share):
+    from charlm.training.fit import RunCallbacks
+    config = TrainConfig(data=["x"], eval_every=eval_every, max_time=max_time,
+                         out=str(tmp_path / "r"))
+    validation = RunCallbacks(config, None).validation
+    assert (validation.eval_every, validation.share) == (every, share)
