@@ -10,7 +10,8 @@ Sections, each printing one JSON line per figure:
 
   env      torch, CUDA, cuDNN, device name
   check    a 50-step bf16-mixed run on the GPU: finite val loss, the checkpoint opens on the CPU,
-           and samples come from the GPU model
+           samples come from the GPU model, and a seeded sample on the GPU follows the CPU's
+           (the same CPU draws: how many characters agree before rounding parts them)
   syncs    host-device synchronisations per training step, charlm against the plain loop
            (torch.cuda.set_sync_debug_mode), each with the line that caused it
   train    LSTM 2x512 and 3x1024, batch 64 x 128: charlm (Lightning) and the plain loop of
@@ -76,13 +77,25 @@ def check_row(data: str, accelerator: str, hidden: int, steps: int,
                                   sample_every=steps, accelerator=accelerator, devices=1,
                                   precision=precision, out=out + "/run", progress=False))
         model, vocab, _ = charlm.load(results["checkpoint"])  # on the CPU, whatever trained it
+        loaded_on = str(next(model.parameters()).device)
         cpu_sample = sampling.generate(model, vocab, "", 50, seed=0)[0]
         samples = (Path(out) / "run" / "samples.txt").read_text()
+        # the same seed on the device: the same CPU draws, so the texts part only where the
+        # device's logits round a draw across a boundary
+        device_sample = sampling.generate(model.to(device_of(accelerator)), vocab, "", 50,
+                                          seed=0)[0]
+    same = next((i for i, (a, b) in enumerate(zip(cpu_sample, device_sample)) if a != b),
+                min(len(cpu_sample), len(device_sample)))
     return emit({"figure": "check", "precision": precision, "steps": results["steps"],
                  "val_loss": results["val_loss"], "finite": math.isfinite(results["val_loss"]),
-                 "params_device": str(next(model.parameters()).device),
+                 "params_device": loaded_on,
                  "samples_written_during_training": "temperature" in samples,
-                 "cpu_sample_chars": len(cpu_sample)})
+                 "cpu_sample_chars": len(cpu_sample),
+                 "device_sample_same_chars_as_cpu": same})
+
+
+def device_of(accelerator: str) -> str:
+    return "cuda" if accelerator == "gpu" else "cpu"
 
 
 def train_rows(data: str, ids, configs, precisions, accelerator: str, device: str, steps: int,

@@ -112,9 +112,9 @@ class RowDraws:
 
 
 def row_draws(generators: list[torch.Generator]) -> list[RowDraws] | list[torch.Generator]:
-    """``generators`` ready for ``pick``, one per row: CPU generators drawn a block at a time
-    (``RowDraws``); a GPU's as they are (that its generator fills a block with the numbers single
-    draws give is not checked, and texts drawn there must not change)."""
+    """``generators`` ready for ``pick``, one per row: CPU generators (``sample_generators``'s,
+    whatever device the model is on) drawn a block at a time (``RowDraws``); any other as it is
+    (a GPU generator's blocks are not the numbers its single draws give)."""
     if generators and generators[0].device.type == "cpu":
         return [RowDraws(g) for g in generators]
     return generators
@@ -200,12 +200,12 @@ def sample_seed(seed: int, index: int) -> int:
     return int(mixed) % 2**63
 
 
-def sample_generators(seed: int | None, num_samples: int,
-                      device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One generator per sample, seeded by ``sample_seed`` (no seed: a fresh random one)."""
+def sample_generators(seed: int | None, num_samples: int) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded by ``sample_seed`` (no seed: a fresh random one). On
+    the CPU whatever the model's device, so a seed draws the same numbers on every machine."""
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0]) % 2**63
-    return [torch.Generator(device=device).manual_seed(sample_seed(seed, i))
+    return [torch.Generator().manual_seed(sample_seed(seed, i))
             for i in range(num_samples)]
 
 
@@ -246,8 +246,10 @@ def generate_ids(model: CharRNN, vocab: CharVocab, prompt: str = "", length: int
     settings = settings or SampleSettings()
     check_length(length, num_samples)
     model.eval()
-    device = next(model.parameters()).device
-    generators = row_draws(sample_generators(seed, num_samples, device))
+    # The draws come from CPU generators whatever the model's device, as the server's do: a
+    # seed draws the same numbers for a model on a GPU (training's samples, the Python API) as
+    # on the CPU, and a step of B rows there is one small copy instead of B generator launches.
+    generators = row_draws(sample_generators(seed, num_samples))
     logits, state = prime(model, vocab, prompt_ids(vocab, prompt), num_samples)
     steps = Stepper(model)
     layers = steps.unpack(state)

@@ -122,6 +122,27 @@ def test_unseeded_samples_draw_fresh_seeds_on_the_cpu_by_default():
     assert all(g.device.type == "cpu" for g in drawn + sample_generators(5, 2))
 
 
+def test_a_model_on_another_device_draws_from_the_same_cpu_generators(monkeypatch):
+    """A GPU model's samples draw the numbers a CPU model's do (the server's rule): shown on the
+    meta device, which has no generator of its own and runs every op without data."""
+    from charlm.generation import sampling
+    seen = []
+    real_pick = sampling.pick
+
+    def spy(logits, settings, generators):
+        seen.append(generators)
+        return real_pick(logits, settings, generators)
+
+    monkeypatch.setattr(sampling, "pick", spy)
+    model = model_for("lstm").to("meta")
+    steps = list(sampling.generate_ids(model, VOCAB, "a", 3, num_samples=2, seed=5))
+    assert [(t.device.type, tuple(t.shape)) for t in steps] == [("meta", (2,))] * 3
+    rows = seen[0]
+    assert all(isinstance(r, sampling.RowDraws) and r.generator.device.type == "cpu"
+               for r in rows)
+    assert [r.generator.initial_seed() for r in rows] == [sample_seed(5, 0), sample_seed(5, 1)]
+
+
 def test_a_cell_without_an_explicit_form_steps_through_its_own_module():
     from conftest import ReluRNN
 
