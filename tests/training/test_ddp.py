@@ -1,6 +1,6 @@
 """Many processes: the full-pass validation loss is exact under DDP (sums of loss and counts are
 reduced across ranks), and ``charlm train --strategy ddp --devices 2`` trains with two processes,
-one of which writes the run folder and reports."""
+one of which writes the run folder and reports; rank 0 decides whether a validation is put off."""
 
 import json
 import os
@@ -125,3 +125,36 @@ def test_ctrl_c_under_ddp_stops_every_rank_at_one_saved_step_that_resumes(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads([line for line in done.stdout.splitlines()
                        if line.startswith("{")][-1])["steps"] == step + 4
+
+
+def _put_off_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from charlm.training.run_folder import Validation
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        decided = []
+        for busy_rank in (0, 1):  # the rank whose validation has taken half of its run so far
+            end = SimpleNamespace(is_last=lambda *a: False, ran_out_during=lambda *a: False)
+            v = Validation(None, 500, None, end, share=0.1)
+            v.validate = lambda *a: decided.append("validated")
+            aside = 5.0 if rank == busy_rank else 0.0
+            module = SimpleNamespace(aside_s=aside, tick=lambda: 10.0)
+            trainer = SimpleNamespace(global_step=1000, strategy=DDPStrategy(),
+                                      is_global_zero=rank == 0)
+            v.on_train_batch_end(trainer, module, None, None, 0)
+            decided.append(f"put off {v.put_off}")
+        Path(f"{out}.{rank}").write_text(json.dumps(decided))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_zero_decides_whether_a_validation_is_put_off(tmp_path):
+    """Every rank evaluates together (the loss is reduced across them), so where the ranks'
+    clocks differ, rank 0's decides for all."""
+    out = tmp_path / "decided"
+    mp.spawn(_put_off_worker, args=(2, str(tmp_path / "pg"), str(out)), nprocs=2, join=True)
+    expected = ["put off 1", "validated", "put off 0"]  # rank 0 busy: off; rank 1 busy: on
+    assert [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)] == [expected] * 2
