@@ -140,9 +140,9 @@ class Validation(Callback):
         later = trainer.strategy.broadcast(pl_module.aside_s > self.share * pl_module.tick())
         if later and trainer.is_global_zero and self.progress and not self.put_off:
             _say(f"step {step}: validation put off, as it has taken "
-                 f"{pl_module.aside_s / pl_module.tick():.0%} of the run so far (at most "
-                 f"{self.share:.0%} of a time budget by default; --eval-every N validates "
-                 f"every N steps)")
+                 f"{pl_module.aside_s / pl_module.tick():.0%} of the run so far (at the default "
+                 f"cadence it takes at most {self.share:.0%} of a time budget; the last step is "
+                 f"still evaluated)")
         self.put_off += later
         return later
 
