@@ -102,14 +102,15 @@ class OptimConfig:
             raise CharlmError(f"`schedule` must be one of {', '.join(SCHEDULES)}, "
                               f"not {self.schedule!r}")
 
-    def progress(self, step: int, elapsed_s: float) -> float:
+    def progress(self, step: int, elapsed_s: float, reserve_s: float = 0.0) -> float:
         """How far along its budget the run is, 0 to 1: the further of steps and time (0 for a
-        run with neither)."""
+        run with neither). ``reserve_s`` of a time budget are kept for the last evaluation, so
+        the time for training ends that much sooner."""
         progress = 0.0
         if self.total_steps:
             progress = max(progress, step / self.total_steps)
         if self.max_time_s:
-            progress = max(progress, elapsed_s / self.max_time_s)
+            progress = max(progress, elapsed_s / max(self.max_time_s - reserve_s, 1e-9))
         return min(progress, 1.0)
 
     def activation_penalty(self, out: Tensor, dropped: Tensor) -> Tensor:
@@ -120,13 +121,13 @@ class OptimConfig:
             penalty = penalty + self.temporal_reg * (out[:, 1:] - out[:, :-1]).float().pow(2).mean()
         return penalty
 
-    def lr_at(self, step: int, elapsed_s: float) -> float:
+    def lr_at(self, step: int, elapsed_s: float, reserve_s: float = 0.0) -> float:
         """Linear warm-up, then cosine or linear decay to min_lr_ratio × lr over the budget."""
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         if self.schedule == "constant":
             return self.lr
-        progress = self.progress(step, elapsed_s)
+        progress = self.progress(step, elapsed_s, reserve_s)
         if self.schedule == "linear":
             left = 1.0 - progress
         else:
@@ -146,6 +147,9 @@ class CharLM(L.LightningModule):
         self.carried: State | None = None  # the training state carried from window to window
         self.elapsed_s = 0.0       # wall-clock of the run so far, validation included
         self.aside_s = 0.0         # of which validation, samples and checkpoints
+        # kept of a time budget for the last evaluation: what the latest one took, so that a
+        # run with --max-time ends within it, its last evaluation included
+        self.reserve_s = 0.0
         self.train_chars = 0
         self._clock: float | None = None
         # What the progress bar shows, kept as they are (a loss stays on the device) and read
@@ -270,7 +274,7 @@ class CharLM(L.LightningModule):
         return self.tick() - self.aside_s
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        lr = self.optim.lr_at(self.global_step, self.tick())
+        lr = self.optim.lr_at(self.global_step, self.tick(), self.reserve_s)
         for group in self.trainer.optimizers[0].param_groups:
             group["lr"] = lr
 
@@ -367,7 +371,8 @@ class CharDataModule(L.LightningDataModule):
         # drives dropout and is restored on resume.
         start = self.trainer.global_step
         module = self.trainer.lightning_module
-        self.streams.progress = lambda step: module.optim.progress(step, module.tick())
+        self.streams.progress = lambda step: module.optim.progress(step, module.tick(),
+                                                                   module.reserve_s)
         return torch.utils.data.DataLoader(StepBatches(self.streams, start, self.max_steps),
                                            batch_size=None, generator=torch.Generator())
 

@@ -80,7 +80,8 @@ class RunEnd(Callback):
         return self._decided == (step, True)
 
     def _time_is_up(self, trainer, pl_module: CharLM, step: int) -> bool:
-        return self._out_of_time(trainer, step, lambda: pl_module.tick() >= self.max_time_s)
+        return self._out_of_time(
+            trainer, step, lambda: pl_module.tick() + pl_module.reserve_s >= self.max_time_s)
 
     def on_train_epoch_end(self, trainer, pl_module: CharLM) -> None:
         # The loader's one pass ends at the last step, so a pass that ends ends the run (a
@@ -148,6 +149,7 @@ class Validation(Callback):
 
     def validate(self, trainer, pl_module: CharLM, step: int) -> None:
         pl_module.check_loss()  # before anything is written from these weights
+        started = pl_module.tick()
         with pl_module.set_aside():
             val = pl_module.evaluate_split(self.dm.splits["val"], self.dm.eval_seq_len)
         record = {"step": step, "elapsed_s": round(pl_module.tick(), 2),
@@ -164,6 +166,7 @@ class Validation(Callback):
         self.checkpoints.save_last(trainer, pl_module)  # holds this evaluation in its history
         if improved:
             self.checkpoints.keep_as_best(trainer, pl_module)
+        pl_module.reserve_s = pl_module.tick() - started  # what the last evaluation will take
         if trainer.is_global_zero and self.progress:
             _say(f"step {step}: val loss {val['loss']:.4f} nats, {val['bpc']:.4f} bpc"
                  f"{' (best)' if improved else ''}")

@@ -380,3 +380,27 @@ def test_only_the_default_cadence_of_a_timed_run_gives_way(tmp_path, eval_every,
                          out=str(tmp_path / "r"))
     validation = RunCallbacks(config, None).validation
     assert (validation.eval_every, validation.share) == (every, share)
+
+
+def test_a_timed_run_keeps_time_for_its_last_evaluation(text_file, tmp_path, monkeypatch):
+    """--max-time counts validation, the last one included: the run stops training early by
+    what the latest evaluation took, and its schedule reaches its end there."""
+    import charlm.training.fit as fit_module
+    from charlm.training.lightning_module import CharLM
+    evaluate = CharLM.evaluate_split
+
+    def slow(self, ids, seq_len):
+        time.sleep(0.6)
+        return evaluate(self, ids, seq_len)
+
+    monkeypatch.setattr(CharLM, "evaluate_split", slow)
+    monkeypatch.setattr(fit_module, "EVAL_EVERY", 20)  # the default cadence, sooner
+    out = tmp_path / "r"
+    results = fit(TrainConfig(data=[str(text_file)], max_time=0.05, out=str(out), **TINY))
+    # evaluated at step 20, then put off (over a tenth of the run), then at the end: 3 s in all,
+    # not 3 s of training and 0.6 s more
+    assert [r["step"] for r in results["history"]][0] == 20 and len(results["history"]) == 2
+    assert 3.0 - 0.7 <= results["elapsed_s"] < 3.0 + 0.45  # without the reserve: 3.6
+    last_lr = torch.load(out / "last.ckpt", weights_only=True)["optimizer_states"][0][
+        "param_groups"][0]["lr"]
+    assert last_lr < 0.02 * TINY["lr"]  # the cosine ran to its end before the last evaluation
