@@ -67,7 +67,7 @@ def env_row(device: str) -> dict:
     return emit(row)
 
 
-def check_row(data: str, accelerator: str, hidden: int, steps: int,
+def check_row(data: str, accelerator: str, device: str, hidden: int, steps: int,
               precision: str = "bf16-mixed") -> dict:
     """Train briefly in bf16-mixed (or ``precision``) on the device; the checkpoint must open on
     the CPU."""
@@ -82,8 +82,7 @@ def check_row(data: str, accelerator: str, hidden: int, steps: int,
         samples = (Path(out) / "run" / "samples.txt").read_text()
         # the same seed on the device: the same CPU draws, so the texts part only where the
         # device's logits round a draw across a boundary
-        device_sample = sampling.generate(model.to(device_of(accelerator)), vocab, "", 50,
-                                          seed=0)[0]
+        device_sample = sampling.generate(model.to(device), vocab, "", 50, seed=0)[0]
     same = next((i for i, (a, b) in enumerate(zip(cpu_sample, device_sample)) if a != b),
                 min(len(cpu_sample), len(device_sample)))
     return emit({"figure": "check", "precision": precision, "steps": results["steps"],
@@ -92,10 +91,6 @@ def check_row(data: str, accelerator: str, hidden: int, steps: int,
                  "samples_written_during_training": "temperature" in samples,
                  "cpu_sample_chars": len(cpu_sample),
                  "device_sample_same_chars_as_cpu": same})
-
-
-def device_of(accelerator: str) -> str:
-    return "cuda" if accelerator == "gpu" else "cpu"
 
 
 def train_rows(data: str, ids, configs, precisions, accelerator: str, device: str, steps: int,
@@ -256,8 +251,8 @@ def main() -> None:
     ids = corpus.split(0.1, 0.0)["train"]
     rows = []
     if "check" in only:
-        check_row(args.data, accelerator, 64 if not args.smoke else 16, 50 if not args.smoke else 3,
-                  precisions[-1])
+        check_row(args.data, accelerator, device, 64 if not args.smoke else 16,
+                  50 if not args.smoke else 3, precisions[-1])
     if "syncs" in only:
         rows += sync_rows(args.data, ids, accelerator, device, 8 if args.smoke else 40,
                           32 if args.smoke else 512)
